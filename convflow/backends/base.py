@@ -1,0 +1,125 @@
+"""The small interface every backend implements.
+
+A backend computes the three passes of a plain convolution (:class:`~convflow.params.ConvProblem`
+in cuDNN's geometry), pads inputs for non-zero padding modes, reduces bias gradients, and
+moves arrays between the host and its device. It trusts its inputs: the host-side checks
+have already run. Its algorithms are listed as ordered :class:`AlgorithmRule` objects so
+the selector (and ``explain()``) can show why one was chosen.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..params import ConvProblem, Direction
+from ..tensor import Device, Tensor
+
+ALL_DIRECTIONS = frozenset(Direction)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run here and, if not, why."""
+
+    name: str
+    available: bool
+    reason: str
+    device_type: str
+    devices: tuple[str, ...] = ()
+    version: str = ""
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        text = f"{self.name}: {state} ({self.reason})"
+        if self.devices:
+            text += f"; devices: {', '.join(self.devices)}"
+        return text
+
+
+@dataclass(frozen=True)
+class AlgorithmRule:
+    """One algorithm of a backend and the rule deciding when it is the right choice.
+
+    ``applies(problem)`` returns ``(True, why)`` when the rule picks this algorithm for the
+    problem and ``(False, why_not)`` otherwise. ``can_run(problem)`` says whether the
+    algorithm is able to compute the problem at all (used when it is forced).
+    """
+
+    name: str
+    summary: str
+    applies: Callable[[ConvProblem], tuple[bool, str]]
+    can_run: Callable[[ConvProblem], tuple[bool, str]]
+    directions: frozenset[Direction] = ALL_DIRECTIONS
+
+
+class Backend(abc.ABC):
+    """Base class of the numba, opencl and cupy backends."""
+
+    name: ClassVar[str]
+    device_type: ClassVar[str]
+
+    @abc.abstractmethod
+    def status(self) -> BackendStatus:
+        """Availability, with the reason; must not raise."""
+
+    @abc.abstractmethod
+    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+        """The backend's algorithms, in the order the selector tries their rules."""
+
+    def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
+        """Why this backend cannot compute *problem* on *device*, or None if it can."""
+        return None
+
+    def default_device(self) -> Device:
+        return Device(self.device_type, 0)
+
+    @abc.abstractmethod
+    def available_memory(self, device: Device) -> int:
+        """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
+
+    # Storage -----------------------------------------------------------------------------
+    def adopt(self, obj: Any) -> Tensor:
+        """Wrap a backend-native array (no copy)."""
+        raise TypeError(f"the {self.name} backend has no native array type")
+
+    @abc.abstractmethod
+    def upload(self, host: np.ndarray, device: Device) -> Tensor:
+        """Copy a host array to *device*."""
+
+    @abc.abstractmethod
+    def download(self, t: Tensor) -> np.ndarray:
+        """Copy a tensor of this backend to a new host array."""
+
+    @abc.abstractmethod
+    def copy(self, t: Tensor) -> Tensor:
+        """A contiguous copy of *t* on the same device."""
+
+    # Math --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                algorithm: str) -> Tensor:
+        """``y = conv(x, w) + b``, shape ``problem.y_shape``."""
+
+    @abc.abstractmethod
+    def backward_data(self, dy: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                      algorithm: str) -> Tensor:
+        """``dx = conv_transpose(dy, w) + b`` (bias per input channel), shape ``problem.x_shape``."""
+
+    @abc.abstractmethod
+    def backward_weight(self, x: Tensor, dy: Tensor, problem: ConvProblem,
+                        algorithm: str) -> Tensor:
+        """``dw``, shape ``problem.w_shape``."""
+
+    @abc.abstractmethod
+    def bias_grad(self, dy: Tensor) -> Tensor:
+        """Sum of *dy* over every axis but the channel axis (1)."""
+
+    @abc.abstractmethod
+    def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:
+        """*x* padded on its spatial axes with ``mode`` in reflect / replicate / circular."""

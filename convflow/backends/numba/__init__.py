@@ -1,0 +1,232 @@
+"""The numba backend: CPU JIT kernels, the fallback on every machine.
+
+Algorithms, in the order the selector tries them:
+
+* ``depthwise`` -- groups == C_in: per-channel kernel over a zero-padded plane;
+* ``gemm_1x1`` -- 1x1 kernels without padding: one BLAS matrix product per image and group;
+* ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
+* ``direct`` -- loops over the taps, the always-applicable baseline.
+
+numba itself is imported when the backend's status is first asked for, so ``import
+convflow`` works (and says why) without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ... import config, hostinfo
+from ...params import ConvProblem, Direction
+from ...tensor import CPU, Device, Tensor
+from ..base import AlgorithmRule, Backend, BackendStatus
+
+# im2col + BLAS pays when each output sums enough products and each GEMM has enough rows.
+IM2COL_MIN_REDUCTION = 16
+IM2COL_MIN_OUT_CHANNELS = 4
+
+_PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
+
+
+def _max_threads(numba: Any) -> int:
+    """numba's thread pool size (``NUMBA_NUM_THREADS``)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _always(problem: ConvProblem) -> tuple[bool, str]:
+    return True, "handles every problem"
+
+
+def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.is_depthwise():
+        multiplier = problem.out_channels // problem.in_channels
+        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
+                      f"each channel is convolved on its own over a zero-padded plane")
+    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
+                   f"(needs groups == C_in > 1)")
+
+
+def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.is_pointwise():
+        how = ("strided, so the needed pixels are gathered first" if problem.is_strided()
+               else "no copy of the input")
+        return True, f"1x1 kernel without padding: one BLAS matrix product per group ({how})"
+    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
+                   f"padding {problem.padding}")
+
+
+def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
+    enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
+              and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
+    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
+              f"{problem.out_channels_per_group} output channels per group")
+    if enough:
+        return True, (f"{detail} feed BLAS well (>= {IM2COL_MIN_REDUCTION} and >= "
+                      f"{IM2COL_MIN_OUT_CHANNELS}); im2col scratch tiled to CONVFLOW_WORKSPACE_MB")
+    return False, (f"{detail} are too few for BLAS to pay (needs >= {IM2COL_MIN_REDUCTION} and "
+                   f">= {IM2COL_MIN_OUT_CHANNELS})")
+
+
+def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
+    return True, "the always-applicable baseline: direct loops over the kernel taps"
+
+
+RULES: tuple[AlgorithmRule, ...] = (
+    AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
+                  _depthwise_rule),
+    AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
+                  _pointwise_rule),
+    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always),
+    AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
+)
+
+
+class NumbaBackend(Backend):
+    """CPU backend built on numba JIT kernels and numpy's BLAS."""
+
+    name = "numba"
+    device_type = "cpu"
+
+    def __init__(self) -> None:
+        self._status: BackendStatus | None = None
+        self._status_lock = threading.Lock()
+        # Set when only numba's workqueue layer could start: it is not safe for concurrent
+        # parallel launches from several Python threads, so those are serialized.
+        self._launch_lock: threading.Lock | None = None
+
+    # Status ------------------------------------------------------------------------------
+    def status(self) -> BackendStatus:
+        with self._status_lock:
+            if self._status is None:
+                self._status = self._probe()
+            return self._status
+
+    def _probe(self) -> BackendStatus:
+        try:
+            import numba
+        except ImportError as exc:
+            return BackendStatus(self.name, False,
+                                 f"numba is not installed ({exc}); pip install numba", "cpu")
+        try:
+            layer = self._start_threading(numba)
+        except Exception as exc:
+            return BackendStatus(self.name, False,
+                                 f"numba {numba.__version__} could not start: {exc!r}", "cpu")
+        threads = _max_threads(numba)
+        details = {"threading_layer": layer, "threads": str(threads),
+                   "serialized_launches": str(self._launch_lock is not None)}
+        return BackendStatus(
+            self.name, True,
+            f"numba {numba.__version__}, threading layer {layer}, {threads} threads",
+            "cpu", (f"cpu ({hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores)",),
+            numba.__version__, details)
+
+    def _start_threading(self, numba: Any) -> str:
+        """Start a threading layer that is safe for calls from several Python threads."""
+        from . import kernels
+
+        probe = np.ones(4)
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            numba.config.THREADING_LAYER = "threadsafe"
+            try:
+                kernels.threading_probe(probe)
+            except ValueError:
+                numba.config.THREADING_LAYER = "workqueue"
+                self._launch_lock = threading.Lock()
+        kernels.threading_probe(probe)
+        layer = str(numba.threading_layer())
+        if layer == "workqueue" and self._launch_lock is None:
+            self._launch_lock = threading.Lock()
+        return layer
+
+    @contextlib.contextmanager
+    def _launching(self) -> Iterator[None]:
+        import numba
+
+        wanted = min(config.get("CONVFLOW_NUM_THREADS") or _max_threads(numba),
+                     _max_threads(numba))
+        if numba.get_num_threads() != wanted:
+            numba.set_num_threads(wanted)
+        if self._launch_lock is None:
+            yield
+        else:
+            with self._launch_lock:
+                yield
+
+    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+        return RULES
+
+    def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
+        if device.type != "cpu":
+            return f"numba runs on the CPU, not on {device}"
+        return None
+
+    def available_memory(self, device: Device) -> int:
+        return hostinfo.memory_available()
+
+    # Storage -----------------------------------------------------------------------------
+    def upload(self, host: np.ndarray, device: Device) -> Tensor:
+        return Tensor(np.array(host, copy=True, order="C"), CPU)
+
+    def download(self, t: Tensor) -> np.ndarray:
+        return np.array(t.data, copy=True)
+
+    def copy(self, t: Tensor) -> Tensor:
+        return Tensor(np.array(t.data, copy=True, order="C"), CPU)
+
+    # Math --------------------------------------------------------------------------------
+    @staticmethod
+    def _compute_dtype(dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+    def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
+             out_shape: tuple[int, ...]) -> np.ndarray:
+        from .algorithms import PASSES, Geometry, lift
+
+        dtype = self._compute_dtype(a.dtype)
+        a_host = np.ascontiguousarray(a.data, dtype=dtype)
+        b_host = np.ascontiguousarray(b.data, dtype=dtype)
+        out = np.empty(out_shape, dtype=dtype)
+        geometry = Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups)
+        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+        run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
+        with self._launching():
+            run(lift(a_host), lift(b_host), lift(out), geometry, budget)
+        return out
+
+    def _finish(self, out: np.ndarray, bias: Tensor | None, dtype: np.dtype) -> Tensor:
+        if bias is not None:
+            out += np.asarray(bias.data, dtype=out.dtype).reshape((1, -1) + (1,) * (out.ndim - 2))
+        if out.dtype != dtype:
+            out = out.astype(dtype)
+        return Tensor(out, CPU)
+
+    def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                algorithm: str) -> Tensor:
+        out = self._run(problem, algorithm, x, w, problem.y_shape)
+        return self._finish(out, b, x.dtype)
+
+    def backward_data(self, dy: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                      algorithm: str) -> Tensor:
+        out = self._run(problem, algorithm, dy, w, problem.x_shape)
+        return self._finish(out, b, dy.dtype)
+
+    def backward_weight(self, x: Tensor, dy: Tensor, problem: ConvProblem,
+                        algorithm: str) -> Tensor:
+        out = self._run(problem, algorithm, x, dy, problem.w_shape)
+        return self._finish(out, None, x.dtype)
+
+    def bias_grad(self, dy: Tensor) -> Tensor:
+        axes = (0, *range(2, dy.ndim))
+        total = np.add.reduce(np.asarray(dy.data), axis=axes, dtype=np.float64)
+        return Tensor(total.astype(dy.dtype), CPU)
+
+    def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:
+        widths = ((0, 0), (0, 0), *padding)
+        return Tensor(np.pad(np.asarray(x.data), widths, mode=_PADDING_MODES[mode]), CPU)  # type: ignore[call-overload]

@@ -1,0 +1,486 @@
+"""The public convolution functions: normalize, check, select, run.
+
+Every call goes through the same flow::
+
+    as_tensor -> ConvParams.normalize -> checks -> selector.select -> backend pass
+
+and :func:`explain` runs the same planning without computing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import checks, selector
+from .backends.base import Backend
+from .errors import ArgumentTypeError, DeviceError, ParameterError, ShapeError
+from .params import ConvParams, ConvProblem, Direction
+from .selector import Decision
+from .tensor import Device, ResultKind, Tensor, as_tensor
+
+logger = logging.getLogger("convflow")
+
+_COMPUTE_ITEMSIZE = {"float16": 4, "float32": 4, "float64": 8}
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One planned backend pass: its decision, the backend, and its operands' order."""
+
+    decision: Decision
+    backend: Backend
+
+
+def _data_device(op: str, tensors: Sequence[tuple[str, Tensor | None]]) -> Device:
+    """The device the call computes on by default: the input's. Host weights and biases go
+    along with device inputs; two different devices are an error."""
+    devices = {name: t.device for name, t in tensors if t is not None}
+    on_device = {name: d for name, d in devices.items() if d.type != "cpu"}
+    if len(set(on_device.values())) > 1:
+        listing = ", ".join(f"{name} on {d}" for name, d in on_device.items())
+        raise DeviceError(f"{op}: arrays live on different devices ({listing}); move them to one "
+                          f"device with convflow.tensor(x, device=...)")
+    return next(iter(on_device.values())) if on_device else Device("cpu")
+
+
+def _to(t: Tensor | None, device: Device) -> Tensor | None:
+    return None if t is None or t.device == device else t.to(device)
+
+
+def _problem(direction: Direction, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+             y_shape: tuple[int, ...], dtype: np.dtype[Any], params: ConvParams,
+             padding: tuple[tuple[int, int], ...] | None = None) -> ConvProblem:
+    return ConvProblem(direction, tuple(x_shape), tuple(w_shape), tuple(y_shape), dtype.name,
+                       params.stride, params.padding if padding is None else padding,
+                       params.dilation, params.groups)
+
+
+def _check_memory(op: str, backend: Backend, device: Device, dtype: np.dtype[Any],
+                  needs: list[tuple[str, int]], inputs: Sequence[tuple[str, Tensor | None]]) -> None:
+    """Fail fast on outputs and copies that can never fit (e.g. huge broadcast views)."""
+    for name, t in inputs:
+        if t is None:
+            continue
+        if not t.is_contiguous or t.device != device:
+            needs.append((f"contiguous copy of {name}", t.nbytes))
+        if dtype.name == "float16":
+            needs.append((f"float32 copy of {name}", t.size * 4))
+    checks.check_memory(op, str(device), needs, backend.available_memory(device))
+
+
+def _log(decision: Decision) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s", decision)
+
+
+@dataclass(frozen=True)
+class _ConvPlan:
+    op: str
+    params: ConvParams
+    x: Tensor
+    w: Tensor
+    b: Tensor | None
+    kind: ResultKind
+    unbatched: bool
+    out_shape: tuple[int, ...]
+    step: _Pass
+
+
+def _plan_conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+               dilation: Any, groups: Any, padding_mode: Any, transposed: bool,
+               output_padding: Any, backend: Any, algorithm: Any) -> _ConvPlan:
+    x, kind = as_tensor(input, op, "input")
+    w, _ = as_tensor(weight, op, "weight")
+    b = None if bias is None else as_tensor(bias, op, "bias")[0]
+    dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
+                                     ("bias", None if b is None else b.dtype)])
+    unbatched = checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed)
+    x_shape = (1, *x.shape) if unbatched else x.shape
+    if unbatched:
+        x = x.reshape(x_shape)
+    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
+                                  groups=groups, transposed=transposed,
+                                  output_padding=output_padding, padding_mode=padding_mode,
+                                  input_spatial=x_shape[2:], kernel_spatial=w.shape[2:])
+    bias_shape = None if b is None else b.shape
+    notes = []
+    if transposed:
+        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params)
+        problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params)
+        notes.append("a transposed convolution is computed as the backward-data pass of the "
+                     "convolution it transposes")
+    else:
+        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params)
+        if params.needs_explicit_padding():
+            padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
+            problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
+                               padding=((0, 0),) * ndim)
+            notes.append(f"the input is padded with padding_mode={params.padding_mode!r} "
+                         f"before a convolution without padding")
+        else:
+            problem = _problem(Direction.FORWARD, x_shape, w.shape, out_shape, dtype, params)
+    device = _data_device(op, [("input", x), ("weight", w), ("bias", b)])
+    decision, chosen = selector.select(op, problem, device, params=params, backend=backend,
+                                       algorithm=algorithm)
+    if decision.device != device:
+        notes.append(f"operands are copied from {device} to {decision.device} and the result back")
+    if unbatched:
+        notes.append("the unbatched input is treated as a batch of one")
+    if dtype.name == "float16":
+        notes.append("float16 is computed with float32 accumulation and rounded back to float16")
+    decision = decision.with_notes(*notes)
+    itemsize = _COMPUTE_ITEMSIZE[dtype.name]
+    needs = [("output", math.prod(out_shape) * itemsize)]
+    if params.needs_explicit_padding():
+        needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
+    _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
+    return _ConvPlan(op, params, x, w, b, kind, unbatched, out_shape, _Pass(decision, chosen))
+
+
+def _run_conv(plan: _ConvPlan) -> Any:
+    decision, backend = plan.step.decision, plan.step.backend
+    _log(decision)
+    device = decision.device
+    problem = decision.problem
+    x, w, b = _to(plan.x, device) or plan.x, _to(plan.w, device) or plan.w, _to(plan.b, device) or plan.b
+    if problem.is_empty():
+        y = backend.upload(np.zeros(plan.out_shape, dtype=plan.x.dtype), device)
+    elif plan.params.transposed:
+        y = backend.backward_data(x, w, b, problem, decision.algorithm)
+    else:
+        if plan.params.needs_explicit_padding():
+            x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
+        y = backend.forward(x, w, b, problem, decision.algorithm)
+    if plan.unbatched:
+        y = y.reshape(y.shape[1:])
+    if y.device != plan.x.device:
+        y = y.to(plan.x.device)
+    return plan.kind(y)
+
+
+def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+          dilation: Any, groups: Any, padding_mode: Any, backend: Any, algorithm: Any,
+          transposed: bool = False, output_padding: Any = 0) -> Any:
+    plan = _plan_conv(op, ndim, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, transposed, output_padding, backend, algorithm)
+    return _run_conv(plan)
+
+
+_FORWARD_DOC = """{n}-D convolution (cross-correlation, as in PyTorch and ONNX).
+
+Parameters
+----------
+input : array, shape ``(N, C_in, {dims})`` or unbatched ``(C_in, {dims})``
+    numpy array (any memory order), :class:`convflow.Tensor`, a backend's device array, or
+    any object with ``__dlpack__``. dtype float16, float32 or float64.
+weight : array, shape ``(C_out, C_in / groups, {kdims})``
+bias : array, shape ``(C_out,)``, optional
+stride, dilation : int or tuple of {n} ints
+padding : int, tuple of {n} ints, tuple of {n} ``(low, high)`` pairs, or str
+    ``"valid"`` (none), ``"same"`` (output size ``ceil(in / stride)``, the odd unit of
+    padding on the high side, as ONNX ``SAME_UPPER``), or ``"same_lower"`` (odd unit low).
+groups : int
+    ``C_in`` and ``C_out`` must both be divisible by it; ``groups == C_in`` is depthwise.
+padding_mode : {{"zeros", "reflect", "replicate", "circular"}}
+backend : str, optional
+    Force a backend (``"numba"``, ...); an unavailable one raises BackendUnavailableError.
+algorithm : str, optional
+    Force one of the backend's algorithms (see :func:`explain` for the names).
+
+Returns
+-------
+array, shape ``(N, C_out, {odims})``
+    The same kind of array as ``input``, newly allocated. Along each spatial dim,
+    ``out = floor((in + pad_low + pad_high - dilation * (k - 1) - 1) / stride) + 1``.
+
+Raises
+------
+ConvflowError
+    Before any computation, for any invalid argument, shape or dtype (also a ValueError or
+    TypeError), an unavailable forced backend (RuntimeError), or a request that can never
+    fit in memory (MemoryError).
+"""
+
+_TRANSPOSED_DOC = """{n}-D transposed convolution (the adjoint of :func:`conv{n}d`).
+
+Parameters
+----------
+input : array, shape ``(N, C_in, {dims})`` or unbatched ``(C_in, {dims})``
+weight : array, shape ``(C_in, C_out / groups, {kdims})``
+bias : array, shape ``(C_out,)``, optional
+stride, dilation : int or tuple of {n} ints
+padding : int, tuple of {n} ints, or tuple of {n} ``(low, high)`` pairs
+    How much is cropped from each end of the full output (``dilation * (k - 1) - padding``
+    zero padding of the equivalent direct convolution).
+output_padding : int or tuple of {n} ints
+    Extra size added on the high end; must be smaller than stride or dilation.
+groups : int
+backend, algorithm : str, optional
+    As for :func:`conv{n}d`.
+
+Returns
+-------
+array, shape ``(N, C_out, {odims})``
+    Along each spatial dim,
+    ``out = (in - 1) * stride - pad_low - pad_high + dilation * (k - 1) + output_padding + 1``.
+"""
+
+_DIMS = {1: ("W", "kW", "W_out"), 2: ("H, W", "kH, kW", "H_out, W_out"),
+         3: ("D, H, W", "kD, kH, kW", "D_out, H_out, W_out")}
+
+
+def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, backend, algorithm)
+
+
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, backend, algorithm)
+
+
+def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, backend, algorithm)
+
+
+def conv_transpose1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                     output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv_transpose1d", 1, input, weight, bias, stride, padding, dilation, groups,
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+
+
+def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                     output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv_transpose2d", 2, input, weight, bias, stride, padding, dilation, groups,
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+
+
+def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                     output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     backend: str | None = None, algorithm: str | None = None) -> Any:
+    return _conv("conv_transpose3d", 3, input, weight, bias, stride, padding, dilation, groups,
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+
+
+def _document() -> None:
+    for n, doc, functions in ((1, _FORWARD_DOC, (conv1d, conv_transpose1d)),
+                              (2, _FORWARD_DOC, (conv2d, conv_transpose2d)),
+                              (3, _FORWARD_DOC, (conv3d, conv_transpose3d))):
+        dims, kdims, odims = _DIMS[n]
+        functions[0].__doc__ = doc.format(n=n, dims=dims, kdims=kdims, odims=odims)
+        functions[1].__doc__ = _TRANSPOSED_DOC.format(n=n, dims=dims, kdims=kdims, odims=odims)
+
+
+_document()
+
+
+def _ndim_from_weight(op: str, weight: Tensor) -> int:
+    ndim = weight.ndim - 2
+    if ndim not in (1, 2, 3):
+        raise ShapeError(f"{op}: weight must be 3-D, 4-D or 5-D (out, in/groups, *kernel) for a "
+                         f"1-, 2- or 3-D convolution, but got {weight.ndim}-D weight of size "
+                         f"{list(weight.shape)}")
+    return ndim
+
+
+@dataclass(frozen=True)
+class _BackwardPlan:
+    params: ConvParams
+    dy: Tensor
+    x: Tensor
+    w: Tensor
+    kind: ResultKind
+    grad_input: _Pass | None
+    grad_weight: _Pass | None
+    grad_bias: bool
+    device: Device
+
+
+def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: Any,
+                   padding: Any, dilation: Any, groups: Any, transposed: bool,
+                   output_padding: Any, output_mask: Any, backend: Any,
+                   algorithm: Any) -> _BackwardPlan:
+    dy, _ = as_tensor(grad_output, op, "grad_output")
+    x, kind = as_tensor(input, op, "input")
+    w, _ = as_tensor(weight, op, "weight")
+    mask = checks.check_output_mask(op, output_mask)
+    dtype = checks.check_dtypes(op, [("grad_output", dy.dtype), ("input", x.dtype),
+                                     ("weight", w.dtype)])
+    ndim = _ndim_from_weight(op, w)
+    checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed, allow_unbatched=False)
+    if dy.ndim != ndim + 2:
+        raise ShapeError(f"{op}: grad_output must be {ndim + 2}-D like the forward output, but "
+                         f"got {dy.ndim}-D grad_output of size {list(dy.shape)}")
+    if not isinstance(transposed, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{op}: transposed must be a bool, but got {transposed!r}")
+    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
+                                  groups=groups, transposed=bool(transposed),
+                                  output_padding=output_padding,
+                                  input_spatial=x.shape[2:], kernel_spatial=w.shape[2:])
+    if params.transposed:
+        expected = checks.check_transposed(op, x.shape, w.shape, None, params)
+    else:
+        expected = checks.check_forward(op, x.shape, w.shape, None, params)
+    checks.check_grad_output(op, dy.shape, expected, x.shape, w.shape, params)
+    device = _data_device(op, [("grad_output", dy), ("input", x), ("weight", w)])
+
+    # In cuDNN's geometry: for a plain convolution x is the input and y the output; for a
+    # transposed one, the roles swap (its output is the convolution's input).
+    conv_x, conv_y = (dy, x) if params.transposed else (x, dy)
+    data_direction = Direction.FORWARD if params.transposed else Direction.BACKWARD_DATA
+    passes: dict[str, _Pass | None] = {"grad_input": None, "grad_weight": None}
+    needs = []
+    for name, wanted, direction in (("grad_input", mask[0], data_direction),
+                                    ("grad_weight", mask[1], Direction.BACKWARD_WEIGHT)):
+        if not wanted:
+            continue
+        problem = _problem(direction, conv_x.shape, w.shape, conv_y.shape, dtype, params)
+        decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
+                                           backend=backend, algorithm=algorithm)
+        passes[name] = _Pass(decision, chosen)
+        shape = x.shape if name == "grad_input" else w.shape
+        needs.append((name, math.prod(shape) * _COMPUTE_ITEMSIZE[dtype.name]))
+    chosen_pass = passes["grad_input"] or passes["grad_weight"]
+    run_device = chosen_pass.decision.device if chosen_pass else device
+    if chosen_pass is not None:
+        _check_memory(op, chosen_pass.backend, run_device, dtype, needs,
+                      [("grad_output", dy), ("input", x), ("weight", w)])
+    return _BackwardPlan(params, dy, x, w, kind, passes["grad_input"], passes["grad_weight"],
+                         mask[2], run_device)
+
+
+def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1, padding: Any = 0,
+                  dilation: Any = 1, groups: Any = 1, transposed: bool = False,
+                  output_padding: Any = 0, output_mask: Sequence[bool] = (True, True, True),
+                  backend: str | None = None, algorithm: str | None = None) -> tuple[Any, Any, Any]:
+    """Gradients of a 1-, 2- or 3-D (transposed) convolution, like PyTorch's
+    ``convolution_backward``.
+
+    Parameters
+    ----------
+    grad_output : array, shape of the forward output ``(N, C_out, *out)``
+    input : array, shape ``(N, C_in, *spatial)``
+        The forward call's input (batched).
+    weight : array
+        ``(C_out, C_in / groups, *kernel)``, or ``(C_in, C_out / groups, *kernel)`` when
+        ``transposed``.
+    stride, padding, dilation, groups, output_padding
+        As in the forward call (``padding_mode`` other than zeros is not differentiated here:
+        pad the input yourself and pass ``padding=0``).
+    transposed : bool
+        Gradients of ``conv_transpose{n}d`` instead of ``conv{n}d``.
+    output_mask : tuple of 3 bools
+        Which of ``(grad_input, grad_weight, grad_bias)`` to compute.
+    backend, algorithm : str, optional
+        Force a backend / an algorithm for both the data and weight passes.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias)
+        Shapes ``input.shape``, ``weight.shape`` and ``(C_out,)``; ``None`` where masked.
+        Same kind of array as ``input``.
+    """
+    op = "conv_backward"
+    plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
+                          transposed, output_padding, output_mask, backend, algorithm)
+    device = plan.device
+    dy, x, w = (_to(t, device) or t for t in (plan.dy, plan.x, plan.w))
+    results: list[Any] = [None, None, None]
+    for index, step in ((0, plan.grad_input), (1, plan.grad_weight)):
+        if step is None:
+            continue
+        _log(step.decision)
+        problem, runner = step.decision.problem, step.backend
+        out_shape = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else (
+            problem.y_shape if problem.direction == Direction.FORWARD else problem.w_shape)
+        if problem.batch == 0:
+            result = runner.upload(np.zeros(out_shape, dtype=plan.x.dtype), device)
+        elif problem.direction == Direction.BACKWARD_DATA:
+            result = runner.backward_data(dy, w, None, problem, step.decision.algorithm)
+        elif problem.direction == Direction.FORWARD:
+            result = runner.forward(dy, w, None, problem, step.decision.algorithm)
+        else:
+            conv_x, conv_dy = (dy, x) if plan.params.transposed else (x, dy)
+            result = runner.backward_weight(conv_x, conv_dy, problem, step.decision.algorithm)
+        results[index] = result
+    if plan.grad_bias:
+        owner = (plan.grad_input or plan.grad_weight)
+        if owner is not None:
+            bias_backend = owner.backend
+        else:
+            bias_backend = selector.select_backend(op, _problem(
+                Direction.BACKWARD_WEIGHT, x.shape, w.shape, dy.shape, plan.x.dtype, plan.params),
+                device, backend)[0]
+        results[2] = bias_backend.bias_grad(dy)
+    converted: list[Any] = []
+    for r in results:
+        if r is None:
+            converted.append(None)
+            continue
+        if r.device != plan.x.device:
+            r = r.to(plan.x.device)
+        converted.append(plan.kind(r))
+    return converted[0], converted[1], converted[2]
+
+
+_DIRECTIONS = {d.value: d for d in Direction}
+
+
+def explain(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+            transposed: bool = False, output_padding: Any = 0, backend: str | None = None,
+            algorithm: str | None = None, direction: str = "forward") -> Decision:
+    """Plan a convolution exactly as the call would, without computing it.
+
+    Takes the arguments of ``conv{n}d`` (or, with ``transposed=True``, of
+    ``conv_transpose{n}d``); the dimensionality comes from the weight. ``direction`` picks
+    the pass to explain: ``"forward"`` (the call itself), or ``"backward_data"`` /
+    ``"backward_weight"`` (the passes :func:`conv_backward` runs for it).
+
+    Returns
+    -------
+    Decision
+        ``.backend``, ``.algorithm``, ``.reason``, ``.source`` and ``str(decision)``, the
+        whole trace: every rule considered, every backend's status, and why the winner won.
+        Only shapes, dtypes and devices are read, so ``numpy.broadcast_to`` views of any size
+        cost nothing.
+    """
+    w, _ = as_tensor(weight, "explain", "weight")
+    ndim = _ndim_from_weight("explain", w)
+    kind = "conv_transpose" if transposed else "conv"
+    op = f"{kind}{ndim}d"
+    if direction not in _DIRECTIONS:
+        raise ParameterError(f"explain: direction must be one of {', '.join(_DIRECTIONS)}, but got "
+                             f"{direction!r}")
+    plan = _plan_conv(op, ndim, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, bool(transposed), output_padding, backend, algorithm)
+    if direction == "forward":
+        return plan.step.decision
+    if plan.params.needs_explicit_padding():
+        raise ParameterError(f"explain: conv_backward does not differentiate padding_mode="
+                             f"{plan.params.padding_mode!r}; explain the backward passes with "
+                             f"padding_mode='zeros'")
+    grad_output = np.broadcast_to(np.zeros((), dtype=plan.x.dtype), plan.out_shape)
+    back = _plan_backward("conv_backward", grad_output, plan.x, plan.w, plan.params.stride,
+                          plan.params.padding, plan.params.dilation, plan.params.groups,
+                          plan.params.transposed, plan.params.output_padding,
+                          (direction == "backward_data", direction == "backward_weight", False),
+                          backend, algorithm)
+    step = back.grad_input if direction == "backward_data" else back.grad_weight
+    assert step is not None
+    return step.decision

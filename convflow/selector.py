@@ -1,0 +1,231 @@
+"""Backend and algorithm selection: ordered, named rules, each with its reason.
+
+Like PyTorch's ``select_conv_backend`` the choice is a pure function of facts (the problem,
+where the data lives, which backends are available, the configuration) and never runs a
+kernel, so it can be unit-tested anywhere. The result, :class:`Decision`, records every rule
+considered; ``str(decision)`` is the trace ``convflow.explain()`` shows.
+
+Backend rules, in order:
+
+1. the ``backend=`` argument of the call;
+2. ``CONVFLOW_BACKEND`` (one name, or a comma list in order of preference);
+3. the device the data lives on (GPU data is computed where it lives);
+4. the CPU fallback.
+
+A forced backend (rules 1 and 2) that cannot run the problem is an error, never a silent
+fallback. Within the chosen backend, its algorithm rules are tried in order and the first
+that applies wins, unless ``algorithm=`` forces one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import backends as registry
+from . import config
+from .backends.base import AlgorithmRule, Backend, BackendStatus
+from .errors import BackendUnavailableError, ParameterError, did_you_mean
+from .params import ConvParams, ConvProblem
+from .tensor import Device
+
+logger = logging.getLogger("convflow")
+
+CPU_PREFERENCE = ("numba",)
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One rule's verdict: ``matched`` is True for the rule that decided."""
+
+    rule: str
+    matched: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which backend and algorithm run a convolution pass, and why.
+
+    Attributes
+    ----------
+    backend, algorithm : str
+        The winners.
+    reason : str
+        Why the algorithm won (the deciding rule's explanation).
+    source : str
+        ``"heuristic"`` (chosen by rule) or ``"forced"`` (``algorithm=`` given).
+    device : Device
+        Where the computation runs.
+    problem : ConvProblem
+        The pass in canonical form (a transposed convolution is a backward-data pass).
+    backend_rules, algorithm_rules : tuple of RuleOutcome
+        Every rule considered, in order.
+    backends : mapping of name to BackendStatus
+        Every registered backend with its status.
+    notes : tuple of str
+        Data movement and preprocessing the call performs (copies, explicit padding).
+    """
+
+    op: str
+    backend: str
+    algorithm: str
+    reason: str
+    source: str
+    device: Device
+    problem: ConvProblem
+    params: ConvParams | None
+    backend_rules: tuple[RuleOutcome, ...]
+    algorithm_rules: tuple[RuleOutcome, ...]
+    backends: Mapping[str, BackendStatus]
+    notes: tuple[str, ...] = field(default=())
+
+    def with_notes(self, *notes: str) -> Decision:
+        return Decision(self.op, self.backend, self.algorithm, self.reason, self.source,
+                        self.device, self.problem, self.params, self.backend_rules,
+                        self.algorithm_rules, self.backends, self.notes + notes)
+
+    def __str__(self) -> str:
+        p = self.problem
+        lines = [f"convflow decision for {self.op} ({p.direction.value} pass)"]
+        lines.append(f"  problem: x{list(p.x_shape)} w{list(p.w_shape)} y{list(p.y_shape)} "
+                     f"{p.dtype}, {p.flops / 1e9:.3g} GFLOP")
+        if self.params is not None:
+            lines.append(f"  params:  {self.params.describe()}")
+        lines.append(f"  canonical pass: stride={p.stride}, zero padding={p.padding}, "
+                     f"dilation={p.dilation}, groups={p.groups}")
+        lines.append("  backends:")
+        for status in self.backends.values():
+            state = "available  " if status.available else "unavailable"
+            lines.append(f"    {status.name:<8} {state} {status.reason}")
+        lines.append("  backend rules (first match wins):")
+        lines.extend(_format_rules(self.backend_rules))
+        heading = "forced" if self.source == "forced" else "first match wins"
+        lines.append(f"  algorithm rules of {self.backend} ({heading}):")
+        lines.extend(_format_rules(self.algorithm_rules))
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        lines.append(f"  => backend={self.backend} algorithm={self.algorithm} on {self.device} "
+                     f"[{self.source}]: {self.reason}")
+        return "\n".join(lines)
+
+
+def _format_rules(outcomes: tuple[RuleOutcome, ...]) -> list[str]:
+    width = max((len(o.rule) for o in outcomes), default=0)
+    return [f"    {i}. {o.rule:<{width}}  {'-> ' if o.matched else '   '}{o.detail}"
+            for i, o in enumerate(outcomes, 1)]
+
+
+def _try_backend(name: str, problem: ConvProblem, data_device: Device) -> tuple[Backend | None, Device, str]:
+    """The backend and device if it can run *problem*, else None and the reason."""
+    status = registry.backend_status(name)
+    if not status.available:
+        return None, data_device, f"{name} is unavailable: {status.reason}"
+    backend = registry.get_backend(name)
+    device = data_device if data_device.type == backend.device_type else backend.default_device()
+    why_not = backend.unsupported_reason(problem, device)
+    if why_not is not None:
+        return None, device, f"{name} cannot run this problem: {why_not}"
+    return backend, device, ""
+
+
+def select_backend(op: str, problem: ConvProblem, data_device: Device,
+                   backend_arg: Any) -> tuple[Backend, Device, list[RuleOutcome]]:
+    """Apply the backend rules in order."""
+    outcomes: list[RuleOutcome] = []
+    if backend_arg is not None:
+        name = registry.validate_backend_name(backend_arg, f"{op}: backend=")
+        backend, device, why_not = _try_backend(name, problem, data_device)
+        if backend is None:
+            raise BackendUnavailableError(
+                f"{op}: backend={name!r} was requested, but {why_not}; choose another backend "
+                f"or drop the backend argument")
+        outcomes.append(RuleOutcome("backend argument", True, f"backend={name!r} given"))
+        return backend, device, outcomes
+    outcomes.append(RuleOutcome("backend argument", False, "not given"))
+
+    env_names = config.get("CONVFLOW_BACKEND")
+    if env_names:
+        source = f"environment variable CONVFLOW_BACKEND={','.join(env_names)!r}"
+        names = [registry.validate_backend_name(n, source) for n in env_names]
+        reasons: list[str] = []
+        for name in names:
+            backend, device, why_not = _try_backend(name, problem, data_device)
+            if backend is not None:
+                skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
+                outcomes.append(RuleOutcome("CONVFLOW_BACKEND", True,
+                                            f"{name} is the first usable of {names}{skipped}"))
+                return backend, device, outcomes
+            reasons.append(why_not)
+        raise BackendUnavailableError(
+            f"{op}: {source} forces {names}, but none can run: {'; '.join(reasons)}; change or "
+            f"unset CONVFLOW_BACKEND")
+    outcomes.append(RuleOutcome("CONVFLOW_BACKEND", False, "not set"))
+
+    if data_device.type != "cpu":
+        owner = registry.backend_for_device(data_device)
+        backend, device, why_not = _try_backend(owner.name, problem, data_device)
+        if backend is None:
+            raise BackendUnavailableError(
+                f"{op}: the data lives on {data_device}, but {why_not}; move the data with "
+                f"convflow.tensor(x, device='cpu') or pass backend=")
+        outcomes.append(RuleOutcome("data device", True,
+                                    f"data lives on {data_device}, computed there by {owner.name}"))
+        return backend, device, outcomes
+    outcomes.append(RuleOutcome("data device", False, "data lives on the CPU"))
+
+    cpu_reasons: list[str] = []
+    for name in CPU_PREFERENCE:
+        backend, device, why_not = _try_backend(name, problem, data_device)
+        if backend is not None:
+            outcomes.append(RuleOutcome("cpu fallback", True, f"{name}, the CPU backend"))
+            return backend, device, outcomes
+        logger.debug("%s: CPU backend %s skipped: %s", op, name, why_not)
+        cpu_reasons.append(why_not)
+    raise BackendUnavailableError(f"{op}: no backend can run this call: {'; '.join(cpu_reasons)}")
+
+
+def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
+                     algorithm_arg: Any) -> tuple[AlgorithmRule, str, str, list[RuleOutcome]]:
+    """Apply the backend's algorithm rules in order; return (rule, reason, source, outcomes)."""
+    rules = [r for r in backend.algorithm_rules() if problem.direction in r.directions]
+    if algorithm_arg is not None:
+        by_name = {r.name: r for r in rules}
+        runnable = [r.name for r in rules if r.can_run(problem)[0]]
+        if not isinstance(algorithm_arg, str) or algorithm_arg not in by_name:
+            raise ParameterError(
+                f"{op}: algorithm={algorithm_arg!r} is not an algorithm of the {backend.name} "
+                f"backend for the {problem.direction.value} pass"
+                f"{did_you_mean(str(algorithm_arg), by_name)}; valid for this problem: "
+                f"{', '.join(runnable)}")
+        rule = by_name[algorithm_arg]
+        ok, why = rule.can_run(problem)
+        if not ok:
+            raise ParameterError(
+                f"{op}: algorithm={algorithm_arg!r} cannot run this problem: {why}; valid for "
+                f"this problem: {', '.join(runnable)}")
+        outcome = RuleOutcome(rule.name, True, f"forced by algorithm={rule.name!r}")
+        return rule, f"forced by algorithm={rule.name!r}", "forced", [outcome]
+    outcomes = []
+    for rule in rules:
+        matched, why = rule.applies(problem)
+        outcomes.append(RuleOutcome(rule.name, matched, why))
+        if matched:
+            return rule, why, "heuristic", outcomes
+    raise AssertionError(f"the {backend.name} backend has no catch-all algorithm for {problem}")
+
+
+def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvParams | None = None,
+           backend: Any = None, algorithm: Any = None) -> tuple[Decision, Backend]:
+    """Choose the backend and algorithm for one pass; return the Decision and the backend."""
+    chosen, device, backend_outcomes = select_backend(op, problem, data_device, backend)
+    rule, reason, source, algorithm_outcomes = select_algorithm(op, chosen, problem, algorithm)
+    decision = Decision(
+        op=op, backend=chosen.name, algorithm=rule.name, reason=reason, source=source,
+        device=device, problem=problem, params=params,
+        backend_rules=tuple(backend_outcomes), algorithm_rules=tuple(algorithm_outcomes),
+        backends=registry.available_backends(),
+    )
+    return decision, chosen

@@ -1,0 +1,263 @@
+"""One tensor type for every backend, and the conversions at the API boundary.
+
+A :class:`Tensor` pairs a backend-native array (``numpy.ndarray`` on the CPU; a device array
+for GPU backends) with the :class:`Device` it lives on. User inputs of any supported kind
+are adopted with :func:`as_tensor` (no copy where none is needed), and results are handed
+back as the same kind of array the user passed in (:func:`wrap_like`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ArgumentTypeError, DeviceError, did_you_mean
+
+DEVICE_TYPES = ("cpu", "opencl", "cuda")
+
+# DLPack's DLDeviceType codes for the devices convflow can reach.
+_DLPACK_DEVICE_TYPES = {1: "cpu", 3: "cpu", 2: "cuda", 4: "opencl"}
+
+
+@dataclass(frozen=True, order=True)
+class Device:
+    """Where a tensor's memory lives: ``cpu``, ``opencl:<index>`` or ``cuda:<index>``."""
+
+    type: str
+    index: int = 0
+
+    @classmethod
+    def parse(cls, spec: Device | str | None) -> Device:
+        """Parse ``"cpu"``, ``"opencl"``, ``"opencl:1"``, ``"cuda:0"``, ... (None means cpu)."""
+        if spec is None:
+            return CPU
+        if isinstance(spec, Device):
+            return spec
+        if not isinstance(spec, str):
+            raise ArgumentTypeError(
+                f"device must be a string such as 'cpu', 'opencl:0' or 'cuda:0', but got {spec!r}"
+            )
+        kind, _, index_text = spec.strip().lower().partition(":")
+        if kind not in DEVICE_TYPES:
+            raise DeviceError(
+                f"device {spec!r} is unknown{did_you_mean(kind, DEVICE_TYPES)}; expected one of "
+                f"'cpu', 'opencl[:index]', 'cuda[:index]'"
+            )
+        if not index_text:
+            return cls(kind, 0)
+        if not index_text.isdigit():
+            raise DeviceError(f"device {spec!r} has an invalid index {index_text!r}; expected "
+                              f"a non-negative integer, e.g. '{kind}:0'")
+        if kind == "cpu" and int(index_text) != 0:
+            raise DeviceError(f"device {spec!r} does not exist; the only CPU device is 'cpu'")
+        return cls(kind, int(index_text))
+
+    def __str__(self) -> str:
+        return "cpu" if self.type == "cpu" else f"{self.type}:{self.index}"
+
+
+CPU = Device("cpu", 0)
+
+
+class Tensor:
+    """An n-dimensional array on one device, shared by all backends.
+
+    Create one with :func:`convflow.tensor`; convflow functions also accept numpy arrays,
+    DLPack producers and backend-native arrays directly. ``Tensor`` supports
+    ``numpy.asarray(t)`` and DLPack (``numpy.from_dlpack(t)``, ``torch.from_dlpack(t)``).
+    """
+
+    __slots__ = ("_data", "_device")
+
+    def __init__(self, data: Any, device: Device = CPU) -> None:
+        self._data = data
+        self._device = device
+
+    @property
+    def data(self) -> Any:
+        """The backend-native array (``numpy.ndarray`` for ``cpu``)."""
+        return self._data
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self._data.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self._data.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._data.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def is_contiguous(self) -> bool:
+        """Whether the data is C-contiguous (kernels need it; otherwise a copy is made)."""
+        return bool(self._data.flags.c_contiguous)
+
+    def reshape(self, shape: tuple[int, ...]) -> Tensor:
+        """A tensor viewing the same data with another shape (contiguous data only)."""
+        return Tensor(self._data.reshape(shape), self._device)
+
+    def numpy(self) -> np.ndarray:
+        """The data as a numpy array: the array itself on the CPU, a host copy otherwise."""
+        if self._device.type == "cpu":
+            return self._data  # type: ignore[no-any-return]
+        return _device_backend(self._device).download(self)  # type: ignore[no-any-return]
+
+    def to(self, device: Device | str) -> Tensor:
+        """This tensor on *device*: itself if already there, else a copy."""
+        target = Device.parse(device)
+        if target == self._device:
+            return self
+        host = self.numpy()
+        if target.type == "cpu":
+            return Tensor(np.array(host, copy=True), CPU)
+        return _device_backend(target).upload(np.ascontiguousarray(host), target)  # type: ignore[no-any-return]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        host = self.numpy()
+        if dtype is not None:
+            host = host.astype(dtype, copy=False)
+        return np.array(host, copy=True) if copy else host
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self._data.__dlpack_device__()
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={list(self.shape)}, dtype={self.dtype}, device='{self._device}')"
+
+
+def _device_backend(device: Device) -> Any:
+    from .backends import backend_for_device
+
+    return backend_for_device(device)
+
+
+# How a result is handed back: as numpy, as a convflow Tensor, as a backend-native array,
+# or through the input's own library's ``from_dlpack``.
+ResultKind = Callable[[Tensor], Any]
+
+
+def _as_numpy(t: Tensor) -> Any:
+    return t.numpy()
+
+
+def _as_tensor(t: Tensor) -> Any:
+    return t
+
+
+def _as_native(t: Tensor) -> Any:
+    return t.data
+
+
+def _from_dlpack_of(obj: Any) -> ResultKind:
+    top = type(obj).__module__.split(".")[0]
+    if top in ("jax", "jaxlib"):
+        top = "jax.numpy"
+    module = sys.modules.get(top)
+    from_dlpack = getattr(module, "from_dlpack", None)
+    if from_dlpack is None:
+        return _as_tensor
+
+    def convert(t: Tensor) -> Any:
+        return from_dlpack(t.data)
+
+    return convert
+
+
+def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
+    """Adopt a user argument as a Tensor without copying; also return how to hand a result
+    back in the same kind. Raises ArgumentTypeError naming *argname* for unusable objects."""
+    if obj is None:
+        raise ArgumentTypeError(
+            f"{op}: argument '{argname}' is None; expected an array (numpy.ndarray, "
+            f"convflow.Tensor, or an object with __dlpack__)"
+        )
+    if isinstance(obj, Tensor):
+        return obj, _as_tensor
+    if isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ma.MaskedArray):
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' is a numpy masked array, whose mask a convolution "
+                f"would silently ignore; pass obj.filled(value) or numpy.asarray(obj) instead"
+            )
+        return Tensor(obj, CPU), _as_numpy
+    from .backends import backend_for_array
+
+    native_backend = backend_for_array(obj)
+    if native_backend is not None:
+        return native_backend.adopt(obj), _as_native
+    if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
+        device_code, device_index = obj.__dlpack_device__()
+        device_type = _DLPACK_DEVICE_TYPES.get(int(device_code))
+        if device_type is None:
+            raise DeviceError(
+                f"{op}: argument '{argname}' lives on DLPack device type {int(device_code)}, "
+                f"which convflow cannot reach; move it to the CPU or a CUDA/OpenCL device first"
+            )
+        try:
+            if device_type == "cpu":
+                array = np.from_dlpack(obj)
+                return Tensor(array, CPU), _from_dlpack_of(obj)
+            device = Device(device_type, int(device_index))
+            return _device_backend(device).adopt(obj), _from_dlpack_of(obj)
+        except (BufferError, TypeError, RuntimeError) as exc:
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' ({type(obj).__name__}) could not be read through "
+                f"DLPack: {exc}"
+            ) from exc
+    if hasattr(obj, "__array__") or hasattr(obj, "__array_interface__"):
+        return Tensor(np.asarray(obj), CPU), _as_numpy
+    raise ArgumentTypeError(
+        f"{op}: argument '{argname}' must be an array (numpy.ndarray, convflow.Tensor, or an "
+        f"object with __dlpack__), but got {type(obj).__name__}"
+        + ("; wrap it with numpy.asarray(...)" if isinstance(obj, (list, tuple, int, float)) else "")
+    )
+
+
+def tensor(data: Any, device: Device | str | None = None) -> Tensor:
+    """Create a Tensor holding a copy of *data* on *device*.
+
+    Parameters
+    ----------
+    data : array_like
+        A numpy array, nested sequence, ``Tensor``, DLPack producer or backend-native array.
+    device : str or Device, optional
+        ``"cpu"`` (default for host data), ``"opencl[:i]"``, ``"cuda[:i]"``. Without it, a
+        device array stays on its own device.
+
+    Returns
+    -------
+    Tensor
+        A new tensor that shares no memory with *data*.
+    """
+    if isinstance(data, (list, tuple, int, float)):
+        source = Tensor(np.array(data), CPU)
+    else:
+        source, _ = as_tensor(data, "tensor", "data")
+    target = source.device if device is None else Device.parse(device)
+    if target == source.device:
+        if target.type == "cpu":
+            return Tensor(np.array(source.data, copy=True, order="C"), CPU)
+        return _device_backend(target).copy(source)  # type: ignore[no-any-return]
+    return source.to(target)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the backends under test and comparison against the float64 reference.
+
+A backend that is not available here is skipped with its reason, unless it is listed in
+``CONVFLOW_TEST_REQUIRE`` (CI sets it), in which case its tests fail.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+import convflow
+from convflow import config
+from convflow.backends import BACKEND_NAMES
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# Relative tolerance against the float64 reference, per input dtype, scaled by the largest
+# reference magnitude. float64: rounding of sums of ~1e3 terms. float32: 2**-24 per
+# operation, grown by the reduction length (up to ~1e3 here). float16: inputs are rounded
+# to float16 before the reference sees them, so only the result's rounding to float16
+# (2**-11 relative) and float32 accumulation remain.
+TOLERANCE = {"float64": 1e-11, "float32": 3e-5, "float16": 2e-3}
+
+
+def required_backends() -> set[str]:
+    return set(config.get("CONVFLOW_TEST_REQUIRE"))
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each registered backend; skipped (or failed, if required) when unavailable."""
+    name = request.param
+    status = convflow.available_backends()[name]
+    if not status.available:
+        if name in required_backends():
+            pytest.fail(f"backend {name!r} is required by CONVFLOW_TEST_REQUIRE but is "
+                        f"unavailable: {status.reason}")
+        pytest.skip(f"backend {name!r} unavailable: {status.reason}")
+    return name
+
+
+def algorithms_of(backend: str) -> list[str]:
+    from convflow.backends import get_backend
+
+    return [rule.name for rule in get_backend(backend).algorithm_rules()]
+
+
+def assert_close(actual: object, expected: np.ndarray, dtype: str | np.dtype = "float32") -> None:
+    """Compare a backend's result with the float64 reference."""
+    actual_np = np.asarray(actual)
+    name = np.dtype(dtype).name
+    assert actual_np.shape == expected.shape, f"shape {actual_np.shape} != {expected.shape}"
+    assert actual_np.dtype == np.dtype(dtype), f"dtype {actual_np.dtype} != {dtype}"
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    error = float(np.abs(actual_np.astype(np.float64) - expected).max(initial=0.0))
+    assert math.isfinite(error) or not np.isfinite(expected).all()
+    assert error <= TOLERANCE[name] * scale, (
+        f"max abs error {error:.3g} exceeds {TOLERANCE[name]:g} x {scale:.3g}")
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float64") -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
