@@ -17,7 +17,7 @@ from .errors import ConvflowError
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        values = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values:

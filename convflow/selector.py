@@ -165,14 +165,18 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     outcomes.append(RuleOutcome("CONVFLOW_BACKEND", False, "not set"))
 
     if data_device.type != "cpu":
-        owner = registry.backend_for_device(data_device)
-        backend, device, why_not = _try_backend(owner.name, problem, data_device)
+        owner = registry.DEVICE_BACKENDS.get(data_device.type)
+        if owner is None:
+            raise BackendUnavailableError(
+                f"{op}: the data lives on {data_device}, but no backend for {data_device.type} "
+                f"devices is registered; move the data to the CPU")
+        backend, device, why_not = _try_backend(owner, problem, data_device)
         if backend is None:
             raise BackendUnavailableError(
                 f"{op}: the data lives on {data_device}, but {why_not}; move the data with "
                 f"convflow.tensor(x, device='cpu') or pass backend=")
         outcomes.append(RuleOutcome("data device", True,
-                                    f"data lives on {data_device}, computed there by {owner.name}"))
+                                    f"data lives on {data_device}, computed there by {owner}"))
         return backend, device, outcomes
     outcomes.append(RuleOutcome("data device", False, "data lives on the CPU"))
 

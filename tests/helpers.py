@@ -5,11 +5,12 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import reference
-from cases import Case
 
 import convflow
 from convflow.backends import get_backend
+
+import reference
+from cases import Case
 
 CONV = {1: convflow.conv1d, 2: convflow.conv2d, 3: convflow.conv3d}
 CONV_TRANSPOSE = {1: convflow.conv_transpose1d, 2: convflow.conv_transpose2d,

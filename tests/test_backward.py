@@ -6,12 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+
+import convflow
+
 import reference
 from cases import Case, forward_cases, random_cases, transposed_cases
 from conftest import assert_close
 from helpers import rng_for, runnable_algorithms
-
-import convflow
 
 BACKWARD = [c for c in forward_cases() if c.padding_mode == "zeros"]
 BACKWARD_TRANSPOSED = transposed_cases()

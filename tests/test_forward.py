@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import convflow
+
 from cases import forward_cases, random_cases
 from conftest import assert_close
 from helpers import CONV, conv_kwargs, forward_operands, reference_forward, runnable_algorithms
-
-import convflow
 
 FORWARD = forward_cases()
 

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from onnx_adapter import run_node
 
 onnx = pytest.importorskip("onnx", reason="the onnx package provides the conformance cases")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import convflow
+
 import reference
 from cases import random_cases, transposed_cases
 from conftest import assert_close
@@ -15,8 +18,6 @@ from helpers import (
     runnable_algorithms,
     transpose_kwargs,
 )
-
-import convflow
 
 TRANSPOSED = transposed_cases()
 

@@ -1,0 +1,126 @@
+"""numba backend internals: im2col tiling, the workspace bound, threads and determinism."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import convflow
+from convflow import config
+from convflow.backends.numba.algorithms import plan_tiles
+
+import reference
+from conftest import assert_close
+
+
+@pytest.mark.parametrize("n_images, rows, out_w, per_column, budget", [
+    (4, 6, 5, 100, 10_000),       # several images per tile
+    (2, 50, 40, 100, 50_000),     # whole rows, within one image
+    (2, 3, 1000, 100, 20_000),    # rows wider than the budget: column chunks
+    (1, 1, 1, 10**9, 1),          # nothing fits: one column at a time
+    (3, 7, 3, 8, 8 * 21 * 3),     # exactly three images
+])
+def test_tiles_cover_every_output_once_within_budget(n_images, rows, out_w, per_column, budget):
+    tiles = plan_tiles(n_images, rows, out_w, per_column, budget)
+    covered = np.zeros((n_images * rows, out_w), dtype=int)
+    for tile in tiles:
+        assert tile.columns >= 1
+        assert tile.columns * per_column <= max(budget, per_column)
+        covered[tile.row0:tile.row0 + tile.n_rows, tile.w0:tile.w0 + tile.w_count] += 1
+        if tile.n_rows > 1:
+            assert tile.w_count == out_w
+    assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_weight"])
+def test_im2col_tiling_is_exact_with_a_tiny_workspace(direction):
+    """A 1 MiB workspace forces row tiles, column chunks and multi-image tiles."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 64, 5, 700))
+    w = rng.standard_normal((32, 32, 3, 3))
+    kwargs = dict(stride=(1, 2), padding=((1, 2), (1, 0)), groups=2)
+    pads = ((1, 2), (1, 0))
+    y_ref = reference.conv(x, w, None, (1, 2), pads, (1, 1), 2)
+    with config.override(CONVFLOW_WORKSPACE_MB=1):
+        if direction == "forward":
+            assert_close(convflow.conv2d(x, w, algorithm="im2col_gemm", **kwargs), y_ref, "float64")
+        else:
+            dy = rng.standard_normal(y_ref.shape)
+            expected = reference.conv_backward(dy, x, w, (1, 2), pads, (1, 1), 2)
+            mask = (direction == "backward_data", direction == "backward_weight", False)
+            grads = convflow.conv_backward(dy, x, w, algorithm="im2col_gemm", output_mask=mask, **kwargs)
+            index = 0 if direction == "backward_data" else 1
+            assert_close(grads[index], expected[index], "float64")
+
+
+def test_im2col_scratch_stays_within_the_workspace_limit():
+    """Untiled, this layer's im2col matrix would need 288 MiB; the limit is 4 MiB."""
+    x = np.ones((4, 128, 64, 64), dtype=np.float32)
+    w = np.ones((64, 128, 3, 3), dtype=np.float32)
+    convflow.conv2d(x[:1, :, :8, :8], w, padding=1)  # compile outside the measurement
+    output_bytes = 4 * 64 * 64 * 64 * 4
+    with config.override(CONVFLOW_WORKSPACE_MB=4):
+        tracemalloc.start()
+        y = convflow.conv2d(x, w, padding=1, algorithm="im2col_gemm")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert y[0, 0, 10, 10] == 128 * 9
+    scratch = peak - output_bytes
+    assert scratch <= 4 * 2**20 + 256 * 1024, f"scratch {scratch / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col_gemm", "depthwise", "gemm_1x1"])
+def test_results_do_not_depend_on_the_thread_count(algorithm):
+    rng = np.random.default_rng(2)
+    groups = 8 if algorithm == "depthwise" else 1
+    k = 1 if algorithm == "gemm_1x1" else 3
+    x = rng.standard_normal((2, 8, 33, 17)).astype(np.float32)
+    w = rng.standard_normal((16, 8 // groups, k, k)).astype(np.float32)
+    padding = 0 if algorithm == "gemm_1x1" else 1
+    results = []
+    for threads in (1, 2):
+        with config.override(CONVFLOW_NUM_THREADS=threads):
+            y = convflow.conv2d(x, w, padding=padding, groups=groups, algorithm=algorithm)
+            grads = convflow.conv_backward(np.ones_like(y), x, w, padding=padding, groups=groups,
+                                           algorithm=algorithm)
+            results.append((y, *grads))
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_concurrent_calls_from_threads_match_serial_calls():
+    rng = np.random.default_rng(4)
+    problems = []
+    for i in range(8):
+        c = 4 + 4 * (i % 3)
+        x = rng.standard_normal((2, c, 20 + i, 18)).astype(np.float32)
+        w = rng.standard_normal((8, c // (1 + i % 2), 3, 1 + i % 3)).astype(np.float32)
+        problems.append((x, w, dict(padding=1, groups=1 + i % 2)))
+    serial = [convflow.conv2d(x, w, **kw) for x, w, kw in problems]
+    results: dict[int, np.ndarray] = {}
+
+    def work(index):
+        for _ in range(5):
+            x, w, kw = problems[index]
+            results[index] = convflow.conv2d(x, w, **kw)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(problems))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(not t.is_alive() for t in threads)
+    for index, expected in enumerate(serial):
+        np.testing.assert_array_equal(results[index], expected)
+
+
+def test_status_reports_the_threading_layer():
+    status = convflow.available_backends()["numba"]
+    assert status.available
+    assert status.details["threading_layer"] in ("tbb", "omp", "workqueue")
+    assert int(status.details["threads"]) >= 1
+    if status.details["threading_layer"] == "workqueue":
+        assert status.details["serialized_launches"] == "True"

@@ -1,0 +1,269 @@
+"""The selector's rules, the explain() trace, and environment forcing (in subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convflow
+from convflow import BackendUnavailableError, ConfigError, Device, ParameterError, Tensor, config
+from convflow import backends as registry
+from convflow.backends.base import BackendStatus
+from convflow.backends.numba import NumbaBackend
+
+X = np.zeros((2, 8, 10, 10), dtype=np.float32)
+W = np.zeros((16, 8, 3, 3), dtype=np.float32)
+
+
+class FakeGPUBackend(NumbaBackend):
+    """A backend that owns 'cuda' memory but computes on the host, recording its calls."""
+
+    name = "fakegpu"
+    device_type = "cuda"
+
+    def __init__(self, available=True, refuse=None):
+        super().__init__()
+        self.calls: list[str] = []
+        self._available = available
+        self._refuse = refuse
+
+    def status(self):
+        if not self._available:
+            return BackendStatus(self.name, False, "no CUDA device (pretend)", "cuda")
+        return BackendStatus(self.name, True, "pretend GPU", "cuda", ("cuda:0",))
+
+    def unsupported_reason(self, problem, device):
+        return self._refuse
+
+    def upload(self, host, device):
+        return Tensor(np.array(host, copy=True), device)
+
+    def download(self, t):
+        return np.array(t.data, copy=True)
+
+    def forward(self, x, w, b, problem, algorithm):
+        self.calls.append(f"forward:{algorithm}")
+        out = super().forward(Tensor(x.data), Tensor(w.data), b and Tensor(b.data), problem, algorithm)
+        return Tensor(out.data, x.device)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    def install(**kwargs):
+        fake = FakeGPUBackend(**kwargs)
+        monkeypatch.setitem(registry._BACKEND_CLASSES, "fakegpu", ("tests.fake", "FakeGPUBackend"))
+        monkeypatch.setattr(registry, "BACKEND_NAMES", (*registry.BACKEND_NAMES, "fakegpu"))
+        monkeypatch.setitem(registry._instances, "fakegpu", fake)
+        monkeypatch.setitem(registry.DEVICE_BACKENDS, "cuda", "fakegpu")
+        return fake
+
+    return install
+
+
+def rule_table(decision):
+    return [(o.rule, o.matched) for o in decision.backend_rules]
+
+
+def test_default_is_the_cpu_fallback():
+    decision = convflow.explain(X, W, padding=1)
+    assert (decision.backend, decision.source) == ("numba", "heuristic")
+    assert rule_table(decision) == [("backend argument", False), ("CONVFLOW_BACKEND", False),
+                                    ("data device", False), ("cpu fallback", True)]
+    assert decision.device == Device("cpu")
+
+
+def test_backend_argument_wins():
+    decision = convflow.explain(X, W, backend="numba")
+    assert rule_table(decision)[0] == ("backend argument", True)
+    assert len(decision.backend_rules) == 1
+
+
+def test_environment_variable_is_the_second_rule(monkeypatch):
+    monkeypatch.setenv("CONVFLOW_BACKEND", "numba")
+    decision = convflow.explain(X, W)
+    assert rule_table(decision) == [("backend argument", False), ("CONVFLOW_BACKEND", True)]
+    with config.override(CONVFLOW_BACKEND=""):
+        assert rule_table(convflow.explain(X, W))[-1] == ("cpu fallback", True)
+
+
+def test_environment_list_takes_the_first_usable(fake_gpu, monkeypatch):
+    fake_gpu(available=False)
+    monkeypatch.setenv("CONVFLOW_BACKEND", "fakegpu,numba")
+    decision = convflow.explain(X, W)
+    assert decision.backend == "numba"
+    assert "skipped: fakegpu is unavailable: no CUDA device (pretend)" in decision.backend_rules[1].detail
+
+
+def test_environment_forcing_never_falls_back(fake_gpu, monkeypatch):
+    fake_gpu(available=False)
+    monkeypatch.setenv("CONVFLOW_BACKEND", "fakegpu")
+    with pytest.raises(BackendUnavailableError,
+                       match=r"environment variable CONVFLOW_BACKEND='fakegpu' forces \['fakegpu'\], but none "
+                             r"can run: fakegpu is unavailable: no CUDA device \(pretend\); change or unset"):
+        convflow.conv2d(X, W)
+
+
+def test_unknown_environment_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CONVFLOW_BACKEND", "numbaa")
+    with pytest.raises(ParameterError, match=r"environment variable CONVFLOW_BACKEND='numbaa': unknown "
+                                             r"backend 'numbaa' \(did you mean 'numba'\?\); valid backends: numba"):
+        convflow.conv2d(X, W)
+
+
+def test_data_on_a_device_is_computed_there(fake_gpu):
+    fake = fake_gpu()
+    x = Tensor(np.ones((1, 8, 6, 6), np.float32), Device("cuda", 0))
+    w = np.ones((4, 8, 1, 1), np.float32)  # host weight: goes along with the data
+    y = convflow.conv2d(x, w)
+    assert fake.calls == ["forward:gemm_1x1"]
+    assert isinstance(y, Tensor) and y.device == Device("cuda", 0)
+    np.testing.assert_allclose(y.data, 8.0)
+    decision = convflow.explain(x, w)
+    assert rule_table(decision)[2] == ("data device", True)
+    assert "data lives on cuda:0, computed there by fakegpu" in str(decision)
+
+
+def test_device_data_with_an_unavailable_backend_is_an_error(fake_gpu):
+    fake_gpu(available=False)
+    x = Tensor(np.ones((1, 8, 6, 6), np.float32), Device("cuda", 0))
+    with pytest.raises(BackendUnavailableError, match=r"the data lives on cuda:0, but fakegpu is unavailable"):
+        convflow.conv2d(x, np.ones((4, 8, 1, 1), np.float32))
+
+
+def test_forced_backend_that_refuses_the_problem_is_an_error(fake_gpu):
+    fake = fake_gpu(refuse="float64 is not supported (pretend)")
+    with pytest.raises(BackendUnavailableError, match=r"backend='fakegpu' was requested, but fakegpu cannot run "
+                                                      r"this problem: float64 is not supported \(pretend\)"):
+        convflow.conv2d(X.astype(np.float64), W.astype(np.float64), backend="fakegpu")
+    assert fake.calls == []
+
+
+def test_forcing_a_device_backend_copies_host_data_in_and_back(fake_gpu):
+    fake = fake_gpu()
+    y = convflow.conv2d(np.ones((1, 8, 6, 6), np.float32), np.ones((4, 8, 1, 1), np.float32),
+                        backend="fakegpu")
+    assert fake.calls == ["forward:gemm_1x1"]
+    assert isinstance(y, np.ndarray)
+    decision = convflow.explain(np.ones((1, 8, 6, 6), np.float32), np.ones((4, 8, 1, 1), np.float32),
+                                backend="fakegpu")
+    assert decision.device == Device("cuda", 0)
+    assert "operands are copied from cpu to cuda:0 and the result back" in decision.notes
+
+
+def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
+    fake_gpu()
+    a = Tensor(np.ones((1, 8, 6, 6), np.float32), Device("cuda", 0))
+    b = Tensor(np.ones((4, 8, 1, 1), np.float32), Device("cuda", 1))
+    with pytest.raises(convflow.DeviceError, match=r"arrays live on different devices \(input on cuda:0, "
+                                                   r"weight on cuda:1\)"):
+        convflow.conv2d(a, b)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, algorithm", [
+    ((2, 8, 10, 10), (16, 1, 3, 3), dict(groups=8, padding=1), "depthwise"),
+    ((2, 8, 10, 10), (16, 8, 1, 1), dict(), "gemm_1x1"),
+    ((2, 8, 10, 10), (16, 8, 1, 1), dict(stride=2), "gemm_1x1"),
+    ((2, 32, 10, 10), (16, 32, 1, 1), dict(padding=1), "im2col_gemm"),
+    ((2, 8, 10, 10), (16, 8, 1, 1), dict(padding=1), "direct"),
+    ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "im2col_gemm"),
+    ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col_gemm"),
+    ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
+    ((2, 4, 10, 10), (4, 2, 3, 3), dict(groups=2), "direct"),
+])
+def test_algorithm_rules(x_shape, w_shape, kwargs, algorithm):
+    decision = convflow.explain(np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kwargs)
+    assert decision.algorithm == algorithm
+    matched = [o.rule for o in decision.algorithm_rules if o.matched]
+    assert matched == [algorithm]
+    assert decision.algorithm_rules[-1].rule == algorithm
+
+
+def test_forced_algorithm():
+    decision = convflow.explain(X, W, padding=1, algorithm="direct")
+    assert (decision.algorithm, decision.source) == ("direct", "forced")
+    assert "forced by algorithm='direct'" in str(decision)
+
+
+def test_explain_trace_shows_everything():
+    text = str(convflow.explain(X.astype(np.float16), W.astype(np.float16), None, 2, "same",
+                                padding_mode="reflect"))
+    for expected in ("convflow decision for conv2d (forward pass)",
+                     "params:  stride=(2, 2), padding=((0, 1), (0, 1)) (from 'same')",
+                     "padding_mode='reflect'", "backends:", "numba    available",
+                     "backend rules (first match wins):", "1. backend argument", "4. cpu fallback",
+                     "algorithm rules of numba (first match wins):", "1. depthwise",
+                     "note: the input is padded with padding_mode='reflect'",
+                     "note: float16 is computed with float32 accumulation",
+                     "=> backend=numba algorithm=im2col_gemm on cpu [heuristic]"):
+        assert expected in text, expected
+
+
+def test_explain_transposed_and_backward_passes():
+    transposed = convflow.explain(X, W.transpose(1, 0, 2, 3), transposed=True, stride=2,
+                                  output_padding=1)
+    assert transposed.problem.direction == convflow.Direction.BACKWARD_DATA
+    assert transposed.problem.x_shape == (2, 16, 22, 22) and transposed.problem.y_shape == X.shape
+    assert "computed as the backward-data pass" in str(transposed)
+    weight_pass = convflow.explain(X, W, padding=1, direction="backward_weight")
+    assert weight_pass.problem.direction == convflow.Direction.BACKWARD_WEIGHT
+    with pytest.raises(ParameterError, match="direction must be one of forward, backward_data, backward_weight"):
+        convflow.explain(X, W, direction="sideways")
+
+
+def test_explain_costs_nothing_for_huge_views():
+    x = np.broadcast_to(np.float32(0), (64, 256, 112, 112))
+    w = np.broadcast_to(np.float32(0), (256, 256, 3, 3))
+    decision = convflow.explain(x, w, padding=1)
+    assert decision.problem.flops == 2 * 64 * 256 * 256 * 9 * 112 * 112
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environment, timeout=300)
+
+
+SNIPPET = """
+import numpy as np, convflow
+d = convflow.explain(np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 4, 3, 3), np.float32))
+print(d.backend, [o.rule for o in d.backend_rules if o.matched])
+"""
+
+
+def test_environment_forcing_in_a_subprocess():
+    result = run_python(SNIPPET, CONVFLOW_BACKEND="numba")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numba ['CONVFLOW_BACKEND']"
+
+
+def test_unknown_environment_backend_in_a_subprocess():
+    result = run_python(SNIPPET, CONVFLOW_BACKEND="cuda")
+    assert result.returncode != 0
+    assert "CONVFLOW_BACKEND='cuda': unknown backend 'cuda'" in result.stderr
+    assert "valid backends: numba" in result.stderr
+
+
+def test_debug_logging_shows_each_decision():
+    code = ("import numpy as np, convflow\n"
+            "convflow.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)))")
+    result = run_python(code, CONVFLOW_LOG="debug")
+    assert result.returncode == 0, result.stderr
+    assert "convflow DEBUG: convflow decision for conv2d (forward pass)" in result.stderr
+    assert "=> backend=numba" in result.stderr
+
+
+def test_invalid_log_level_warns_at_import():
+    result = run_python("import convflow", CONVFLOW_LOG="loud")
+    assert result.returncode == 0
+    assert "environment variable CONVFLOW_LOG='loud' is invalid" in result.stderr
+
+
+def test_invalid_numeric_variable_is_an_error(monkeypatch):
+    monkeypatch.setenv("CONVFLOW_WORKSPACE_MB", "lots")
+    with pytest.raises(ConfigError, match=r"environment variable CONVFLOW_WORKSPACE_MB='lots' is invalid: "
+                                          r"expected an integer >= 1"):
+        convflow.conv2d(X, W)
