@@ -91,6 +91,49 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _layer_slice(text: str) -> slice:
+    try:
+        start, _, stop = text.partition(":")
+        if not _:
+            return slice(int(start), int(start) + 1)
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer index or a slice like 2:5, got {text!r}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+
+    tables = bench.load_networks()
+    networks = [n for n in tables if n != "tiny"] if args.net == ["all"] else args.net
+    contenders = [bench.convflow_contender(name) for name in args.backend]
+    threads = args.threads or hostinfo.cpu_count()
+    for name in args.compare:
+        if name != "torch":
+            raise argparse.ArgumentTypeError(f"--compare: only 'torch' is supported, got {name!r}")
+        contenders.append(bench.torch_contender(threads))
+    if args.first_call:
+        for backend in args.backend:
+            latency = bench.first_call_latency(backend)
+            print(f"first call ({backend}, import + one conv per algorithm, new process): "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
+    result = bench.run_bench(networks, args.batch, contenders, warmup=args.warmup,
+                             repeats=args.repeats, layers=args.layers,
+                             progress=not args.no_progress)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -122,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--direction", default="forward",
                     choices=["forward", "backward_data", "backward_weight"])
     ex.set_defaults(func=cmd_explain)
+
+    be = sub.add_parser("bench", help="time real networks' conv layers against PyTorch")
+    be.add_argument("--net", type=_names, default=["resnet50"],
+                    help="comma list of networks, or 'all' (see --list)")
+    be.add_argument("--batch", type=lambda t: [int(v) for v in _names(t)], default=[1, 8])
+    be.add_argument("--backend", type=_names, default=["numba"], help="convflow backends to time")
+    be.add_argument("--compare", type=_names, default=[], help="other contenders: torch")
+    be.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    be.add_argument("--repeats", type=int, default=15, help="timed rounds at most per layer")
+    be.add_argument("--warmup", type=int, default=2)
+    be.add_argument("--layers", type=_layer_slice, default=None, help="layer index or slice, e.g. 0:5")
+    be.add_argument("--json", default=None, help="write all results as JSON to this file")
+    be.add_argument("--plot", default=None, help="write a PNG plot (needs matplotlib)")
+    be.add_argument("--first-call", action="store_true",
+                    help="also time the first call in a new process, cold and warm numba cache")
+    be.add_argument("--no-progress", action="store_true")
+    be.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="run and check the first layers of ResNet-50")
     demo.add_argument("--batch", type=int, default=1)

@@ -184,6 +184,14 @@ def is_set(name: str) -> bool:
     return name in _overrides.get() or name in os.environ
 
 
+def fingerprint() -> tuple[Any, ...]:
+    """A hashable summary of every variable's current source text and override: equal
+    fingerprints mean equal configuration (used to key caches of decisions)."""
+    overrides = _overrides.get()
+    return (tuple(os.environ.get(name) for name in VARIABLES),
+            tuple(sorted((k, repr(v)) for k, v in overrides.items())) if overrides else ())
+
+
 @contextlib.contextmanager
 def override(**values: Any) -> Iterator[None]:
     """Override variables for the enclosed block (this thread / task only).

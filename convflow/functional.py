@@ -9,15 +9,19 @@ and :func:`explain` runs the same planning without computing anything.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import numbers
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import checks, selector
+from . import checks, config, selector
+from .backends import is_current
 from .backends.base import Backend
 from .errors import ArgumentTypeError, DeviceError, ParameterError, ShapeError
 from .params import ConvParams, ConvProblem, Direction
@@ -80,30 +84,41 @@ def _log(decision: Decision) -> None:
 
 
 @dataclass(frozen=True)
-class _ConvPlan:
-    op: str
-    params: ConvParams
+class _Operands:
+    """The call's arrays as Tensors, and how to hand the result back."""
+
     x: Tensor
     w: Tensor
     b: Tensor | None
     kind: ResultKind
+
+    @classmethod
+    def adopt(cls, op: str, input: Any, weight: Any, bias: Any) -> _Operands:
+        x, kind = as_tensor(input, op, "input")
+        w, _ = as_tensor(weight, op, "weight")
+        b = None if bias is None else as_tensor(bias, op, "bias")[0]
+        return cls(x, w, b, kind)
+
+
+@dataclass(frozen=True)
+class _ConvPlan:
+    """Everything a validated forward or transposed call needs, without its data."""
+
+    op: str
+    params: ConvParams
     unbatched: bool
     out_shape: tuple[int, ...]
     step: _Pass
 
 
-def _plan_conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: Any,
                dilation: Any, groups: Any, padding_mode: Any, transposed: bool,
                output_padding: Any, backend: Any, algorithm: Any) -> _ConvPlan:
-    x, kind = as_tensor(input, op, "input")
-    w, _ = as_tensor(weight, op, "weight")
-    b = None if bias is None else as_tensor(bias, op, "bias")[0]
+    x, w, b = operands.x, operands.w, operands.b
     dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
                                      ("bias", None if b is None else b.dtype)])
     unbatched = checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed)
     x_shape = (1, *x.shape) if unbatched else x.shape
-    if unbatched:
-        x = x.reshape(x_shape)
     params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
                                   groups=groups, transposed=transposed,
                                   output_padding=output_padding, padding_mode=padding_mode,
@@ -140,17 +155,19 @@ def _plan_conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: A
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
-    return _ConvPlan(op, params, x, w, b, kind, unbatched, out_shape, _Pass(decision, chosen))
+    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen))
 
 
-def _run_conv(plan: _ConvPlan) -> Any:
+def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     decision, backend = plan.step.decision, plan.step.backend
     _log(decision)
     device = decision.device
     problem = decision.problem
-    x, w, b = _to(plan.x, device) or plan.x, _to(plan.w, device) or plan.w, _to(plan.b, device) or plan.b
+    x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
+    x, w, b = _to(x, device) or x, _to(operands.w, device) or operands.w, (
+        _to(operands.b, device) or operands.b)
     if problem.is_empty():
-        y = backend.upload(np.zeros(plan.out_shape, dtype=plan.x.dtype), device)
+        y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
     elif plan.params.transposed:
         y = backend.backward_data(x, w, b, problem, decision.algorithm)
     else:
@@ -159,17 +176,80 @@ def _run_conv(plan: _ConvPlan) -> Any:
         y = backend.forward(x, w, b, problem, decision.algorithm)
     if plan.unbatched:
         y = y.reshape(y.shape[1:])
-    if y.device != plan.x.device:
-        y = y.to(plan.x.device)
-    return plan.kind(y)
+    if y.device != operands.x.device:
+        y = y.to(operands.x.device)
+    return operands.kind(y)
+
+
+class _PlanCache:
+    """Validated plans of recent calls, keyed by everything that decides validity and choice
+    (shapes, dtypes, devices, contiguity, the typed arguments, the configuration), so a
+    repeated call skips normalization, checks and selection. Thread-safe, bounded."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._plans: collections.OrderedDict[Any, _ConvPlan] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> _ConvPlan | None:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+        if plan is not None and not is_current(plan.step.backend):
+            return None
+        return plan
+
+    def put(self, key: Any, plan: _ConvPlan) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+
+_PLANS = _PlanCache()
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable, type-exact stand-in for an argument (True and 1 differ); TypeError for
+    arguments that are not worth caching (arrays, floats, anything unusual)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return ("seq", tuple(_freeze(v) for v in value))
+    raise TypeError(type(value).__name__)
+
+
+def _tensor_key(t: Tensor | None) -> Any:
+    return None if t is None else (t.shape, t.dtype.str, t.device, t.is_contiguous)
 
 
 def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
           dilation: Any, groups: Any, padding_mode: Any, backend: Any, algorithm: Any,
           transposed: bool = False, output_padding: Any = 0) -> Any:
-    plan = _plan_conv(op, ndim, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, transposed, output_padding, backend, algorithm)
-    return _run_conv(plan)
+    operands = _Operands.adopt(op, input, weight, bias)
+    try:
+        key: Any = (op, _tensor_key(operands.x), _tensor_key(operands.w),
+                    _tensor_key(operands.b), _freeze(stride), _freeze(padding), _freeze(dilation),
+                    _freeze(groups), _freeze(padding_mode), _freeze(output_padding),
+                    _freeze(backend), _freeze(algorithm), config.fingerprint())
+    except TypeError:
+        key = None
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,
+                          transposed, output_padding, backend, algorithm)
+        if key is not None:
+            _PLANS.put(key, plan)
+    return _run_conv(plan, operands)
 
 
 _FORWARD_DOC = """{n}-D convolution (cross-correlation, as in PyTorch and ONNX).
@@ -467,16 +547,18 @@ def explain(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding:
     if direction not in _DIRECTIONS:
         raise ParameterError(f"explain: direction must be one of {', '.join(_DIRECTIONS)}, but got "
                              f"{direction!r}")
-    plan = _plan_conv(op, ndim, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, bool(transposed), output_padding, backend, algorithm)
+    operands = _Operands.adopt(op, input, weight, bias)
+    plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,
+                      bool(transposed), output_padding, backend, algorithm)
     if direction == "forward":
         return plan.step.decision
     if plan.params.needs_explicit_padding():
         raise ParameterError(f"explain: conv_backward does not differentiate padding_mode="
                              f"{plan.params.padding_mode!r}; explain the backward passes with "
                              f"padding_mode='zeros'")
-    grad_output = np.broadcast_to(np.zeros((), dtype=plan.x.dtype), plan.out_shape)
-    back = _plan_backward("conv_backward", grad_output, plan.x, plan.w, plan.params.stride,
+    x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
+    grad_output = np.broadcast_to(np.zeros((), dtype=x.dtype), plan.out_shape)
+    back = _plan_backward("conv_backward", grad_output, x, operands.w, plan.params.stride,
                           plan.params.padding, plan.params.dilation, plan.params.groups,
                           plan.params.transposed, plan.params.output_padding,
                           (direction == "backward_data", direction == "backward_weight", False),

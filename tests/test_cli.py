@@ -20,7 +20,7 @@ def test_info():
     out = result.stdout
     for expected in ("convflow 0.", "numpy", "host:", "cores", "backends:", "numba    available",
                      "threading_layer:", "threads:", "algorithms (in rule order): depthwise, gemm_1x1, "
-                     "im2col_gemm, direct", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
+                     "packed_direct, im2col_gemm, direct", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
         assert expected in out, expected
 
 
@@ -34,7 +34,7 @@ def test_explain():
     result = convflow("explain", "--input", "8,64,56,56", "--weight", "64,64,3,3", "--padding", "1")
     assert result.returncode == 0, result.stderr
     assert "problem: x[8, 64, 56, 56] w[64, 64, 3, 3] y[8, 64, 56, 56] float32" in result.stdout
-    assert "=> backend=numba algorithm=im2col_gemm" in result.stdout
+    assert "=> backend=numba algorithm=packed_direct" in result.stdout
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -124,3 +124,57 @@ def test_status_reports_the_threading_layer():
     assert int(status.details["threads"]) >= 1
     if status.details["threading_layer"] == "workqueue":
         assert status.details["serialized_launches"] == "True"
+
+
+@pytest.mark.parametrize("shape, groups, stride, padding, dilation", [
+    ((2, 40, 7, 9), 40, 1, 1, 1),            # channels-last depthwise (many channels, small)
+    ((1, 200, 6, 5), 200, 2, ((0, 2), (1, 0)), (1, 2)),
+    ((2, 33, 15, 16), 33, 1, 1, 1),          # two channel blocks of channels-last
+    ((2, 8, 40, 36), 8, (2, 1), 2, 2),       # per-plane depthwise (large planes)
+])
+def test_depthwise_forward_paths(shape, groups, stride, padding, dilation):
+    from convflow.backends.numba.algorithms import depthwise_channels_last_applies
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((shape[1], 1, 3, 3))
+    pads = padding if isinstance(padding, tuple) else ((padding, padding),) * 2
+    stride2 = stride if isinstance(stride, tuple) else (stride, stride)
+    dil2 = (dilation, dilation) if isinstance(dilation, int) else dilation
+    y = convflow.conv2d(x, w, None, stride2, pads, dil2, groups, algorithm="depthwise")
+    assert_close(y, reference.conv(x, w, None, stride2, pads, dil2, groups), "float64")
+    lifted = lambda s: (s[0], s[1], 1, *s[2:])  # noqa: E731
+    expected_channels_last = shape[1] >= 32 and y.shape[2] * y.shape[3] <= 256
+    assert depthwise_channels_last_applies(lifted(x.shape), lifted(w.shape), lifted(y.shape)) \
+        == expected_channels_last
+
+
+@pytest.mark.parametrize("workspace_mb, batch", [(1, 5), (64, 5), (64, 1)])
+def test_packed_direct_large_problems_and_image_tiles(workspace_mb, batch):
+    """Problems big enough for the parallel kernels; a 1 MiB workspace packs few images at once."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((batch, 24, 31, 45)).astype(np.float32)
+    w = rng.standard_normal((20, 24, 3, 5)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    kwargs = dict(stride=(1, 2), padding=((2, 1), (0, 3)), dilation=(2, 1))
+    with config.override(CONVFLOW_WORKSPACE_MB=workspace_mb):
+        y = convflow.conv2d(x, w, b, algorithm="packed_direct", **kwargs)
+    expected = reference.conv(x, w, b, (1, 2), ((2, 1), (0, 3)), (2, 1), 1)
+    assert_close(y, expected, "float32")
+
+
+def test_packed_direct_reads_unpadded_1x1_inputs_in_place():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 70, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((10, 35, 1, 1)).astype(np.float32)
+    y = convflow.conv2d(x, w, groups=2, algorithm="packed_direct")
+    assert_close(y, reference.conv(x, w, groups=2), "float32")
+
+
+def test_packed_direct_keeps_inf_where_padding_pairs_would_make_nan():
+    x = np.ones((1, 1, 8, 8), dtype=np.float32)   # 1 channel x 4 taps = 4 pairs: 3 + 1
+    x[0, 0, 5, 5] = np.inf
+    w = np.ones((4, 1, 2, 2), dtype=np.float32)
+    y = convflow.conv2d(x, w, algorithm="packed_direct")
+    assert np.isposinf(y[0, :, 4:6, 4:6]).all()
+    assert np.isfinite(y[0, :, :4, :4]).all() and not np.isnan(y).any()

@@ -167,10 +167,11 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((2, 8, 10, 10), (16, 1, 3, 3), dict(groups=8, padding=1), "depthwise"),
     ((2, 8, 10, 10), (16, 8, 1, 1), dict(), "gemm_1x1"),
     ((2, 8, 10, 10), (16, 8, 1, 1), dict(stride=2), "gemm_1x1"),
-    ((2, 32, 10, 10), (16, 32, 1, 1), dict(padding=1), "im2col_gemm"),
-    ((2, 8, 10, 10), (16, 8, 1, 1), dict(padding=1), "direct"),
-    ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "im2col_gemm"),
-    ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col_gemm"),
+    ((2, 32, 10, 10), (16, 32, 1, 1), dict(padding=1), "packed_direct"),
+    ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "packed_direct"),
+    ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "packed_direct"),
+    ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col_gemm"),
+    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "packed_direct"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
     ((2, 4, 10, 10), (4, 2, 3, 3), dict(groups=2), "direct"),
 ])
@@ -198,7 +199,7 @@ def test_explain_trace_shows_everything():
                      "algorithm rules of numba (first match wins):", "1. depthwise",
                      "note: the input is padded with padding_mode='reflect'",
                      "note: float16 is computed with float32 accumulation",
-                     "=> backend=numba algorithm=im2col_gemm on cpu [heuristic]"):
+                     "=> backend=numba algorithm=packed_direct on cpu [heuristic]"):
         assert expected in text, expected
 
 

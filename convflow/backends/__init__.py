@@ -93,6 +93,14 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
+def is_current(backend: Backend) -> bool:
+    """Whether *backend* is still the registry's loaded, available instance of its name
+    (caches of earlier decisions check this before reusing them)."""
+    with _lock:
+        current = _instances.get(backend.name)
+    return current is backend and backend.status().available
+
+
 def backend_for_device(device: Device) -> Backend:
     """The backend that owns memory on *device*."""
     name = DEVICE_BACKENDS.get(device.type)
@@ -133,5 +141,6 @@ __all__ = [
     "backend_for_device",
     "backend_status",
     "get_backend",
+    "is_current",
     "validate_backend_name",
 ]

@@ -29,6 +29,12 @@ from ..base import AlgorithmRule, Backend, BackendStatus
 # im2col + BLAS pays when each output sums enough products and each GEMM has enough rows.
 IM2COL_MIN_REDUCTION = 16
 IM2COL_MIN_OUT_CHANNELS = 4
+# The packed direct kernel computes 4 output channels per pass over vectorized position runs.
+# Against im2col + BLAS (single-thread CPU time, AVX2): it wins on large outputs and on short
+# reductions; BLAS wins on small outputs with long reductions (e.g. 512 channels at 7x7).
+PACKED_MIN_OUT_CHANNELS = 4
+PACKED_LARGE_OUTPUT = 512
+PACKED_SHORT_REDUCTION = 1024
 
 _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
@@ -61,6 +67,37 @@ def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
                    f"padding {problem.padding}")
 
 
+def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
+    from .algorithms import packed_bytes_per_image
+
+    if problem.direction != Direction.FORWARD:
+        return False, "forward pass only"
+    itemsize = 8 if problem.dtype == "float64" else 4
+    needed = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                    problem.stride, problem.dilation, itemsize)
+    budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+    if needed > budget:
+        return False, (f"one packed image needs {needed / 2**20:.1f} MiB, more than "
+                       f"CONVFLOW_WORKSPACE_MB={budget >> 20}")
+    return True, f"one packed image needs {needed / 2**20:.1f} MiB"
+
+
+def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
+    ok, why = _packed_can_run(problem)
+    if not ok:
+        return False, why
+    positions, reduction = problem.output_positions, problem.reduction_size
+    if problem.out_channels_per_group < PACKED_MIN_OUT_CHANNELS:
+        return False, (f"{problem.out_channels_per_group} output channels per group waste the "
+                       f"blocks of 4 (needs >= {PACKED_MIN_OUT_CHANNELS})")
+    if positions < PACKED_LARGE_OUTPUT and reduction >= PACKED_SHORT_REDUCTION:
+        return False, (f"{positions} output positions per image with {reduction} products each: "
+                       f"BLAS is faster on small outputs with long reductions (packed needs >= "
+                       f"{PACKED_LARGE_OUTPUT} positions or < {PACKED_SHORT_REDUCTION} products)")
+    return True, (f"{positions} output positions per image, {reduction} products each: "
+                  f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
+
+
 def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
     enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
               and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
@@ -82,6 +119,8 @@ RULES: tuple[AlgorithmRule, ...] = (
                   _depthwise_rule),
     AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
                   _pointwise_rule),
+    AlgorithmRule("packed_direct", "direct convolution over a packed, phase-split input",
+                  _packed_rule, _packed_can_run, frozenset({Direction.FORWARD})),
     AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always),
     AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
 )
@@ -196,6 +235,7 @@ class NumbaBackend(Backend):
         geometry = Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups)
         budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
         run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
+        assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
         with self._launching():
             run(lift(a_host), lift(b_host), lift(out), geometry, budget)
         return out

@@ -7,6 +7,7 @@ scratch is tiled so it never exceeds the workspace limit (``CONVFLOW_WORKSPACE_M
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,11 +255,139 @@ def _depthwise(kernel: Callable[..., None]) -> Callable[[Array, Array, Array, Ge
     return run
 
 
-# algorithm name -> (forward, backward_data, backward_weight), each (a, b, out, geometry, budget)
-PASSES: dict[str, tuple[Callable[[Array, Array, Array, Geometry, int], None], ...]] = {
+
+
+@dataclass(frozen=True, eq=False)
+class PackedLayout:
+    """Where every kernel tap of a packed direct convolution reads (``kernels.pack_input``).
+
+    Layouts and their offset tables are cached: repeated calls of one problem reuse them.
+    """
+
+    phases: np.ndarray       # (P, 3) stride phases (a, b, e) that some tap reads
+    dq: int
+    hq: int
+    wq: int
+    tap_phase: np.ndarray    # (taps,) index into ``phases`` of each tap, in (kd, kh, kw) order
+    tap_shift: np.ndarray    # (taps,) offset of each tap inside its phase plane
+
+    @classmethod
+    @functools.lru_cache(maxsize=256)
+    def of(cls, kernel: tuple[int, ...], out: tuple[int, ...], geometry: Geometry) -> PackedLayout:
+        (sd, sh, sw), (dd, dh, dw) = geometry.stride, geometry.dilation
+        taps = [(kd, kh, kw) for kd in range(kernel[0]) for kh in range(kernel[1])
+                for kw in range(kernel[2])]
+        phase_of = [((kd * dd) % sd, (kh * dh) % sh, (kw * dw) % sw) for kd, kh, kw in taps]
+        shift_of = [((kd * dd) // sd, (kh * dh) // sh, (kw * dw) // sw) for kd, kh, kw in taps]
+        phases = sorted(set(phase_of))
+        dq, hq, wq = (o + max(s[axis] for s in shift_of) for axis, o in enumerate(out))
+        return cls(np.array(phases, dtype=np.int64).reshape(-1, 3), dq, hq, wq,
+                   np.array([phases.index(p) for p in phase_of], dtype=np.int64),
+                   np.array([(qd * hq + qh) * wq + qw for qd, qh, qw in shift_of], dtype=np.int64))
+
+    @property
+    def plane(self) -> int:
+        return self.dq * self.hq * self.wq
+
+    def row_length(self, images: int) -> int:
+        """Floats per channel of a packed tile of *images*, with a tail for whole vectors."""
+        return len(self.phases) * images * self.plane + kernels.PACKED_VECTOR
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - layouts are few, cached and immortal
+    def pair_offsets(self, groups: int, c_per_group: int, channel_stride: int,
+                     phase_stride: int) -> np.ndarray:
+        """``(groups, steps, 3)`` flat read offsets of every (channel, tap) pair."""
+        taps = len(self.tap_shift)
+        per = kernels.PACKED_PAIRS_PER_STEP
+        pairs = c_per_group * taps
+        steps = -(-pairs // per)
+        q = np.minimum(np.arange(steps * per), pairs - 1)
+        channel, tap = np.divmod(q, taps)
+        within = channel * channel_stride + self.tap_phase[tap] * phase_stride + self.tap_shift[tap]
+        group_base = np.arange(groups)[:, None] * c_per_group * channel_stride
+        return (group_base + within[None, :]).reshape(groups, steps, per)
+
+
+def _reads_in_place(x_shape: tuple[int, ...], layout: PackedLayout, geometry: Geometry) -> bool:
+    """A 1x1 kernel without stride or padding can read the input where it lies."""
+    return (len(layout.phases) == 1 and geometry.is_unit_stride() and geometry.pad_low == (0, 0, 0)
+            and layout.tap_shift.tolist() == [0] and (layout.dq, layout.hq, layout.wq) == x_shape[2:])
+
+
+def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                           y_shape: tuple[int, ...], stride: tuple[int, ...],
+                           dilation: tuple[int, ...], itemsize: int) -> int:
+    """Scratch one image needs in :func:`fprop_packed` (its packed input)."""
+    lifted = (1,) * (3 - len(stride))
+    geometry = Geometry(lifted + tuple(stride), (0, 0, 0),  # type: ignore[arg-type]
+                        lifted + tuple(dilation), 1)  # type: ignore[arg-type]
+    kernel = (1,) * (5 - len(w_shape)) + tuple(w_shape[2:])
+    out = (1,) * (5 - len(y_shape)) + tuple(y_shape[2:])
+    layout = PackedLayout.of(kernel, out, geometry)  # type: ignore[arg-type]
+    return x_shape[1] * layout.row_length(1) * itemsize
+
+
+def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
+    n_images, channels = x.shape[:2]
+    layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
+    small = 2 * y.size * w[0].size < kernels.SERIAL_FLOPS
+    pack_input = kernels.pack_input_serial if small else kernels.pack_input
+    packed_direct = kernels.packed_direct_serial if small else kernels.packed_direct
+    groups, c_per_group = geometry.groups, w.shape[1]
+    w2 = w.reshape(w.shape[0], -1)
+    plane = layout.plane
+    if _reads_in_place(x.shape, layout, geometry):
+        offsets = layout.pair_offsets(groups, c_per_group, plane, 0)
+        for n in range(n_images):
+            packed_direct(x[n].reshape(-1), w2, offsets, y, n, 1, plane, layout.hq,
+                                  layout.wq, False)
+        return
+    per_image = channels * layout.row_length(1) * x.dtype.itemsize
+    images = max(1, min(n_images, budget // per_image))
+    packed_x = np.empty((channels, layout.row_length(images)), dtype=x.dtype)
+    for n0 in range(0, n_images, images):
+        count = min(images, n_images - n0)
+        pack_input(x, n0, count, packed_x, layout.phases, layout.dq, layout.hq,
+                           layout.wq, *geometry.args[:6])
+        offsets = layout.pair_offsets(groups, c_per_group, packed_x.shape[1], count * plane)
+        packed_direct(packed_x.reshape(-1), w2, offsets, y, n0, count, plane,
+                              layout.hq, layout.wq, True)
+
+
+# Channels-last depthwise pays when each plane is small and the channels are many
+# (measured against per-plane packing: faster at 7x7 and 14x14 outputs, slower from 28x28).
+DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS = 16 * 16
+DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS = 32
+
+
+def depthwise_channels_last_applies(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                                    y_shape: tuple[int, ...]) -> bool:
+    spatial_2d = len(x_shape) < 5 or x_shape[2] == 1
+    return (spatial_2d and w_shape[0] == x_shape[1]
+            and x_shape[1] >= DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS
+            and math.prod(y_shape[2:]) <= DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS)
+
+
+def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
+    if depthwise_channels_last_applies(x.shape, w.shape, y.shape):
+        w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        kernels.depthwise_channels_last(x, w_t, y, w.shape[3], w.shape[4], *geometry.stride[1:],
+                                        *geometry.pad_low[1:], *geometry.dilation[1:])
+        return
+    layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
+    small = 2 * y.size * w[0].size < kernels.SERIAL_FLOPS
+    kernel = kernels.depthwise_packed_serial if small else kernels.depthwise_packed
+    kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
+           layout.dq, layout.hq, layout.wq, *geometry.args[:6])
+
+
+# algorithm name -> (forward, backward_data, backward_weight), each (a, b, out, geometry, budget);
+# None where the algorithm has no such pass (its rule lists the directions it serves).
+PASSES: dict[str, tuple[Callable[[Array, Array, Array, Geometry, int], None] | None, ...]] = {
+    "packed_direct": (fprop_packed, None, None),
     "direct": (_direct(kernels.fprop_direct), _direct(kernels.dgrad_direct),
                _direct(kernels.wgrad_direct)),
-    "depthwise": (_depthwise(kernels.fprop_depthwise), _depthwise(kernels.dgrad_depthwise),
+    "depthwise": (fprop_depthwise, _depthwise(kernels.dgrad_depthwise),
                   _depthwise(kernels.wgrad_depthwise)),
     "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_pointwise),
     "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),

@@ -9,6 +9,8 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -20,6 +22,21 @@ _FASTMATH = {"contract", "reassoc"}
 
 def _kernel(parallel: bool = True):  # type: ignore[no-untyped-def]
     return njit(parallel=parallel, cache=_CACHE, fastmath=_FASTMATH, nogil=True)
+
+
+# Below this many floating-point operations a call runs single-threaded: waking the thread
+# pool costs more than it saves.
+SERIAL_FLOPS = 4_000_000
+
+
+def _serial(kernel):  # type: ignore[no-untyped-def]
+    """A single-threaded twin of a parallel kernel (its own name, so its own cache file)."""
+    py_func = kernel.py_func
+    twin = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
+                              py_func.__defaults__, py_func.__closure__)
+    twin.__qualname__ = py_func.__qualname__ + "_serial"
+    twin.__doc__ = py_func.__doc__
+    return _kernel(parallel=False)(twin)
 
 
 @njit(inline="always", cache=_CACHE)
@@ -152,38 +169,6 @@ def _pad_plane(plane, buf, pd, ph, pw):  # type: ignore[no-untyped-def]
             lo = max(0, -pw)
             for k in range(min(in_w, e_w - pw) - lo):
                 dst[lo + k + pw] = src[lo + k]
-
-
-@_kernel()
-def fprop_depthwise(x, w, y, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ignore[no-untyped-def]
-    n_batch, c_in = x.shape[0], x.shape[1]
-    c_out, _, k_d, k_h, k_w = w.shape
-    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
-    multiplier = c_out // c_in
-    e_d = (out_d - 1) * sd + (k_d - 1) * dd + 1
-    e_h = (out_h - 1) * sh + (k_h - 1) * dh + 1
-    e_w = (out_w - 1) * sw + (k_w - 1) * dw + 1
-    for job in prange(n_batch * c_in):
-        n = job // c_in
-        c = job - n * c_in
-        buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
-        _pad_plane(x[n, c], buf, pd, ph, pw)
-        for m in range(multiplier):
-            co = c * multiplier + m
-            taps = w[co, 0]
-            out = y[n, co]
-            for od in range(out_d):
-                for oh in range(out_h):
-                    out_row = out[od, oh]
-                    out_row[:] = 0
-                    for kd in range(k_d):
-                        for kh in range(k_h):
-                            in_row = buf[od * sd + kd * dd, oh * sh + kh * dh]
-                            for kw in range(k_w):
-                                weight = taps[kd, kh, kw]
-                                base = kw * dw
-                                for j in range(out_w):
-                                    out_row[j] += weight * in_row[base + j * sw]
 
 
 @_kernel()
@@ -366,3 +351,310 @@ def output_to_rows(y, tile, c_first, row0, n_rows, w0, w_count, out_d, out_h):  
             src = y[n, c_first + k, od, oh]
             for j in range(w_count):
                 dst[r * w_count + j] = src[w0 + j]
+
+
+# Packed direct convolution -------------------------------------------------------------
+#
+# The input is packed per channel into one flat run: zero padding is applied and each
+# stride phase (a, b, e) = x_padded[a::sd, b::sh, e::sw] that some tap reads becomes a dense
+# plane of (Dq, Hq, Wq) floats. The run holds phase 0 of every image of the tile, then
+# phase 1 of every image, and so on. Output position (od, oh, ow) of image i is flat
+# position p = i * plane + (od * Hq + oh) * Wq + ow, and the pair (input channel c, kernel
+# tap t) reads the run at p + c * row_length + phase(t) * images * plane + shift(t). Every
+# (channel, tap) pair is thus a unit-stride shifted read, whatever the stride and dilation,
+# and the inner loop is a long vectorizable run over p. Pairs are applied three at a time to
+# four output channels at once, the twelve weights in registers, the accumulators
+# (4 x PACKED_CHUNK floats) in L1. Columns ow >= OW and rows between images are computed
+# and discarded. A 1x1 kernel without stride or padding reads the input in place.
+
+PACKED_CO_BLOCK = 4
+PACKED_PAIRS_PER_STEP = 3
+PACKED_CHUNK = 768
+PACKED_VECTOR = 8
+
+
+@njit(inline="always", cache=_CACHE)
+def _pack_phase(x, n, c, f, dst, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+    """Write stride phase ``phases[f]`` of the zero-padded plane ``x[n, c]`` into ``dst``."""
+    _, _, in_d, in_h, in_w = x.shape
+    src = x[n, c]
+    a = phases[f, 0]
+    b = phases[f, 1]
+    e = phases[f, 2]
+    # Columns qw whose input column qw * sw + e - pw lies inside the image.
+    lo = max(0, -((e - pw) // sw))
+    hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
+    for qd in range(dq):
+        i_d = qd * sd + a - pd
+        for qh in range(hq):
+            i_h = qh * sh + b - ph
+            row = dst[(qd * hq + qh) * wq:(qd * hq + qh + 1) * wq]
+            if i_d < 0 or i_d >= in_d or i_h < 0 or i_h >= in_h:
+                row[:] = 0
+                continue
+            in_row = src[i_d, i_h]
+            for qw in range(lo):
+                row[qw] = 0
+            start = lo * sw + e - pw
+            if sw == 1:
+                row[lo:hi] = in_row[start:start + hi - lo]
+            else:
+                for j in range(hi - lo):
+                    row[lo + j] = in_row[start + j * sw]
+            for qw in range(hi, wq):
+                row[qw] = 0
+
+
+@_kernel()
+def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+    """Pack images ``n0 .. n0 + n_images`` of ``x`` into ``xq[c]`` (layout above); every
+    other float of ``xq`` is zeroed."""
+    channels, length = xq.shape
+    plane = dq * hq * wq
+    n_phases = phases.shape[0]
+    for c in prange(channels):
+        dst_run = xq[c]
+        for f in range(n_phases):
+            for i in range(n_images):
+                base = (f * n_images + i) * plane
+                _pack_phase(x, n0 + i, c, f, dst_run[base:base + plane], phases, dq, hq, wq,
+                            sd, sh, sw, pd, ph, pw)
+        for t in range(n_phases * n_images * plane, length):
+            dst_run[t] = 0
+
+
+@_kernel()
+def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail):  # type: ignore[no-untyped-def]
+    """``y[n0:n0 + n_images]`` from a packed tile (see above). ``w2`` is the weight as
+    ``(C_out, C_in / groups * taps)``; ``offsets[g, s, i]`` is the flat read offset of the
+    (channel, tap) pair ``3 * s + i`` of group g. With ``vector_tail``, runs are rounded up
+    to whole vectors (the buffer must have a tail to read)."""
+    n_groups = offsets.shape[0]
+    pairs = w2.shape[1]
+    c_out = y.shape[1]
+    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
+    c_out_per_group = c_out // n_groups
+    n_blocks = (c_out_per_group + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
+    per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
+    total = (n_images - 1) * plane + per_image
+    chunk = PACKED_CHUNK
+    n_chunks = (total + chunk - 1) // chunk
+    for job in prange(n_groups * n_blocks * n_chunks):
+        g = job // (n_blocks * n_chunks)
+        rest = job - g * (n_blocks * n_chunks)
+        ob = rest // n_chunks
+        p0 = (rest - ob * n_chunks) * chunk
+        count = min(chunk, total - p0)
+        runs = count
+        if vector_tail:
+            runs = (count + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
+        # Rows of w2 for the block's four output channels (repeated past the group's end;
+        # those results are never written back).
+        k0 = g * c_out_per_group + ob * PACKED_CO_BLOCK
+        last = g * c_out_per_group + c_out_per_group - 1
+        r0 = w2[k0]
+        r1 = w2[min(k0 + 1, last)]
+        r2 = w2[min(k0 + 2, last)]
+        r3 = w2[min(k0 + 3, last)]
+        acc = np.zeros((PACKED_CO_BLOCK, chunk), dtype=y.dtype)
+        a0 = acc[0]
+        a1 = acc[1]
+        a2 = acc[2]
+        a3 = acc[3]
+        full_steps = pairs // PACKED_PAIRS_PER_STEP
+        for step in range(full_steps):
+            q = step * PACKED_PAIRS_PER_STEP
+            u = xq_flat[p0 + offsets[g, step, 0]:]
+            v = xq_flat[p0 + offsets[g, step, 1]:]
+            s = xq_flat[p0 + offsets[g, step, 2]:]
+            w00 = r0[q]
+            w01 = r1[q]
+            w02 = r2[q]
+            w03 = r3[q]
+            w10 = r0[q + 1]
+            w11 = r1[q + 1]
+            w12 = r2[q + 1]
+            w13 = r3[q + 1]
+            w20 = r0[q + 2]
+            w21 = r1[q + 2]
+            w22 = r2[q + 2]
+            w23 = r3[q + 2]
+            for j in range(runs):
+                xu = u[j]
+                xv = v[j]
+                xs = s[j]
+                a0[j] += w00 * xu + w10 * xv + w20 * xs
+                a1[j] += w01 * xu + w11 * xv + w21 * xs
+                a2[j] += w02 * xu + w12 * xv + w22 * xs
+                a3[j] += w03 * xu + w13 * xv + w23 * xs
+        # The last one or two pairs, on their own: a zero weight times real data could turn
+        # an Inf into a NaN.
+        for q in range(full_steps * PACKED_PAIRS_PER_STEP, pairs):
+            step = q // PACKED_PAIRS_PER_STEP
+            u = xq_flat[p0 + offsets[g, step, q - step * PACKED_PAIRS_PER_STEP]:]
+            w00 = r0[q]
+            w01 = r1[q]
+            w02 = r2[q]
+            w03 = r3[q]
+            for j in range(runs):
+                xu = u[j]
+                a0[j] += w00 * xu
+                a1[j] += w01 * xu
+                a2[j] += w02 * xu
+                a3[j] += w03 * xu
+        # Write back the valid columns of every packed row the chunk touches.
+        first_image = p0 // plane
+        last_image = min((p0 + count - 1) // plane, n_images - 1)
+        for i in range(first_image, last_image + 1):
+            base = i * plane
+            first_row = max(p0 - base, 0) // wq
+            last_row = min(p0 + count - 1 - base, per_image - 1) // wq
+            for row in range(first_row, last_row + 1):
+                od = row // hq
+                oh = row - od * hq
+                if oh >= out_h:
+                    continue
+                lo = max(base + row * wq, p0)
+                hi = min(base + row * wq + out_w, p0 + count)
+                for j in range(PACKED_CO_BLOCK):
+                    k = ob * PACKED_CO_BLOCK + j
+                    if k >= c_out_per_group:
+                        break
+                    dst = y[n0 + i, g * c_out_per_group + k, od, oh]
+                    src_acc = acc[j]
+                    for p in range(lo, hi):
+                        dst[p - base - row * wq] = src_acc[p - p0]
+
+
+
+@_kernel()
+def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+    """Depthwise forward (``groups == C_in``): each (image, channel) plane is packed on its
+    own (layout as :func:`pack_input`, one image) and every output vector sums its taps three
+    at a time in registers, so it is stored once per three taps, not once per tap. Rows are
+    addressed through 2-D indexing, so no array views are made per row."""
+    n_batch, c_in = x.shape[0], x.shape[1]
+    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
+    c_out = y.shape[1]
+    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
+    multiplier = c_out // c_in
+    taps = tap_shift.shape[0]
+    full = taps // 3 * 3
+    plane = dq * hq * wq
+    n_phases = phases.shape[0]
+    # Spare rows: whole-vector runs may read up to PACKED_VECTOR - 1 floats past the end.
+    rows = n_phases * dq * hq + PACKED_VECTOR // wq + 1
+    per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
+    runs = (per_image + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
+    for job in prange(n_batch * c_in):
+        n = job // c_in
+        c = job - n * c_in
+        packed = np.zeros((rows, wq), dtype=x.dtype)
+        image = x[n, c]
+        for f in range(n_phases):
+            a, b, e = phases[f, 0], phases[f, 1], phases[f, 2]
+            lo = max(0, -((e - pw) // sw))
+            hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
+            for qd in range(dq):
+                i_d = qd * sd + a - pd
+                if i_d < 0 or i_d >= in_d:
+                    continue
+                for qh in range(hq):
+                    i_h = qh * sh + b - ph
+                    if i_h < 0 or i_h >= in_h:
+                        continue
+                    r = (f * dq + qd) * hq + qh
+                    start = lo * sw + e - pw
+                    for j in range(hi - lo):
+                        packed[r, lo + j] = image[i_d, i_h, start + j * sw]
+        src = packed.reshape(-1)
+        acc = np.empty((runs // wq + 2, wq), dtype=y.dtype)
+        flat = acc.reshape(-1)
+        for m in range(multiplier):
+            co = c * multiplier + m
+            flat[:] = 0
+            for t in range(0, full, 3):
+                u = src[tap_phase[t] * plane + tap_shift[t]:]
+                v = src[tap_phase[t + 1] * plane + tap_shift[t + 1]:]
+                s = src[tap_phase[t + 2] * plane + tap_shift[t + 2]:]
+                w0 = w2[co, t]
+                w1 = w2[co, t + 1]
+                w2_ = w2[co, t + 2]
+                for j in range(runs):
+                    flat[j] += w0 * u[j] + w1 * v[j] + w2_ * s[j]
+            for t in range(full, taps):
+                u = src[tap_phase[t] * plane + tap_shift[t]:]
+                w0 = w2[co, t]
+                for j in range(runs):
+                    flat[j] += w0 * u[j]
+            for od in range(out_d):
+                for oh in range(out_h):
+                    r = od * hq + oh
+                    for ow in range(out_w):
+                        y[n, co, od, oh, ow] = acc[r, ow]
+
+
+DEPTHWISE_CHANNEL_BLOCK = 128
+
+
+@_kernel()
+def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # type: ignore[no-untyped-def]
+    """Depthwise forward of a 2-D problem (D == 1, no channel multiplier) vectorized over
+    channels: for each image and block of channels, the zero-padded image is copied once
+    channels-last, then every output position sums its taps three at a time over contiguous
+    channel vectors. ``w_t`` is the weight as ``(taps, C)``. Pays when planes are small and
+    channels many; the copy is ``padded plane x DEPTHWISE_CHANNEL_BLOCK`` floats."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    in_h, in_w = x.shape[3], x.shape[4]
+    out_h, out_w = y.shape[3], y.shape[4]
+    taps = kh_ * kw_
+    full = taps // 3 * 3
+    rows = (out_h - 1) * sh + (kh_ - 1) * dh + 1
+    cols = (out_w - 1) * sw + (kw_ - 1) * dw + 1
+    n_blocks = (channels + DEPTHWISE_CHANNEL_BLOCK - 1) // DEPTHWISE_CHANNEL_BLOCK
+    # Rows of 2-D arrays are indexed with loop-invariant positions and the channel as the
+    # induction variable: no array views are created inside the loops.
+    for job in prange(n_batch * n_blocks):
+        n = job // n_blocks
+        c0 = (job - n * n_blocks) * DEPTHWISE_CHANNEL_BLOCK
+        cb = min(DEPTHWISE_CHANNEL_BLOCK, channels - c0)
+        image = np.zeros((rows * cols, cb), dtype=x.dtype)
+        r_lo, r_hi = max(0, ph), min(rows, in_h + ph)
+        q_lo, q_hi = max(0, pw), min(cols, in_w + pw)
+        # Channel innermost: sequential writes; the channel planes' rows stay in L1.
+        planes = x[n, c0:c0 + cb, 0]
+        for r in range(r_lo, r_hi):
+            for q in range(q_lo, q_hi):
+                row = image[r * cols + q]
+                for c in range(cb):
+                    row[c] = planes[c, r - ph, q - pw]
+        weights = np.empty((taps, cb), dtype=w_t.dtype)
+        for t in range(taps):
+            for c in range(cb):
+                weights[t, c] = w_t[t, c0 + c]
+        result = np.zeros((out_h * out_w, cb), dtype=y.dtype)
+        for oh in range(out_h):
+            for ow in range(out_w):
+                p = oh * out_w + ow
+                for t in range(0, full, 3):
+                    i0 = (oh * sh + (t // kw_) * dh) * cols + ow * sw + (t % kw_) * dw
+                    i1 = (oh * sh + ((t + 1) // kw_) * dh) * cols + ow * sw + ((t + 1) % kw_) * dw
+                    i2 = (oh * sh + ((t + 2) // kw_) * dh) * cols + ow * sw + ((t + 2) % kw_) * dw
+                    for c in range(cb):
+                        result[p, c] += (weights[t, c] * image[i0, c]
+                                         + weights[t + 1, c] * image[i1, c]
+                                         + weights[t + 2, c] * image[i2, c])
+                for t in range(full, taps):
+                    i0 = (oh * sh + (t // kw_) * dh) * cols + ow * sw + (t % kw_) * dw
+                    for c in range(cb):
+                        result[p, c] += weights[t, c] * image[i0, c]
+        outs = y[n, c0:c0 + cb, 0]
+        for oh in range(out_h):
+            for ow in range(out_w):
+                row = result[oh * out_w + ow]
+                for c in range(cb):
+                    outs[c, oh, ow] = row[c]
+
+pack_input_serial = _serial(pack_input)
+packed_direct_serial = _serial(packed_direct)
+depthwise_packed_serial = _serial(depthwise_packed)
