@@ -133,6 +133,24 @@ VARIABLES: Mapping[str, Variable] = {
             _parse_bool,
         ),
         Variable(
+            "CONVFLOW_ALLOW_TF32",
+            "boolean",
+            False,
+            "cupy backend: let float32 convolutions use TF32 tensor cores (cuDNN engines and "
+            "cuBLAS GEMMs), which round inputs to 10-bit mantissas. Off by default, so float32 "
+            "means float32 (PyTorch enables it for cuDNN); `explain()` shows the setting.",
+            _parse_bool,
+        ),
+        Variable(
+            "CONVFLOW_DETERMINISTIC",
+            "boolean",
+            False,
+            "cupy backend: use only cuDNN engines without the non-deterministic note (e.g. "
+            "atomics in weight gradients), so repeated calls give identical bits. convflow's "
+            "own CUDA kernels are deterministic either way.",
+            _parse_bool,
+        ),
+        Variable(
             "CONVFLOW_TEST_REQUIRE",
             "list of names",
             (),
