@@ -14,22 +14,18 @@ import dataclasses
 import re
 import shutil
 import subprocess
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import reference
-from cases import forward_cases, random_cases, transposed_cases
 from conftest import TOLERANCE
 from cuda_host import HostKernels, build, compiler, host_context
-from helpers import conv_kwargs, transpose_kwargs
+from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
-import convflow
 from convflow import kernels
 from convflow.backends.cupy import OWN_RULES, algorithms, sources
 from convflow.backends.cupy.geometry import GEOMETRY_FIELDS
-from convflow.params import ConvProblem, Direction
+from convflow.params import ConvProblem
 
 CUDA_SOURCES = kernels.list_sources(".cu")
 DTYPES = ("float16", "float32", "float64")
@@ -136,72 +132,6 @@ def test_half_conversions_match_numpy(host_kernels):
     assert np.isnan(np.uint16(lib.emu_float_to_half(float("nan"))).view(np.float16))
 
 
-def _problem_of(decision: convflow.Decision) -> ConvProblem:
-    return decision.problem
-
-
-def _problems() -> list[tuple[str, ConvProblem]]:
-    """Every pass of the shared grids, as the numba backend's planning produces them."""
-    found: dict[ConvProblem, str] = {}
-
-    def add(name, decision):
-        found.setdefault(decision.problem, name)
-
-    for case in forward_cases() + random_cases(seed=21, count=20):
-        x = np.zeros((case.batch, case.in_channels, *case.spatial))
-        w = np.zeros(case.weight_shape())
-        kwargs = conv_kwargs(case)
-        directions = ["forward"]
-        if case.padding_mode == "zeros":
-            directions += ["backward_data", "backward_weight"]
-        for direction in directions:
-            add(f"{case.id}-{direction}",
-                convflow.explain(x, w, backend="numba", direction=direction, **kwargs))
-    for case in transposed_cases() + random_cases(seed=22, count=20, transposed=True):
-        x = np.zeros((case.batch, case.in_channels, *case.spatial))
-        w = np.zeros(case.weight_shape(transposed=True))
-        for direction in ("forward", "backward_data", "backward_weight"):
-            add(f"T{case.id}-{direction}",
-                convflow.explain(x, w, transposed=True, backend="numba", direction=direction,
-                                 **transpose_kwargs(case)))
-    return [(name, problem) for problem, name in found.items()]
-
-
-PROBLEMS = _problems()
-
-
-def _operands(problem: ConvProblem, dtype: str, seed: str):
-    rng = np.random.default_rng(zlib.crc32(seed.encode()))
-    shapes = {Direction.FORWARD: (problem.x_shape, problem.w_shape, problem.out_channels),
-              Direction.BACKWARD_DATA: (problem.y_shape, problem.w_shape, problem.in_channels),
-              Direction.BACKWARD_WEIGHT: (problem.x_shape, problem.y_shape, None)}
-    a_shape, b_shape, bias_size = shapes[problem.direction]
-    a = rng.standard_normal(a_shape).astype(dtype)
-    b = rng.standard_normal(b_shape).astype(dtype)
-    bias = None if bias_size is None else rng.standard_normal(bias_size).astype(dtype)
-    return a, b, bias
-
-
-def _expected(problem: ConvProblem, a, b, bias):
-    """The pass computed from its definition with the float64 reference."""
-    args = (problem.stride, problem.padding, problem.dilation, problem.groups)
-    listed = (slice(None), slice(None), *(slice(0, s) for s in problem.y_spatial))
-    full_y = reference.conv(np.zeros((1, *problem.x_shape[1:])), np.zeros(problem.w_shape),
-                            None, *args).shape[2:]
-    bias_shape = (1, -1) + (1,) * problem.ndim
-    if problem.direction == Direction.FORWARD:
-        out = reference.conv(a, b, None, *args)[listed]
-    else:
-        grad = np.zeros((problem.batch, problem.out_channels, *full_y))
-        if problem.direction == Direction.BACKWARD_DATA:
-            grad[listed] = a
-            return (reference.conv_backward(grad, np.zeros(problem.x_shape), b, *args)[0]
-                    + (0 if bias is None else bias.astype(np.float64).reshape(bias_shape)))
-        grad[listed] = b
-        return reference.conv_backward(grad, a, np.zeros(problem.w_shape), *args)[1]
-    return out + (0 if bias is None else bias.astype(np.float64).reshape(bias_shape))
-
-
 def _runnable(problem: ConvProblem) -> list[str]:
     return [rule.name for rule in OWN_RULES if rule.can_run(problem)[0]]
 
@@ -209,8 +139,8 @@ def _runnable(problem: ConvProblem) -> list[str]:
 def _check(host_kernels, problem: ConvProblem, dtype: str, name: str,
            workspace_bytes: int = 64 << 20) -> list[str]:
     problem = dataclasses.replace(problem, dtype=dtype)
-    a, b, bias = _operands(problem, dtype, name)
-    expected = _expected(problem, a, b, bias)
+    a, b, bias = pass_operands(problem, dtype, name)
+    expected = expected_pass(problem, a, b, bias)
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     copies = [None if t is None else t.copy() for t in (a, b, bias)]
     ctx = host_context(host_kernels[dtype], workspace_bytes)

@@ -24,19 +24,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ... import config
 from ...errors import DeviceError
-from ...params import ConvProblem, Direction
+from ...params import ConvProblem
 from ...tensor import Device, Tensor
 from ..base import AlgorithmRule, Backend, BackendStatus
 from . import algorithms
-from .cudnn_plans import CudnnPlans, Policy, Resolution
-from .geometry import CudnnMapping
+from .cudnn_plans import CudnnPlans, Policy, Resolution, run_pass
 from .status import Probe, probe
 
 logger = logging.getLogger("convflow")
@@ -105,11 +104,6 @@ def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
                       f"CONVFLOW_WORKSPACE_MB{_gemm_note(problem)}")
     return False, (f"{detail} are too few for cuBLAS to pay (needs >= {IM2COL_MIN_REDUCTION} and "
                    f">= {IM2COL_MIN_OUT_CHANNELS})")
-
-
-def _spatial_index(slices: Iterable[slice]) -> tuple[slice, ...]:
-    """An index selecting every batch and channel and *slices* of the spatial dims."""
-    return (slice(None), slice(None), *slices)
 
 
 def _always(problem: ConvProblem) -> tuple[bool, str]:
@@ -303,54 +297,18 @@ class CupyBackend(Backend):
                                      bias_data)
             return Tensor(out, device)
 
-    def _cudnn_input(self, x: Any, mapping: CudnnMapping) -> Any:
-        """*x* cropped to what cuDNN reads and padded with explicit zeros (a copy if needed)."""
-        cupy = self._cupy
-        if not mapping.needs_input_copy(tuple(x.shape[2:])):
-            return x
-        cropped = x[_spatial_index(slice(0, e) for e in mapping.x_extent)]
-        if any(lo or hi for lo, hi in mapping.explicit_padding):
-            return cupy.pad(cropped, ((0, 0), (0, 0), *mapping.explicit_padding))
-        return cupy.ascontiguousarray(cropped)
-
     def _run_cudnn(self, problem: ConvProblem, resolution: Resolution, a: Any, b: Any,
                    bias: Any) -> Any:
-        cupy = self._cupy
-        plan, mapping = resolution.plan, resolution.mapping
-        assert plan is not None and mapping is not None
-        key = plan.key
-        if problem.direction == Direction.FORWARD:
-            y = cupy.empty(problem.y_shape, dtype=a.dtype)
-            x = self._cudnn_input(a, mapping)
-            self._plans_or_fail().execute(plan, x.reshape(key.x_dims), b.reshape(key.w_dims),
-                                          y.reshape(key.y_dims))
-            out = y
-        elif problem.direction == Direction.BACKWARD_DATA:
-            if mapping.needs_input_copy(problem.x_spatial):
-                full = cupy.empty((*problem.x_shape[:2], *mapping.cudnn_x_spatial()),
-                                  dtype=a.dtype)
-                self._plans_or_fail().execute(plan, a.reshape(key.y_dims),
-                                              b.reshape(key.w_dims), full.reshape(key.x_dims))
-                out = cupy.zeros(problem.x_shape, dtype=a.dtype)
-                inner = _spatial_index(slice(lo, lo + e) for e, (lo, _)
-                                       in zip(mapping.x_extent, mapping.explicit_padding))
-                out[_spatial_index(slice(0, e) for e in mapping.x_extent)] = full[inner]
-            else:
-                out = cupy.empty(problem.x_shape, dtype=a.dtype)
-                self._plans_or_fail().execute(plan, a.reshape(key.y_dims),
-                                              b.reshape(key.w_dims), out.reshape(key.x_dims))
-        else:
-            out = cupy.empty(problem.w_shape, dtype=a.dtype)
-            x = self._cudnn_input(a, mapping)
-            self._plans_or_fail().execute(plan, x.reshape(key.x_dims), b.reshape(key.y_dims),
-                                          out.reshape(key.w_dims))
+        plan, mapping, plans = resolution.plan, resolution.mapping, self._plans
+        assert plan is not None and mapping is not None and plans is not None
+
+        def execute(first: Any, second: Any, out: Any) -> None:
+            plans.execute(plan, first, second, out)
+
+        out = run_pass(self._cupy, problem, mapping, plan.key, execute, a, b)
         if bias is not None:
             self._kernels.add_bias(out, bias)
         return out
-
-    def _plans_or_fail(self) -> CudnnPlans:
-        assert self._plans is not None
-        return self._plans
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                 algorithm: str) -> Tensor:

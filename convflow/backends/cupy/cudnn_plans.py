@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,55 @@ def excluded_notes(dtype: str, policy: Policy) -> tuple[str, ...]:
     if policy.deterministic:
         notes.append("NONDETERMINISTIC")
     return tuple(notes)
+
+
+def _spatial_index(slices: Any) -> tuple[slice, ...]:
+    """An index selecting every batch and channel and *slices* of the spatial dims."""
+    return (slice(None), slice(None), *slices)
+
+
+def mapped_input(xp: Any, x: Any, mapping: CudnnMapping) -> Any:
+    """The input cuDNN is given: *x* cropped to ``x_extent`` and padded with the explicit
+    zeros; *x* itself when neither applies (no copy)."""
+    if not mapping.needs_input_copy(tuple(x.shape[2:])):
+        return x
+    cropped = x[_spatial_index(slice(0, e) for e in mapping.x_extent)]
+    if any(lo or hi for lo, hi in mapping.explicit_padding):
+        return xp.pad(cropped, ((0, 0), (0, 0), *mapping.explicit_padding))
+    return xp.ascontiguousarray(cropped)
+
+
+def unmapped_gradient(xp: Any, grad: Any, mapping: CudnnMapping, x_shape: tuple[int, ...]) -> Any:
+    """The input gradient of the problem from the one cuDNN computed for ``mapped_input``:
+    the explicit padding removed, and zeros where the input was cropped."""
+    out = xp.zeros(x_shape, dtype=grad.dtype)
+    inner = _spatial_index(slice(lo, lo + e) for e, (lo, _)
+                           in zip(mapping.x_extent, mapping.explicit_padding))
+    out[_spatial_index(slice(0, e) for e in mapping.x_extent)] = grad[inner]
+    return out
+
+
+def run_pass(xp: Any, problem: ConvProblem, mapping: CudnnMapping, key: PlanKey,
+             execute: Callable[[Any, Any, Any], None], a: Any, b: Any) -> Any:
+    """One pass through cuDNN: map the operands, ``execute(a, b, out)`` with arrays shaped
+    as the plan's descriptors, and map the result back. Returns a new array."""
+    if problem.direction == Direction.FORWARD:
+        y = xp.empty(problem.y_shape, dtype=a.dtype)
+        x = mapped_input(xp, a, mapping)
+        execute(x.reshape(key.x_dims), b.reshape(key.w_dims), y.reshape(key.y_dims))
+        return y
+    if problem.direction == Direction.BACKWARD_DATA:
+        if not mapping.needs_input_copy(problem.x_spatial):
+            dx = xp.empty(problem.x_shape, dtype=a.dtype)
+            execute(a.reshape(key.y_dims), b.reshape(key.w_dims), dx.reshape(key.x_dims))
+            return dx
+        grad = xp.empty((*problem.x_shape[:2], *mapping.cudnn_x_spatial()), dtype=a.dtype)
+        execute(a.reshape(key.y_dims), b.reshape(key.w_dims), grad.reshape(key.x_dims))
+        return unmapped_gradient(xp, grad, mapping, problem.x_shape)
+    dw = xp.empty(problem.w_shape, dtype=a.dtype)
+    x = mapped_input(xp, a, mapping)
+    execute(x.reshape(key.x_dims), b.reshape(key.y_dims), dw.reshape(key.w_dims))
+    return dw
 
 
 def _first_line(exc: BaseException) -> str:
