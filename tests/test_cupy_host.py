@@ -735,3 +735,17 @@ def test_cli_info_lists_the_cupy_backend(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "  cupy     " in out and "CONVFLOW_ALLOW_TF32 = False" in out
+
+
+def test_gpu_check_script_and_benchmark_layers():
+    assert subprocess.run(["bash", "-n", str(ROOT / "ci" / "gpu-check.sh")]).returncode == 0
+    sys.path.insert(0, str(ROOT / "ci"))
+    try:
+        import bench_cupy
+    finally:
+        sys.path.remove(str(ROOT / "ci"))
+    layers = bench_cupy.resnet50_layers()
+    assert len(layers) == 23 and sum(layer.count for layer in layers) == 53
+    stem = layers[0]
+    assert (stem.in_channels, stem.size, stem.out_channels, stem.kernel, stem.stride,
+            stem.padding) == (3, (224, 224), 64, (7, 7), (2, 2), ((3, 3), (3, 3)))
