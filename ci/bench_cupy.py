@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device}; torch {torch.__version__} (cuDNN {torch.backends.cudnn.version()}); "
           f"{convflow.available_backends()['cupy'].reason}")
     print(f"batch {args.batch}, TF32 {'on' if allow_tf32 else 'off'} on both sides, "
-          f"{args.iterations} timed calls after {args.warmup} warm-up calls\n")
+          f"CONVFLOW_WORKSPACE_MB={config.get('CONVFLOW_WORKSPACE_MB')}, {args.iterations} timed "
+          f"calls after {args.warmup} warm-up calls\n")
 
     def torch_events():
         return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -13,6 +13,7 @@
 #
 # Environment: CONVFLOW_WHEELS (required), CONVFLOW_CUDA (cuda12 | cuda13, default cuda12),
 # CONVFLOW_GPU_VENV (default .venv-gpu), CONVFLOW_BENCH_JSON (default bench-cupy.json),
+# CONVFLOW_BENCH_WORKSPACE_MB (default 1024) for the benchmark's CONVFLOW_WORKSPACE_MB,
 # CONVFLOW_BENCH_ENFORCE=1 to fail when a layer misses the speed targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ export CONVFLOW_TEST_REQUIRE=numba,cupy
 export CONVFLOW_ALLOW_TF32=0
 "$venv/bin/python" -m pytest -ra
 
+# cuDNN's fastest engines for some layers need more than the default 64 MiB workspace; the
+# benchmark allows 1 GiB (printed with the results), as PyTorch allows what memory permits.
+export CONVFLOW_WORKSPACE_MB="${CONVFLOW_BENCH_WORKSPACE_MB:-1024}"
 bench_args=(--batch 32 --dtypes float32,float16 --json "${CONVFLOW_BENCH_JSON:-bench-cupy.json}")
 if [ "${CONVFLOW_BENCH_ENFORCE:-0}" = "1" ]; then
   bench_args+=(--enforce)

@@ -495,6 +495,27 @@ def test_every_pass_through_the_stand_in_cudnn_matches_the_reference(refuse_asym
     assert all(handle == "handle" and size == 4096 for _, handle, size in cudnn.executed)
 
 
+@pytest.mark.parametrize("direction", list(Direction))
+def test_the_installed_cudnn_frontend_accepts_the_graph_description(direction):
+    """Where the frontend is installed (gpu-check installs it), its graph API takes the calls
+    convflow makes, up to building (which needs a GPU); the stand-in above mirrors them."""
+    cudnn = pytest.importorskip("cudnn", reason="the cuDNN frontend is not installed here")
+    p = problem(direction, x=(2, 4, 9, 9), w=(6, 2, 3, 3), y=(2, 6, 5, 9), dtype="float16",
+                stride=(2, 1), padding=((1, 0), (1, 1)), groups=2)
+    key = _key(p)
+    graph, a, b, out = plans_module.describe_graph(cudnn, key, None)
+    assert all(hasattr(graph, step) for step in (
+        "validate", "build_operation_graph", "create_execution_plans", "deselect_numeric_notes",
+        "deselect_workspace_greater_than", "check_support", "build_plans",
+        "get_workspace_size", "execute"))
+    assert a is not None and b is not None and out is not None
+    for name in ("A", "FALLBACK"):
+        assert hasattr(cudnn.heur_mode, name)
+    for name in excluded_notes("float32", dataclasses.replace(POLICY, deterministic=True)):
+        assert hasattr(cudnn.numerical_note, name)
+    assert callable(cudnn.create_handle) and callable(cudnn.set_stream)
+
+
 # Status --------------------------------------------------------------------------------------
 
 def _importer(modules: dict[str, object]):

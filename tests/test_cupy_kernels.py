@@ -61,6 +61,32 @@ def test_nvcc_compiles_every_source(source, dtype, tmp_path):
         assert (tmp_path / f"{arch}.cubin").stat().st_size > 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nvrtc_compiles_every_source_as_cupy_does(dtype):
+    """The exact text RawModule compiles (headers inlined) with CuPy's added NVRTC options.
+    Needs CuPy and NVRTC (cupy-cudaXXx[ctk]), not a GPU."""
+    pytest.importorskip("cupy", reason="CuPy is not installed here")
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:
+        pytest.skip(f"NVRTC cannot be loaded here: {exc}")
+    for source in CUDA_SOURCES:
+        for arch in ARCHITECTURES:
+            program = nvrtc.createProgram(sources.expanded_source(source), "kern.cu", (), ())
+            options = (*sources.compile_options(dtype), "-ftz=true", f"-arch={arch}",
+                       "--device-as-default-execution-space")
+            try:
+                nvrtc.compileProgram(program, options)
+                assert len(nvrtc.getCUBIN(program)) > 0
+            except Exception as exc:
+                log = nvrtc.getProgramLog(program)
+                raise AssertionError(f"NVRTC {source} {dtype} {arch}: {exc}\n{log}") from exc
+            finally:
+                nvrtc.destroyProgram(program)
+
+
 def test_kernel_names_match_the_sources():
     defined = {}
     for source in CUDA_SOURCES:

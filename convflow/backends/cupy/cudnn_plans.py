@@ -135,6 +135,39 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def describe_graph(cudnn: Any, key: PlanKey, handle: Any) -> tuple[Any, Any, Any, Any]:
+    """The one-node graph of *key* (not yet built): ``(graph, first input, second input,
+    output)`` in the roles of the pass (x, w -> y; dy, w -> dx; x, dy -> dw)."""
+    io_type = getattr(cudnn.data_type, _DATA_TYPES[key.dtype])
+    compute = getattr(cudnn.data_type, _COMPUTE_TYPES[key.dtype])
+    graph = cudnn.pygraph(io_data_type=io_type, intermediate_data_type=compute,
+                          compute_data_type=compute, handle=handle)
+    conv = dict(pre_padding=list(key.pre_padding), post_padding=list(key.post_padding),
+                stride=list(key.stride), dilation=list(key.dilation), compute_data_type=compute)
+
+    def tensor(name: str, dims: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return graph.tensor(name=name, dim=list(dims), stride=list(strides), data_type=io_type)
+
+    if key.direction == Direction.FORWARD.value:
+        a = tensor("x", key.x_dims, key.x_strides)
+        b = tensor("w", key.w_dims, key.w_strides)
+        out = graph.conv_fprop(image=a, weight=b, name="convflow_fprop", **conv)
+        out_dims, out_strides = key.y_dims, key.y_strides
+    elif key.direction == Direction.BACKWARD_DATA.value:
+        a = tensor("dy", key.y_dims, key.y_strides)
+        b = tensor("w", key.w_dims, key.w_strides)
+        out = graph.conv_dgrad(loss=a, filter=b, name="convflow_dgrad", **conv)
+        out_dims, out_strides = key.x_dims, key.x_strides
+    else:
+        a = tensor("x", key.x_dims, key.x_strides)
+        b = tensor("dy", key.y_dims, key.y_strides)
+        out = graph.conv_wgrad(image=a, loss=b, name="convflow_wgrad", **conv)
+        out_dims, out_strides = key.w_dims, key.w_strides
+    out.set_output(True).set_data_type(io_type).set_dim(list(out_dims)).set_stride(
+        list(out_strides))
+    return graph, a, b, out
+
+
 class CudnnPlans:
     """Builds, caches and executes cuDNN graphs for the cupy backend."""
 
@@ -160,42 +193,10 @@ class CudnnPlans:
             return entry
 
     # Building ---------------------------------------------------------------------------
-    def _data_type(self, dtype: str, table: dict[str, str]) -> Any:
-        return getattr(self._cudnn.data_type, table[dtype])
-
     def _build(self, key: PlanKey, policy: Policy) -> CudnnPlan:
         cudnn = self._cudnn
-        io_type = self._data_type(key.dtype, _DATA_TYPES)
-        compute = self._data_type(key.dtype, _COMPUTE_TYPES)
         handle, _ = self.handle(key.device)
-        graph = cudnn.pygraph(io_data_type=io_type, intermediate_data_type=compute,
-                              compute_data_type=compute, handle=handle)
-        conv = dict(pre_padding=list(key.pre_padding), post_padding=list(key.post_padding),
-                    stride=list(key.stride), dilation=list(key.dilation),
-                    compute_data_type=compute)
-
-        def tensor(name: str, dims: tuple[int, ...], strides: tuple[int, ...]) -> Any:
-            return graph.tensor(name=name, dim=list(dims), stride=list(strides),
-                                data_type=io_type)
-
-        if key.direction == Direction.FORWARD.value:
-            a = tensor("x", key.x_dims, key.x_strides)
-            b = tensor("w", key.w_dims, key.w_strides)
-            out = graph.conv_fprop(image=a, weight=b, name="convflow_fprop", **conv)
-            out_dims, out_strides = key.y_dims, key.y_strides
-        elif key.direction == Direction.BACKWARD_DATA.value:
-            a = tensor("dy", key.y_dims, key.y_strides)
-            b = tensor("w", key.w_dims, key.w_strides)
-            out = graph.conv_dgrad(loss=a, filter=b, name="convflow_dgrad", **conv)
-            out_dims, out_strides = key.x_dims, key.x_strides
-        else:
-            a = tensor("x", key.x_dims, key.x_strides)
-            b = tensor("dy", key.y_dims, key.y_strides)
-            out = graph.conv_wgrad(image=a, loss=b, name="convflow_wgrad", **conv)
-            out_dims, out_strides = key.w_dims, key.w_strides
-        out.set_output(True).set_data_type(io_type).set_dim(list(out_dims)).set_stride(
-            list(out_strides))
-
+        graph, a, b, out = describe_graph(cudnn, key, handle)
         graph.validate()
         graph.build_operation_graph()
         graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
