@@ -113,7 +113,8 @@ VARIABLES: Mapping[str, Variable] = {
             "integer >= 1",
             64,
             "Upper bound, in MiB, on the scratch memory one call may use (e.g. the im2col "
-            "buffer); larger problems are processed in tiles.",
+            "buffer, cuDNN's workspace); larger problems are processed in tiles, and cuDNN "
+            "engines that need more are not considered.",
             _parse_int_at_least(1),
         ),
         Variable(
