@@ -113,7 +113,8 @@ VARIABLES: Mapping[str, Variable] = {
             "integer >= 1",
             64,
             "Upper bound, in MiB, on the scratch memory one call may use (e.g. the im2col "
-            "buffer); larger problems are processed in tiles.",
+            "buffer, cuDNN's workspace); larger problems are processed in tiles, and cuDNN "
+            "engines that need more are not considered.",
             _parse_int_at_least(1),
         ),
         Variable(
@@ -130,6 +131,24 @@ VARIABLES: Mapping[str, Variable] = {
             True,
             "Cache compiled numba kernels on disk (numba's `cache=True`) so later processes "
             "skip the first-call compile. Read once, when the numba kernels are first imported.",
+            _parse_bool,
+        ),
+        Variable(
+            "CONVFLOW_ALLOW_TF32",
+            "boolean",
+            False,
+            "cupy backend: let float32 convolutions use TF32 tensor cores (cuDNN engines and "
+            "cuBLAS GEMMs), which round inputs to 10-bit mantissas. Off by default, so float32 "
+            "means float32 (PyTorch enables it for cuDNN); `explain()` shows the setting.",
+            _parse_bool,
+        ),
+        Variable(
+            "CONVFLOW_DETERMINISTIC",
+            "boolean",
+            False,
+            "cupy backend: use only cuDNN engines without the non-deterministic note (e.g. "
+            "atomics in weight gradients), so repeated calls give identical bits. convflow's "
+            "own CUDA kernels are deterministic either way.",
             _parse_bool,
         ),
         Variable(

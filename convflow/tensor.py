@@ -215,12 +215,14 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                 f"{op}: argument '{argname}' lives on DLPack device type {int(device_code)}, "
                 f"which convflow cannot reach; move it to the CPU or a CUDA/OpenCL device first"
             )
+        # An unavailable backend for the device is a BackendUnavailableError, not a DLPack error.
+        owner = None if device_type == "cpu" else _device_backend(Device(device_type,
+                                                                         int(device_index)))
         try:
-            if device_type == "cpu":
+            if owner is None:
                 array = np.from_dlpack(obj)
                 return Tensor(array, CPU), _from_dlpack_of(obj)
-            device = Device(device_type, int(device_index))
-            return _device_backend(device).adopt(obj), _from_dlpack_of(obj)
+            return owner.adopt(obj), _from_dlpack_of(obj)
         except (BufferError, TypeError, RuntimeError) as exc:
             raise ArgumentTypeError(
                 f"{op}: argument '{argname}' ({type(obj).__name__}) could not be read through "

@@ -7,6 +7,7 @@ A backend that is not available here is skipped with its reason, unless it is li
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import sys
 
@@ -18,6 +19,9 @@ from convflow import config
 from convflow.backends import BACKEND_NAMES
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# The tolerances below are for IEEE float32: the suite runs without TF32 (cupy backend).
+os.environ["CONVFLOW_ALLOW_TF32"] = "0"
 
 # Relative tolerance against the float64 reference, per input dtype, scaled by the largest
 # reference magnitude. float64: rounding of sums of ~1e3 terms. float32: 2**-24 per
@@ -42,6 +46,20 @@ def backend(request: pytest.FixtureRequest) -> str:
                         f"unavailable: {status.reason}")
         pytest.skip(f"backend {name!r} unavailable: {status.reason}")
     return name
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` need the cupy backend: skipped with its reason where it cannot
+    run, failed instead if CONVFLOW_TEST_REQUIRE lists cupy."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    status = convflow.available_backends()["cupy"]
+    if status.available:
+        return
+    if "cupy" in required_backends():
+        pytest.fail(f"backend 'cupy' is required by CONVFLOW_TEST_REQUIRE but is unavailable: "
+                    f"{status.reason}")
+    pytest.skip(f"needs a CUDA GPU: backend 'cupy' unavailable: {status.reason}")
 
 
 def algorithms_of(backend: str) -> list[str]:

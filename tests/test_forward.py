@@ -84,7 +84,9 @@ def test_nan_and_inf_propagate(backend):
     from conftest import algorithms_of
 
     for algorithm in algorithms_of(backend):
-        if algorithm in ("depthwise", "gemm_1x1"):
+        # cuDNN's Winograd and FFT engines mix neighbouring inputs, so an inf may become nan
+        # in nearby outputs (as in PyTorch); the README documents it.
+        if algorithm in ("depthwise", "gemm_1x1", "cudnn"):
             continue
         y = convflow.conv2d(x, w, padding=1, backend=backend, algorithm=algorithm)
         assert np.isnan(y[0, :, 1:4, 1:4]).all(), algorithm

@@ -1,0 +1,115 @@
+"""Compile (through ``cupy.RawModule``) and launch the kernels of ``kernels/cuda/``.
+
+Modules are built per (source file, dtype, device) on first use; CuPy also caches the
+compiled binaries on disk, keyed by source, options, architecture and NVRTC version.
+Kernels run on the current CuPy stream of the current device.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from ...errors import KernelBuildError
+from . import sources
+from .geometry import (
+    KernelGeometry,
+    Launch,
+    Tile,
+    elementwise_launch,
+    reduction_launch,
+)
+
+Array = Any
+
+
+class CudaKernels:
+    """The :class:`~.algorithms.KernelLauncher` of the GPU: CuPy arrays of one device."""
+
+    def __init__(self, cupy: Any) -> None:
+        self._cupy = cupy
+        self._lock = threading.Lock()
+        self._modules: dict[tuple[str, str, int], Any] = {}
+
+    def _function(self, name: str, dtype: np.dtype[Any]) -> Any:
+        path = sources.KERNEL_FILES[name]
+        device = int(self._cupy.cuda.runtime.getDevice())
+        key = (path, dtype.name, device)
+        with self._lock:
+            module = self._modules.get(key)
+            if module is None:
+                options = sources.compile_options(dtype.name)
+                try:
+                    module = self._cupy.RawModule(code=sources.expanded_source(path),
+                                                  options=options)
+                    module.compile()
+                except Exception as exc:
+                    raise KernelBuildError(
+                        f"compiling {path} for {dtype.name} on cuda:{device} with options "
+                        f"{' '.join(options)} failed: {exc}") from exc
+                self._modules[key] = module
+        return module.get_function(name)
+
+    def _launch(self, name: str, dtype: np.dtype[Any], launch: Launch,
+                args: tuple[Any, ...]) -> None:
+        function = self._function(name, dtype)
+        function((launch.grid,), (launch.block,), args, shared_mem=launch.shared_mem)
+
+    @staticmethod
+    def _geometry_args(geometry: KernelGeometry) -> tuple[np.int32, ...]:
+        return tuple(np.int32(v) for v in geometry.args())
+
+    def _with_bias(self, name: str, a: Array, w: Array, bias: Array | None, out: Array,
+                   geometry: KernelGeometry) -> None:
+        # A kernel without a bias still needs a pointer of the right type: pass the output,
+        # which has_bias = 0 keeps it from reading.
+        args = (a, w, out if bias is None else bias, np.int32(bias is not None), out,
+                *self._geometry_args(geometry))
+        self._launch(name, out.dtype, elementwise_launch(out.size), args)
+
+    def _reduce(self, name: str, a: Array, b: Array, out: Array,
+                geometry: KernelGeometry) -> None:
+        self._launch(name, out.dtype, reduction_launch(out.size),
+                     (a, b, out, *self._geometry_args(geometry)))
+
+    def fprop_direct(self, x: Array, w: Array, bias: Array | None, y: Array,
+                     geometry: KernelGeometry) -> None:
+        self._with_bias("cf_fprop_direct", x, w, bias, y, geometry)
+
+    def dgrad_direct(self, dy: Array, w: Array, bias: Array | None, dx: Array,
+                     geometry: KernelGeometry) -> None:
+        self._with_bias("cf_dgrad_direct", dy, w, bias, dx, geometry)
+
+    def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: KernelGeometry) -> None:
+        self._reduce("cf_wgrad_direct", x, dy, dw, geometry)
+
+    def fprop_depthwise(self, x: Array, w: Array, bias: Array | None, y: Array,
+                        geometry: KernelGeometry) -> None:
+        self._with_bias("cf_fprop_depthwise", x, w, bias, y, geometry)
+
+    def dgrad_depthwise(self, dy: Array, w: Array, bias: Array | None, dx: Array,
+                        geometry: KernelGeometry) -> None:
+        self._with_bias("cf_dgrad_depthwise", dy, w, bias, dx, geometry)
+
+    def wgrad_depthwise(self, x: Array, dy: Array, dw: Array,
+                        geometry: KernelGeometry) -> None:
+        self._reduce("cf_wgrad_depthwise", x, dy, dw, geometry)
+
+    def im2col(self, x: Array, col: Array, geometry: KernelGeometry, tile: Tile,
+               wide: bool) -> None:
+        args = (x, col, np.int32(tile.n0), np.int32(tile.count), np.int64(tile.p0),
+                np.int64(tile.width), np.int32(wide), *self._geometry_args(geometry))
+        self._launch("cf_im2col", x.dtype, elementwise_launch(col.size), args)
+
+    def col2im(self, col: Array, out: Array, geometry: KernelGeometry, tile: Tile,
+               accumulate: bool) -> None:
+        args = (col, out, np.int32(tile.count), np.int64(tile.p0), np.int64(tile.width),
+                np.int32(accumulate), *self._geometry_args(geometry))
+        self._launch("cf_col2im", col.dtype, elementwise_launch(out.size), args)
+
+    def add_bias(self, y: Array, bias: Array) -> None:
+        inner = int(np.prod(y.shape[2:], dtype=np.int64))
+        args = (y, bias, np.int32(y.shape[1]), np.int64(inner), np.int64(y.size))
+        self._launch("cf_add_bias", y.dtype, elementwise_launch(y.size), args)

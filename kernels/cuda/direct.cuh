@@ -1,0 +1,123 @@
+// Per-element work of the direct kernels: any groups, stride, padding and dilation. These are
+// the always-applicable baseline of the cupy backend.
+#pragma once
+#include "common.cuh"
+
+// y[index] of the forward pass, index over (n, k, od, oh, ow), without the bias.
+CF_HD cf_acc cf_fprop_direct_at(const cf_t* x, const cf_t* w, const cf_geom& g, cf_i64 index) {
+    const cf_i64 positions = cf_out_plane(g);
+    const cf_i64 position = index % positions;
+    const int k = (int)((index / positions) % g.k);
+    const int n = (int)(index / positions / g.k);
+    int od, oh, ow;
+    cf_split_out(g, position, &od, &oh, &ow);
+    const int cpg = cf_in_per_group(g);
+    const int c_first = (k / cf_out_per_group(g)) * cpg;
+    cf_acc acc = 0;
+    for (int c = 0; c < cpg; ++c) {
+        const cf_i64 w_base = ((cf_i64)k * cpg + c) * cf_taps(g);
+        for (int td = 0; td < g.kd; ++td) {
+            const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
+            if (id < 0) continue;
+            for (int th = 0; th < g.kh; ++th) {
+                const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
+                if (ih < 0) continue;
+                for (int tw = 0; tw < g.kw; ++tw) {
+                    const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
+                    if (iw < 0) continue;
+                    acc += cf_load(x, cf_x_offset(g, n, c_first + c, id, ih, iw)) *
+                           cf_load(w, w_base + (td * g.kh + th) * g.kw + tw);
+                }
+            }
+        }
+    }
+    return acc;
+}
+
+// dx[index] of the backward-data pass, index over (n, c, id, ih, iw), without the bias: the
+// gather form (each input element sums what reaches it), so no two threads write one element.
+CF_HD cf_acc cf_dgrad_direct_at(const cf_t* dy, const cf_t* w, const cf_geom& g, cf_i64 index) {
+    const cf_i64 plane = cf_in_plane(g);
+    const cf_i64 position = index % plane;
+    const int ci = (int)((index / plane) % g.c);
+    const int n = (int)(index / plane / g.c);
+    int id, ih, iw;
+    cf_split_in(g, position, &id, &ih, &iw);
+    const int cpg = cf_in_per_group(g);
+    const int kpg = cf_out_per_group(g);
+    const int group = ci / cpg;
+    const int c = ci % cpg;
+    cf_acc acc = 0;
+    for (int td = 0; td < g.kd; ++td) {
+        const int od = cf_out_coord(id, td, g.sd, g.pd, g.dd, g.od);
+        if (od < 0) continue;
+        for (int th = 0; th < g.kh; ++th) {
+            const int oh = cf_out_coord(ih, th, g.sh, g.ph, g.dh, g.oh);
+            if (oh < 0) continue;
+            for (int tw = 0; tw < g.kw; ++tw) {
+                const int ow = cf_out_coord(iw, tw, g.sw, g.pw, g.dw, g.ow);
+                if (ow < 0) continue;
+                const cf_i64 out_position = ((cf_i64)od * g.oh + oh) * g.ow + ow;
+                const int tap = (td * g.kh + th) * g.kw + tw;
+                for (int j = 0; j < kpg; ++j) {
+                    const int k = group * kpg + j;
+                    acc += cf_load(dy, cf_y_offset(g, n, k, out_position)) *
+                           cf_load(w, ((cf_i64)k * cpg + c) * cf_taps(g) + tap);
+                }
+            }
+        }
+    }
+    return acc;
+}
+
+// The share of reduction thread `lane` (of `lanes`) in dw[index] of the backward-weight pass,
+// index over (k, c, kd, kh, kw): the sum over (n, output position) j = lane, lane + lanes, ...
+CF_HD cf_acc cf_wgrad_direct_part(const cf_t* x, const cf_t* dy, const cf_geom& g, cf_i64 index,
+                                  int lane, int lanes) {
+    const int taps = cf_taps(g);
+    const int cpg = cf_in_per_group(g);
+    const int tap = (int)(index % taps);
+    const int c = (int)((index / taps) % cpg);
+    const int k = (int)(index / taps / cpg);
+    const int ci = (k / cf_out_per_group(g)) * cpg + c;
+    int td, th, tw;
+    cf_split_tap(g, tap, &td, &th, &tw);
+    const cf_i64 positions = cf_out_plane(g);
+    const cf_i64 total = (cf_i64)g.n * positions;
+    cf_acc acc = 0;
+    for (cf_i64 j = lane; j < total; j += lanes) {
+        const int n = (int)(j / positions);
+        const cf_i64 position = j % positions;
+        int od, oh, ow;
+        cf_split_out(g, position, &od, &oh, &ow);
+        const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
+        const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
+        const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
+        if (id < 0 || ih < 0 || iw < 0) continue;
+        acc += cf_load(x, cf_x_offset(g, n, ci, id, ih, iw)) *
+               cf_load(dy, cf_y_offset(g, n, k, position));
+    }
+    return acc;
+}
+
+// Element counts of the three passes' outputs (the kernels' grid-stride ranges).
+CF_HD cf_i64 cf_y_total(const cf_geom& g) { return (cf_i64)g.n * g.k * cf_out_plane(g); }
+CF_HD cf_i64 cf_x_total(const cf_geom& g) { return (cf_i64)g.n * g.c * cf_in_plane(g); }
+CF_HD cf_i64 cf_w_total(const cf_geom& g) {
+    return (cf_i64)g.k * cf_in_per_group(g) * cf_taps(g);
+}
+
+// One output element of each pass with its epilogue, as the kernels (and the host tests) run it.
+CF_HD void cf_fprop_direct_element(const cf_t* x, const cf_t* w, const cf_t* bias, int has_bias,
+                                   cf_t* y, const cf_geom& g, cf_i64 index) {
+    cf_acc acc = cf_fprop_direct_at(x, w, g, index);
+    if (has_bias) acc += cf_load(bias, (index / cf_out_plane(g)) % g.k);
+    cf_store(y, index, acc);
+}
+
+CF_HD void cf_dgrad_direct_element(const cf_t* dy, const cf_t* w, const cf_t* bias,
+                                   int has_bias, cf_t* dx, const cf_geom& g, cf_i64 index) {
+    cf_acc acc = cf_dgrad_direct_at(dy, w, g, index);
+    if (has_bias) acc += cf_load(bias, (index / cf_in_plane(g)) % g.c);
+    cf_store(dx, index, acc);
+}

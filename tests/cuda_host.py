@@ -1,0 +1,161 @@
+"""Run the cupy backend's algorithms on the host: numpy arrays and a host build of the CUDA
+kernels' per-element functions (tests/cuda_emulation.cpp), loaded with ctypes.
+
+The launcher checks what the GPU launcher cannot: every array handed to a kernel is
+C-contiguous and of the dtype the kernel was compiled for, so orchestration mistakes (a
+strided view passed as a pointer, a float32 buffer where float16 is expected) fail here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+
+from convflow.backends.cupy import algorithms
+from convflow.backends.cupy.geometry import REDUCTION_BLOCK, KernelGeometry, Tile
+from convflow.backends.cupy.sources import DTYPE_CODES
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "tests" / "cuda_emulation.cpp"
+KERNEL_DIR = ROOT / "kernels" / "cuda"
+
+
+def compiler() -> str | None:
+    for name in ("c++", "g++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def build(directory: pathlib.Path, dtype: str) -> pathlib.Path:
+    """Compile the host build for *dtype* into *directory*; returns the shared library."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (c++, g++ or clang++) on PATH")
+    out = directory / f"libconvflow_cuda_host_{dtype}.so"
+    command = [cxx, "-O1", "-std=c++14", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+               f"-DCF_DTYPE={DTYPE_CODES[dtype]}", f"-DCF_BLOCK={REDUCTION_BLOCK}",
+               f"-I{KERNEL_DIR}", "-o", str(out), str(SOURCE)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")
+    return out
+
+
+_void_p = ctypes.c_void_p
+_int = ctypes.c_int
+_i64 = ctypes.c_longlong
+
+
+def _load(path: pathlib.Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    pointer_args = {"emu_fprop_direct": 5, "emu_dgrad_direct": 5, "emu_fprop_depthwise": 5,
+                    "emu_dgrad_depthwise": 5}
+    for name in pointer_args:
+        getattr(lib, name).argtypes = [_void_p, _void_p, _void_p, _int, _void_p, _void_p]
+    for name in ("emu_wgrad_direct", "emu_wgrad_depthwise"):
+        getattr(lib, name).argtypes = [_void_p, _void_p, _void_p, _void_p]
+    lib.emu_im2col.argtypes = [_void_p, _void_p, _int, _int, _i64, _i64, _int, _void_p]
+    lib.emu_col2im.argtypes = [_void_p, _void_p, _int, _i64, _i64, _int, _void_p]
+    lib.emu_add_bias.argtypes = [_void_p, _void_p, _int, _i64, _i64]
+    lib.emu_float_to_half.argtypes = [ctypes.c_float]
+    lib.emu_float_to_half.restype = ctypes.c_ushort
+    lib.emu_half_to_float.argtypes = [ctypes.c_ushort]
+    lib.emu_half_to_float.restype = ctypes.c_float
+    return lib
+
+
+class HostKernels:
+    """The KernelLauncher protocol over numpy arrays of one dtype, run on the host."""
+
+    def __init__(self, library: pathlib.Path, dtype: str) -> None:
+        self.lib = _load(library)
+        self.dtype = np.dtype(dtype)
+        self.acc = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
+        assert self.lib.emu_dtype() == DTYPE_CODES[dtype]
+        self.calls: list[str] = []
+
+    def _ptr(self, a: np.ndarray, dtype: np.dtype | None = None) -> int:
+        expected = self.dtype if dtype is None else dtype
+        assert isinstance(a, np.ndarray), type(a)
+        assert a.flags.c_contiguous, f"a kernel operand must be C-contiguous, got strides {a.strides}"
+        assert a.dtype == expected, f"a kernel operand must be {expected}, got {a.dtype}"
+        return a.ctypes.data
+
+    @staticmethod
+    def _geometry(geometry: KernelGeometry) -> np.ndarray:
+        return np.array(geometry.args(), dtype=np.int32)
+
+    def _with_bias(self, name: str, a, w, bias, out, geometry: KernelGeometry) -> None:
+        self.calls.append(name)
+        geom = self._geometry(geometry)
+        bias_ptr = self._ptr(out if bias is None else bias)
+        getattr(self.lib, f"emu_{name}")(self._ptr(a), self._ptr(w), bias_ptr,
+                                         int(bias is not None), self._ptr(out), geom.ctypes.data)
+
+    def _reduce(self, name: str, a, b, out, geometry: KernelGeometry) -> None:
+        self.calls.append(name)
+        geom = self._geometry(geometry)
+        getattr(self.lib, f"emu_{name}")(self._ptr(a), self._ptr(b), self._ptr(out),
+                                         geom.ctypes.data)
+
+    def fprop_direct(self, x, w, bias, y, geometry):
+        assert y.shape[0] == geometry.n
+        self._with_bias("fprop_direct", x, w, bias, y, geometry)
+
+    def dgrad_direct(self, dy, w, bias, dx, geometry):
+        self._with_bias("dgrad_direct", dy, w, bias, dx, geometry)
+
+    def wgrad_direct(self, x, dy, dw, geometry):
+        self._reduce("wgrad_direct", x, dy, dw, geometry)
+
+    def fprop_depthwise(self, x, w, bias, y, geometry):
+        self._with_bias("fprop_depthwise", x, w, bias, y, geometry)
+
+    def dgrad_depthwise(self, dy, w, bias, dx, geometry):
+        self._with_bias("dgrad_depthwise", dy, w, bias, dx, geometry)
+
+    def wgrad_depthwise(self, x, dy, dw, geometry):
+        self._reduce("wgrad_depthwise", x, dy, dw, geometry)
+
+    def im2col(self, x, col, geometry: KernelGeometry, tile: Tile, wide: bool) -> None:
+        self.calls.append("im2col")
+        assert col.size == tile.count * geometry.rows * tile.width
+        geom = self._geometry(geometry)
+        self.lib.emu_im2col(self._ptr(x), self._ptr(col), tile.n0, tile.count, tile.p0,
+                            tile.width, int(wide), geom.ctypes.data)
+
+    def col2im(self, col, out, geometry: KernelGeometry, tile: Tile, accumulate: bool) -> None:
+        self.calls.append("col2im")
+        assert col.size == tile.count * geometry.rows * tile.width
+        assert out.size == tile.count * geometry.c * geometry.in_plane
+        geom = self._geometry(geometry)
+        self.lib.emu_col2im(self._ptr(col), self._ptr(out, self.acc), tile.count, tile.p0,
+                            tile.width, int(accumulate), geom.ctypes.data)
+
+    def add_bias(self, y, bias) -> None:
+        self.calls.append("add_bias")
+        inner = int(np.prod(y.shape[2:], dtype=np.int64))
+        self.lib.emu_add_bias(self._ptr(y), self._ptr(bias), y.shape[1], inner, y.size)
+
+
+def host_matmul(a, b, out=None):
+    """numpy's matmul with what cuBLAS does for float16 through CuPy: float32 accumulation."""
+    if a.dtype == np.float16:
+        result = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+    else:
+        result = np.matmul(a, b)
+    if out is None:
+        return result
+    assert out.shape == result.shape and out.dtype == result.dtype
+    out[...] = result
+    return out
+
+
+def host_context(kernels: HostKernels, workspace_bytes: int = 64 << 20) -> algorithms.Context:
+    return algorithms.Context(np, kernels, host_matmul, workspace_bytes)
