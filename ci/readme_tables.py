@@ -9,9 +9,12 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from convflow import config
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout's convflow, installed or not
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+from convflow import config  # noqa: E402
+
+README = ROOT / "README.md"
 START = "<!-- generated: config table (make readme) -->"
 END = "<!-- end of generated config table -->"
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import reference
-from cases import forward_cases, random_cases, transposed_cases
-from helpers import conv_kwargs, transpose_kwargs
 
 import convflow
 from convflow.params import ConvProblem, Direction
+
+import reference
+from cases import forward_cases, random_cases, transposed_cases
+from helpers import conv_kwargs, transpose_kwargs
 
 
 def all_passes() -> list[tuple[str, ConvProblem]]:

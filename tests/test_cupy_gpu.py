@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
-from conftest import assert_close
 
 import convflow
 from convflow import config
+
+import reference
+from conftest import assert_close
 
 pytestmark = pytest.mark.gpu
 

@@ -18,9 +18,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import reference
-from conftest import TOLERANCE
-from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
 import convflow
 from convflow import backends as registry
@@ -46,6 +43,10 @@ from convflow.backends.cupy.geometry import (
 from convflow.errors import BackendUnavailableError
 from convflow.params import ConvProblem, Direction
 from convflow.tensor import Device, as_tensor
+
+import reference
+from conftest import TOLERANCE
+from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POLICY = Policy(allow_tf32=False, deterministic=False, workspace_limit=64 << 20)

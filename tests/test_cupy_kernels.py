@@ -18,14 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import TOLERANCE
-from cuda_host import HostKernels, build, compiler, host_context
-from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
 from convflow import kernels
 from convflow.backends.cupy import OWN_RULES, algorithms, sources
 from convflow.backends.cupy.geometry import GEOMETRY_FIELDS
 from convflow.params import ConvProblem
+
+from conftest import TOLERANCE
+from cuda_host import HostKernels, build, compiler, host_context
+from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
 CUDA_SOURCES = kernels.list_sources(".cu")
 DTYPES = ("float16", "float32", "float64")
