@@ -96,13 +96,18 @@ def _names(text: str) -> list[str]:
 
 
 def _layer_slice(text: str) -> slice:
+    """``3`` -> layer 3; ``2:5``, ``:8``, ``0:23:5`` -> Python slices of the layer table."""
     try:
-        start, _, stop = text.partition(":")
-        if not _:
-            return slice(int(start), int(start) + 1)
-        return slice(int(start) if start else None, int(stop) if stop else None)
+        parts = [int(p) if p.strip() else None for p in text.split(":")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a layer index or a slice like 2:5, got {text!r}") from None
+        parts = []
+    if not 1 <= len(parts) <= 3 or (len(parts) == 1 and parts[0] is None):
+        raise argparse.ArgumentTypeError(f"expected a layer index or a slice like 2:5 or 0:23:5, "
+                                         f"got {text!r}")
+    if len(parts) == 1:
+        assert parts[0] is not None
+        return slice(parts[0], parts[0] + 1)
+    return slice(*parts)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -199,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConvflowError as exc:
         print(f"convflow: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `convflow info | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,22 @@ _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
 
 
+@contextlib.contextmanager
+def _omp_wait_policy() -> Iterator[str]:
+    """Apply CONVFLOW_OMP_WAIT_POLICY while numba's OpenMP runtime loads (it reads the
+    environment once, when loaded), then restore the environment; yield what applies."""
+    wanted = config.get("CONVFLOW_OMP_WAIT_POLICY")
+    user_set = [name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ]
+    if wanted == "inherit" or user_set:
+        yield f"from the environment ({', '.join(user_set) or 'OpenMP defaults'})"
+        return
+    os.environ["OMP_WAIT_POLICY"] = wanted.upper()
+    try:
+        yield f"{wanted} (CONVFLOW_OMP_WAIT_POLICY)"
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 def _max_threads(numba: Any) -> int:
     """numba's thread pool size (``NUMBA_NUM_THREADS``)."""
     return int(numba.config.NUMBA_NUM_THREADS)
@@ -138,6 +154,7 @@ class NumbaBackend(Backend):
         # Set when only numba's workqueue layer could start: it is not safe for concurrent
         # parallel launches from several Python threads, so those are serialized.
         self._launch_lock: threading.Lock | None = None
+        self._wait_policy = "n/a"
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -159,6 +176,7 @@ class NumbaBackend(Backend):
                                  f"numba {numba.__version__} could not start: {exc!r}", "cpu")
         threads = _max_threads(numba)
         details = {"threading_layer": layer, "threads": str(threads),
+                   "omp_wait_policy": self._wait_policy,
                    "serialized_launches": str(self._launch_lock is not None)}
         return BackendStatus(
             self.name, True,
@@ -171,17 +189,19 @@ class NumbaBackend(Backend):
         from . import kernels
 
         probe = np.ones(4)
-        if "NUMBA_THREADING_LAYER" not in os.environ:
-            numba.config.THREADING_LAYER = "threadsafe"
-            try:
-                kernels.threading_probe(probe)
-            except ValueError:
-                numba.config.THREADING_LAYER = "workqueue"
-                self._launch_lock = threading.Lock()
-        kernels.threading_probe(probe)
+        with _omp_wait_policy() as policy:
+            if "NUMBA_THREADING_LAYER" not in os.environ:
+                numba.config.THREADING_LAYER = "threadsafe"
+                try:
+                    kernels.threading_probe(probe)
+                except ValueError:
+                    numba.config.THREADING_LAYER = "workqueue"
+                    self._launch_lock = threading.Lock()
+            kernels.threading_probe(probe)
         layer = str(numba.threading_layer())
         if layer == "workqueue" and self._launch_lock is None:
             self._launch_lock = threading.Lock()
+        self._wait_policy = policy if layer == "omp" else "n/a"
         return layer
 
     @contextlib.contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from ... import config
 
@@ -457,16 +457,15 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
         r2 = w2[min(k0 + 2, last)]
         r3 = w2[min(k0 + 3, last)]
         acc = np.zeros((PACKED_CO_BLOCK, chunk), dtype=y.dtype)
-        a0 = acc[0]
-        a1 = acc[1]
-        a2 = acc[2]
-        a3 = acc[3]
+        # Unsigned read positions: numba then skips its negative-index wraparound test, so
+        # the loop vectorizes without making an array view per step.
+        base = uint64(p0)
         full_steps = pairs // PACKED_PAIRS_PER_STEP
         for step in range(full_steps):
             q = step * PACKED_PAIRS_PER_STEP
-            u = xq_flat[p0 + offsets[g, step, 0]:]
-            v = xq_flat[p0 + offsets[g, step, 1]:]
-            s = xq_flat[p0 + offsets[g, step, 2]:]
+            ou = base + uint64(offsets[g, step, 0])
+            ov = base + uint64(offsets[g, step, 1])
+            os_ = base + uint64(offsets[g, step, 2])
             w00 = r0[q]
             w01 = r1[q]
             w02 = r2[q]
@@ -480,28 +479,29 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
             w22 = r2[q + 2]
             w23 = r3[q + 2]
             for j in range(runs):
-                xu = u[j]
-                xv = v[j]
-                xs = s[j]
-                a0[j] += w00 * xu + w10 * xv + w20 * xs
-                a1[j] += w01 * xu + w11 * xv + w21 * xs
-                a2[j] += w02 * xu + w12 * xv + w22 * xs
-                a3[j] += w03 * xu + w13 * xv + w23 * xs
+                uj = uint64(j)
+                xu = xq_flat[ou + uj]
+                xv = xq_flat[ov + uj]
+                xs = xq_flat[os_ + uj]
+                acc[0, j] += w00 * xu + w10 * xv + w20 * xs
+                acc[1, j] += w01 * xu + w11 * xv + w21 * xs
+                acc[2, j] += w02 * xu + w12 * xv + w22 * xs
+                acc[3, j] += w03 * xu + w13 * xv + w23 * xs
         # The last one or two pairs, on their own: a zero weight times real data could turn
         # an Inf into a NaN.
         for q in range(full_steps * PACKED_PAIRS_PER_STEP, pairs):
             step = q // PACKED_PAIRS_PER_STEP
-            u = xq_flat[p0 + offsets[g, step, q - step * PACKED_PAIRS_PER_STEP]:]
+            ou = base + uint64(offsets[g, step, q - step * PACKED_PAIRS_PER_STEP])
             w00 = r0[q]
             w01 = r1[q]
             w02 = r2[q]
             w03 = r3[q]
             for j in range(runs):
-                xu = u[j]
-                a0[j] += w00 * xu
-                a1[j] += w01 * xu
-                a2[j] += w02 * xu
-                a3[j] += w03 * xu
+                xu = xq_flat[ou + uint64(j)]
+                acc[0, j] += w00 * xu
+                acc[1, j] += w01 * xu
+                acc[2, j] += w02 * xu
+                acc[3, j] += w03 * xu
         # Write back the valid columns of every packed row the chunk touches.
         first_image = p0 // plane
         last_image = min((p0 + count - 1) // plane, n_images - 1)
