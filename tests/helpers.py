@@ -55,3 +55,16 @@ def reference_transposed(case: Case, x, w, b):
     return reference.conv_transpose(x, w, b, case.per_dim(case.stride), case.padding_pairs(),
                                     case.per_dim(case.output_padding), case.groups,
                                     case.per_dim(case.dilation))
+
+
+def assert_matches_finite_differences(forward, x, w, grad_x, grad_w, g, eps=1e-6, tol=1e-4):
+    """Check ``grad_x`` and ``grad_w`` of ``<forward(x, w), g>`` against forward differences,
+    element by element (an independent check of a gradient's definition; tiny problems only)."""
+    base = np.vdot(forward(x, w), g)
+    for array, grad in ((x, grad_x), (w, grad_w)):
+        for index in np.ndindex(array.shape):
+            bumped = array.copy()
+            bumped[index] += eps
+            args = (bumped, w) if array is x else (x, bumped)
+            numeric = (np.vdot(forward(*args), g) - base) / eps
+            assert abs(numeric - grad[index]) < tol, (index, numeric, grad[index])
