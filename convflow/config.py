@@ -76,6 +76,9 @@ class Variable:
     default: Any
     help: str
     parse: Callable[[str], Any]
+    # Whether the variable can change which backend or algorithm a call gets (and so must
+    # be part of the key of any cache of decisions).
+    decides: bool = False
 
     def default_text(self) -> str:
         if isinstance(self.default, bool):
@@ -99,6 +102,7 @@ VARIABLES: Mapping[str, Variable] = {
             "`BackendUnavailableError` instead of falling back. Empty: choose by where the data "
             "lives, then the CPU.",
             _parse_name_list,
+            decides=True,
         ),
         Variable(
             "CONVFLOW_LOG",
@@ -116,6 +120,7 @@ VARIABLES: Mapping[str, Variable] = {
             "buffer, cuDNN's workspace); larger problems are processed in tiles, and cuDNN "
             "engines that need more are not considered.",
             _parse_int_at_least(1),
+            decides=True,
         ),
         Variable(
             "CONVFLOW_NUM_THREADS",
@@ -154,6 +159,7 @@ VARIABLES: Mapping[str, Variable] = {
             "cuBLAS GEMMs), which round inputs to 10-bit mantissas. Off by default, so float32 "
             "means float32 (PyTorch enables it for cuDNN); `explain()` shows the setting.",
             _parse_bool,
+            decides=True,
         ),
         Variable(
             "CONVFLOW_DETERMINISTIC",
@@ -163,6 +169,7 @@ VARIABLES: Mapping[str, Variable] = {
             "atomics in weight gradients), so repeated calls give identical bits. convflow's "
             "own CUDA kernels are deterministic either way.",
             _parse_bool,
+            decides=True,
         ),
         Variable(
             "CONVFLOW_TEST_REQUIRE",
@@ -178,6 +185,30 @@ VARIABLES: Mapping[str, Variable] = {
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "convflow_config_overrides", default=types.MappingProxyType({})
 )
+
+
+# Reading a variable sits on every call's hot path, where os.environ.get costs about a
+# microsecond. os.environ keeps its entries in an encoded dict that os.environ writes through
+# (and that putenv-level changes never reach os.environ anyway), so reading that dict sees
+# exactly what os.environ.get would, for a fraction of the cost. Fallback: os.environ.get.
+_ENVIRON_DATA: Any = getattr(os.environ, "_data", None)
+_ENCODE: Any = getattr(os.environ, "encodekey", None)
+_DECODE: Any = getattr(os.environ, "decodevalue", None)
+_ENCODED_NAMES: dict[str, Any] = {}
+
+
+def _raw(name: str) -> str | None:
+    if _ENVIRON_DATA is None or _ENCODE is None or _DECODE is None:
+        return os.environ.get(name)
+    key = _ENCODED_NAMES.get(name)
+    if key is None:
+        key = _ENCODED_NAMES[name] = _ENCODE(name)
+    value = _ENVIRON_DATA.get(key)
+    return None if value is None else _DECODE(value)
+
+
+# Parsed values, by (variable, text): parsing is pure.
+_PARSED: dict[tuple[str, str], Any] = {}
 
 
 def _variable(name: str) -> Variable:
@@ -200,28 +231,36 @@ def _parse(variable: Variable, text: str, source: str) -> Any:
 def get(name: str) -> Any:
     """Return the current value of variable *name*: an override, else the environment, else
     the default. Raises :class:`ConfigError` naming the variable if its value is invalid."""
-    variable = _variable(name)
     overrides = _overrides.get()
-    if name in overrides:
+    if overrides and name in overrides:
         return overrides[name]
-    text = os.environ.get(name)
+    text = _raw(name)
     if text is None:
-        return variable.default
-    return _parse(variable, text, "environment variable")
+        return _variable(name).default
+    parsed = _PARSED.get((name, text), _PARSED)
+    if parsed is _PARSED:
+        parsed = _parse(_variable(name), text, "environment variable")
+        if len(_PARSED) < 4096:
+            _PARSED[(name, text)] = parsed
+    return parsed
 
 
 def is_set(name: str) -> bool:
     """Whether *name* was given explicitly (an override or the environment), not defaulted."""
     _variable(name)
-    return name in _overrides.get() or name in os.environ
+    return name in _overrides.get() or _raw(name) is not None
+
+
+_DECIDING = tuple(v.name for v in VARIABLES.values() if v.decides)
 
 
 def fingerprint() -> tuple[Any, ...]:
-    """A hashable summary of every variable's current source text and override: equal
-    fingerprints mean equal configuration (used to key caches of decisions)."""
+    """A hashable summary of the current text and override of every variable that can change
+    a decision: equal fingerprints mean equal decisions (used to key caches of them)."""
     overrides = _overrides.get()
-    return (tuple(os.environ.get(name) for name in VARIABLES),
-            tuple(sorted((k, repr(v)) for k, v in overrides.items())) if overrides else ())
+    return (tuple([_raw(name) for name in _DECIDING]),
+            tuple(sorted((k, repr(v)) for k, v in overrides.items() if k in _DECIDING))
+            if overrides else ())
 
 
 @contextlib.contextmanager

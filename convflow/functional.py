@@ -14,7 +14,7 @@ import logging
 import math
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,8 @@ class _ConvPlan:
     unbatched: bool
     out_shape: tuple[int, ...]
     step: _Pass
+    # For numpy arrays computed in host memory: run(x, w, b) -> numpy result (the fast path).
+    host: Callable[[Any, Any, Any], Any] | None = None
 
 
 def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: Any,
@@ -155,7 +157,11 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
-    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen))
+    host = None
+    if (decision.device.type == "cpu" and not params.needs_explicit_padding()
+            and not problem.is_empty()):
+        host = chosen.host_runner(problem, decision.algorithm)
+    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host)
 
 
 def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
@@ -217,7 +223,12 @@ _PLANS = _PlanCache()
 def _freeze(value: Any) -> Any:
     """A hashable, type-exact stand-in for an argument (True and 1 differ); TypeError for
     arguments that are not worth caching (arrays, floats, anything unusual)."""
-    if value is None or isinstance(value, str):
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is tuple and all(type(v) is int for v in value):
+        return ("seq", value)
+    if isinstance(value, str):
         return value
     if isinstance(value, (bool, np.bool_)):
         return ("bool", bool(value))
@@ -232,17 +243,40 @@ def _tensor_key(t: Tensor | None) -> Any:
     return None if t is None else (t.shape, t.dtype.str, t.device, t.is_contiguous)
 
 
+def _numpy_key(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+               args: tuple[Any, ...]) -> Any:
+    """The plan-cache key of a call whose arrays are all plain numpy arrays."""
+    return ("numpy", op, x.shape, x.dtype.char, x.flags.c_contiguous, w.shape, w.dtype.char,
+            w.flags.c_contiguous, None if b is None else (b.shape, b.dtype.char),
+            *(_freeze(a) for a in args), config.fingerprint())
+
+
 def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
           dilation: Any, groups: Any, padding_mode: Any, backend: Any, algorithm: Any,
           transposed: bool = False, output_padding: Any = 0) -> Any:
+    args = (stride, padding, dilation, groups, padding_mode, output_padding, backend, algorithm)
+    key: Any = None
+    if (type(input) is np.ndarray and type(weight) is np.ndarray
+            and (bias is None or type(bias) is np.ndarray)):
+        # The fast path: numpy in, numpy out, a plan validated before for these exact shapes,
+        # dtypes, memory layouts and arguments.
+        try:
+            key = _numpy_key(op, input, weight, bias, args)
+        except TypeError:
+            key = None
+        plan = _PLANS.get(key) if key is not None else None
+        if plan is not None and plan.host is not None:
+            _log(plan.step.decision)
+            if plan.unbatched:
+                return plan.host(input[None], weight, bias)[0]
+            return plan.host(input, weight, bias)
     operands = _Operands.adopt(op, input, weight, bias)
-    try:
-        key: Any = (op, _tensor_key(operands.x), _tensor_key(operands.w),
-                    _tensor_key(operands.b), _freeze(stride), _freeze(padding), _freeze(dilation),
-                    _freeze(groups), _freeze(padding_mode), _freeze(output_padding),
-                    _freeze(backend), _freeze(algorithm), config.fingerprint())
-    except TypeError:
-        key = None
+    if key is None:
+        try:
+            key = (op, _tensor_key(operands.x), _tensor_key(operands.w), _tensor_key(operands.b),
+                   *(_freeze(a) for a in args), config.fingerprint())
+        except TypeError:
+            key = None
     plan = _PLANS.get(key) if key is not None else None
     if plan is None:
         plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,

@@ -83,6 +83,14 @@ class Backend(abc.ABC):
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
 
+    def host_runner(self, problem: ConvProblem,
+                    algorithm: str) -> Callable[[Any, Any, Any], Any] | None:
+        """For backends that compute in host memory: a function ``run(a, b, bias)`` on plain,
+        already-validated numpy arrays returning the forward (``a=x, b=w``) or backward-data
+        (``a=dy, b=w``) result with the bias added, the same as :meth:`forward` /
+        :meth:`backward_data` but without Tensor wrapping; None where not applicable."""
+        return None
+
     # Storage -----------------------------------------------------------------------------
     def adopt(self, obj: Any) -> Tensor:
         """Wrap a backend-native array (no copy)."""

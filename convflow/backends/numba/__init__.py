@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -142,6 +142,14 @@ RULES: tuple[AlgorithmRule, ...] = (
 )
 
 
+class _Prepared(NamedTuple):
+    """What a pass needs that depends only on its problem and algorithm (cached)."""
+
+    run: Callable[..., None]
+    geometry: Any
+    dtype: np.dtype
+
+
 class NumbaBackend(Backend):
     """CPU backend built on numba JIT kernels and numpy's BLAS."""
 
@@ -155,6 +163,7 @@ class NumbaBackend(Backend):
         # parallel launches from several Python threads, so those are serialized.
         self._launch_lock: threading.Lock | None = None
         self._wait_policy = "n/a"
+        self._prepared_passes: dict[tuple[ConvProblem, str], _Prepared] = {}
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -204,19 +213,14 @@ class NumbaBackend(Backend):
         self._wait_policy = policy if layer == "omp" else "n/a"
         return layer
 
-    @contextlib.contextmanager
-    def _launching(self) -> Iterator[None]:
+    def _set_threads(self) -> None:
+        """Apply CONVFLOW_NUM_THREADS to this Python thread's numba launches."""
         import numba
 
-        wanted = min(config.get("CONVFLOW_NUM_THREADS") or _max_threads(numba),
-                     _max_threads(numba))
+        most = _max_threads(numba)
+        wanted = min(config.get("CONVFLOW_NUM_THREADS") or most, most)
         if numba.get_num_threads() != wanted:
             numba.set_num_threads(wanted)
-        if self._launch_lock is None:
-            yield
-        else:
-            with self._launch_lock:
-                yield
 
     def algorithm_rules(self) -> Sequence[AlgorithmRule]:
         return RULES
@@ -244,21 +248,61 @@ class NumbaBackend(Backend):
     def _compute_dtype(dtype: np.dtype) -> np.dtype:
         return np.dtype(np.float32) if dtype == np.float16 else dtype
 
+    def _prepared(self, problem: ConvProblem, algorithm: str) -> _Prepared:
+        prepared = self._prepared_passes.get((problem, algorithm))
+        if prepared is None:
+            from .algorithms import PASSES, Geometry
+
+            run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
+            assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
+            prepared = _Prepared(
+                run, Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups),
+                self._compute_dtype(np.dtype(problem.dtype)))
+            with self._status_lock:
+                if len(self._prepared_passes) > 1024:
+                    self._prepared_passes.clear()
+                self._prepared_passes[(problem, algorithm)] = prepared
+        return prepared
+
+    def _run_arrays(self, prepared: _Prepared, a_host: np.ndarray, b_host: np.ndarray,
+                    out_shape: tuple[int, ...]) -> np.ndarray:
+        from .algorithms import lift
+
+        dtype = prepared.dtype
+        if a_host.dtype != dtype or not a_host.flags.c_contiguous:
+            a_host = np.ascontiguousarray(a_host, dtype=dtype)
+        if b_host.dtype != dtype or not b_host.flags.c_contiguous:
+            b_host = np.ascontiguousarray(b_host, dtype=dtype)
+        out = np.empty(out_shape, dtype=dtype)
+        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+        self._set_threads()
+        if self._launch_lock is None:
+            prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
+        else:
+            with self._launch_lock:
+                prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
+        return out
+
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
              out_shape: tuple[int, ...]) -> np.ndarray:
-        from .algorithms import PASSES, Geometry, lift
+        return self._run_arrays(self._prepared(problem, algorithm), a.data, b.data, out_shape)
 
-        dtype = self._compute_dtype(a.dtype)
-        a_host = np.ascontiguousarray(a.data, dtype=dtype)
-        b_host = np.ascontiguousarray(b.data, dtype=dtype)
-        out = np.empty(out_shape, dtype=dtype)
-        geometry = Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups)
-        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
-        run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
-        assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
-        with self._launching():
-            run(lift(a_host), lift(b_host), lift(out), geometry, budget)
-        return out
+    def host_runner(self, problem: ConvProblem,
+                    algorithm: str) -> Callable[[Any, Any, Any], Any] | None:
+        if problem.direction == Direction.BACKWARD_WEIGHT:
+            return None
+        prepared = self._prepared(problem, algorithm)
+        out_shape = problem.y_shape if problem.direction == Direction.FORWARD else problem.x_shape
+        bias_shape = (1, -1) + (1,) * (len(out_shape) - 2)
+        result_dtype = np.dtype(problem.dtype)
+
+        def run(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+            out = self._run_arrays(prepared, a, b, out_shape)
+            if bias is not None:
+                out += bias.reshape(bias_shape)
+            return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+        return run
 
     def _finish(self, out: np.ndarray, bias: Tensor | None, dtype: np.dtype) -> Tensor:
         if bias is not None:
