@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -130,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
     result = bench.run_bench(networks, args.batch, contenders, warmup=args.warmup,
                              repeats=args.repeats, layers=args.layers,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, command=args.command_line)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=1)
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["convflow", *argv])
     try:
         return int(args.func(args))
     except ConvflowError as exc:

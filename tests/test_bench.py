@@ -60,6 +60,7 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert set(data) == {"meta", "rows", "summary"}
     assert list(data["meta"]["contenders"]) == ["numba", "numba:direct"]
     assert data["meta"]["sgemm_gflops"] > 0
+    assert data["meta"]["command"].startswith("convflow bench --no-progress --net tiny")
     assert len(data["rows"]) == 2
     for row in data["rows"]:
         for name in ("numba", "numba:direct"):
