@@ -57,6 +57,20 @@ def _parse_name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _parse_name(text: str) -> str:
+    name = text.strip().lower()
+    if name and not name.replace("_", "").isalnum():
+        raise ValueError("expected one algorithm name (letters, digits, underscores)")
+    return name
+
+
+def _parse_path(text: str) -> str:
+    path = text.strip()
+    if "\x00" in path:
+        raise ValueError("expected a directory path")
+    return os.path.expanduser(path) if path else ""
+
+
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -165,11 +179,58 @@ VARIABLES: Mapping[str, Variable] = {
             "CONVFLOW_DETERMINISTIC",
             "boolean",
             False,
-            "cupy backend: use only cuDNN engines without the non-deterministic note (e.g. "
-            "atomics in weight gradients), so repeated calls give identical bits. convflow's "
-            "own CUDA kernels are deterministic either way.",
+            "Run only algorithms whose results are bitwise reproducible across runs and thread "
+            "counts (numba: not the BLAS-based `gemm_1x1` and `im2col_gemm`; cupy: only cuDNN "
+            "engines without the non-deterministic note, e.g. atomics in weight gradients). A "
+            "problem no deterministic algorithm can run is an error.",
             _parse_bool,
             decides=True,
+        ),
+        Variable(
+            "CONVFLOW_FIND_MODE",
+            "one of heuristic/autotune",
+            "heuristic",
+            "`heuristic`: algorithms are chosen by the rules alone, nothing is timed. `autotune`: "
+            "the first time a problem is seen, every applicable algorithm of the chosen backend "
+            "is timed on the real shapes and the fastest recorded in the perf-db; later calls, "
+            "in any process, reuse the record without timing anything.",
+            _parse_choice(("heuristic", "autotune")),
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_ALGO",
+            "algorithm name",
+            "",
+            "Force one algorithm (as the `algorithm=` keyword does) for every call; an unknown "
+            "or inapplicable name is an error listing the valid names for the problem.",
+            _parse_name,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_DISABLE_ALGOS",
+            "list of names",
+            (),
+            "Algorithms never to consider (e.g. `im2col_gemm,winograd`), for rules and autotune.",
+            _parse_name_list,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_CACHE_DIR",
+            "directory",
+            "",
+            "Where the perf-db (autotune results) lives. Empty: the user cache directory "
+            "(platformdirs), e.g. `~/.cache/convflow` on Linux. convflow writes nothing "
+            "outside it.",
+            _parse_path,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_TUNE_BUDGET_MS",
+            "integer >= 1",
+            3000,
+            "Time budget, in milliseconds, for autotuning one problem (first-call compiles "
+            "included); candidates not reached in time are skipped, the rules' choice first.",
+            _parse_int_at_least(1),
         ),
         Variable(
             "CONVFLOW_TEST_REQUIRE",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checks, config, selector
+from . import checks, config, find, selector
 from .backends import is_current
 from .backends.base import Backend
 from .errors import ArgumentTypeError, DeviceError, ParameterError, ShapeError
@@ -157,6 +157,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
+    decision = find.refine(decision, chosen)
     host = None
     if (decision.device.type == "cpu" and not params.needs_explicit_padding()
             and not problem.is_empty()):
@@ -466,7 +467,7 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
         problem = _problem(direction, conv_x.shape, w.shape, conv_y.shape, dtype, params)
         decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
                                            backend=backend, algorithm=algorithm)
-        passes[name] = _Pass(decision, chosen)
+        passes[name] = _Pass(find.refine(decision, chosen), chosen)
         shape = x.shape if name == "grad_input" else w.shape
         needs.append((name, math.prod(shape) * _COMPUTE_ITEMSIZE[dtype.name]))
     chosen_pass = passes["grad_input"] or passes["grad_weight"]

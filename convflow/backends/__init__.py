@@ -69,6 +69,11 @@ def _load(name: str) -> Backend | None:
         return instance
 
 
+def loaded_backend(name: str) -> Backend | None:
+    """The backend object if its module loads, available or not (for its rule table)."""
+    return _load(name)
+
+
 def backend_status(name: str) -> BackendStatus:
     """The status of one backend (never raises for a registered name)."""
     backend = _load(name)
@@ -148,5 +153,6 @@ __all__ = [
     "backend_status",
     "get_backend",
     "is_current",
+    "loaded_backend",
     "validate_backend_name",
 ]

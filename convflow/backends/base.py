@@ -56,6 +56,10 @@ class AlgorithmRule:
     applies: Callable[[ConvProblem], tuple[bool, str]]
     can_run: Callable[[ConvProblem], tuple[bool, str]]
     directions: frozenset[Direction] = ALL_DIRECTIONS
+    # Whether results are bitwise reproducible across runs and thread counts (what
+    # CONVFLOW_DETERMINISTIC=1 requires); ``why_not_deterministic`` says why not.
+    deterministic: bool = True
+    why_not_deterministic: str = ""
 
 
 class Backend(abc.ABC):
@@ -82,6 +86,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
+
+    def device_identity(self, device: Device) -> str:
+        """What identifies the hardware and software a timing was taken on (perf-db key)."""
+        return f"{self.name}:{device}"
+
+    def synchronize(self, device: Device) -> None:
+        """Wait until work queued on *device* has finished (timing needs it on GPUs).
+        Host backends compute synchronously: nothing to wait for."""
+        return None
 
     def host_runner(self, problem: ConvProblem,
                     algorithm: str) -> Callable[[Any, Any, Any], Any] | None:

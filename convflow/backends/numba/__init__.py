@@ -130,14 +130,18 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: direct loops over the kernel taps"
 
 
+# BLAS libraries may split a product's sums differently with another thread count or CPU.
+_BLAS_ORDER = "BLAS may sum in another order with another thread count"
+
 RULES: tuple[AlgorithmRule, ...] = (
     AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
                   _depthwise_rule),
     AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
-                  _pointwise_rule),
+                  _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER),
     AlgorithmRule("packed_direct", "direct convolution over a packed, phase-split input",
                   _packed_rule, _packed_can_run, frozenset({Direction.FORWARD})),
-    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always),
+    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
+                  deterministic=False, why_not_deterministic=_BLAS_ORDER),
     AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
 )
 
@@ -232,6 +236,13 @@ class NumbaBackend(Backend):
 
     def available_memory(self, device: Device) -> int:
         return hostinfo.memory_available()
+
+    def device_identity(self, device: Device) -> str:
+        import numba
+
+        return (f"numba {numba.__version__}, numpy {np.__version__}, {hostinfo.cpu_name()}, "
+                f"{min(config.get('CONVFLOW_NUM_THREADS') or _max_threads(numba), _max_threads(numba))}"
+                f" threads")
 
     # Storage -----------------------------------------------------------------------------
     def upload(self, host: np.ndarray, device: Device) -> Tensor:
