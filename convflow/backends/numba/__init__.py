@@ -14,6 +14,7 @@ convflow`` works (and says why) without it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -168,6 +169,22 @@ class NumbaBackend(Backend):
         self._launch_lock: threading.Lock | None = None
         self._wait_policy = "n/a"
         self._prepared_passes: dict[tuple[ConvProblem, str], _Prepared] = {}
+        self._forked_serial = False
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked after the OpenMP pool started, run single-threaded kernels."""
+        status = self._status
+        if status is None or status.details.get("threading_layer") != "omp":
+            return
+        from . import kernels
+
+        kernels.use_serial_kernels()
+        self._prepared_passes.clear()
+        self._forked_serial = True
+        self._status = dataclasses.replace(
+            status, reason=status.reason + "; forked child: single-threaded kernels (GNU OpenMP "
+            "is not fork-safe)", details={**status.details, "forked_child": "single-threaded"})
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:

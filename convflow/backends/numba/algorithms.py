@@ -241,16 +241,17 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
             dw_mat[out_slice] += partial
 
 
-def _direct(kernel: Callable[..., None]) -> Callable[[Array, Array, Array, Geometry, int], None]:
+def _direct(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
+    # Looked up at call time: after a fork the module's kernels may be single-threaded twins.
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
-        kernel(a, b, out, *geometry.args, geometry.groups)
+        getattr(kernels, name)(a, b, out, *geometry.args, geometry.groups)
 
     return run
 
 
-def _depthwise(kernel: Callable[..., None]) -> Callable[[Array, Array, Array, Geometry, int], None]:
+def _depthwise(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
-        kernel(a, b, out, *geometry.args)
+        getattr(kernels, name)(a, b, out, *geometry.args)
 
     return run
 
@@ -388,10 +389,8 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
 # None where the algorithm has no such pass (its rule lists the directions it serves).
 PASSES: dict[str, tuple[Callable[[Array, Array, Array, Geometry, int], None] | None, ...]] = {
     "packed_direct": (fprop_packed, None, None),
-    "direct": (_direct(kernels.fprop_direct), _direct(kernels.dgrad_direct),
-               _direct(kernels.wgrad_direct)),
-    "depthwise": (fprop_depthwise, _depthwise(kernels.dgrad_depthwise),
-                  _depthwise(kernels.wgrad_depthwise)),
+    "direct": (_direct("fprop_direct"), _direct("dgrad_direct"), _direct("wgrad_direct")),
+    "depthwise": (fprop_depthwise, _depthwise("dgrad_depthwise"), _depthwise("wgrad_depthwise")),
     "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_pointwise),
     "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
 }

@@ -695,3 +695,19 @@ def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # typ
                     outs[c, oh, ow] = row[c]
 
 depthwise_packed_serial = _serial(depthwise_packed)
+
+
+# GNU OpenMP is not fork-safe: numba terminates a forked child on its first parallel launch
+# once the parent has used the OpenMP pool. In such a child every parallel kernel is replaced
+# by its single-threaded twin (compiled, or loaded from numba's cache, on first use).
+PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depthwise",
+                    "wgrad_depthwise", "im2col", "col2im", "rows_to_output", "output_to_rows",
+                    "pack_input", "packed_direct", "depthwise_packed", "depthwise_channels_last")
+
+
+def use_serial_kernels() -> None:
+    """Make every parallel kernel of this module its single-threaded twin (after a fork)."""
+    module = globals()
+    for name in PARALLEL_KERNELS:
+        if module[name].targetoptions.get("parallel"):
+            module[name] = _serial(module[name])
