@@ -233,6 +233,14 @@ VARIABLES: Mapping[str, Variable] = {
             _parse_int_at_least(1),
         ),
         Variable(
+            "CONVFLOW_SOAK",
+            "boolean",
+            False,
+            "For the test suite: run the property-based differential tests with thousands of "
+            "examples instead of CI's bounded number (`CONVFLOW_SOAK=1 make test`).",
+            _parse_bool,
+        ),
+        Variable(
             "CONVFLOW_TEST_REQUIRE",
             "list of names",
             (),
