@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from . import config, perfdb
-from .backends.base import Backend
-from .params import ConvProblem, Direction
+from .backends.base import Backend, run_pass
+from .params import Direction
 from .selector import Decision
 from .tensor import Tensor
 
@@ -96,14 +96,6 @@ def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:
     return make(p.x_shape), make(p.y_shape)
 
 
-def _run(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor) -> Any:
-    if problem.direction == Direction.FORWARD:
-        return backend.forward(a, b, None, problem, algorithm)
-    if problem.direction == Direction.BACKWARD_DATA:
-        return backend.backward_data(a, b, None, problem, algorithm)
-    return backend.backward_weight(a, b, problem, algorithm)
-
-
 def time_candidates(backend: Backend, decision: Decision,
                     order: list[str]) -> dict[str, float | str]:
     """Median milliseconds per candidate, or why it was skipped."""
@@ -120,13 +112,13 @@ def time_candidates(backend: Backend, decision: Decision,
             results[name] = "skipped: tuning budget spent"
             continue
         try:
-            _run(backend, decision.problem, name, a, b)  # warm-up: compiles are not timed
+            run_pass(backend, decision.problem, name, a, b)  # warm-up: compiles are not timed
             backend.synchronize(decision.device)
             times: list[float] = []
             began = time.perf_counter()
             while len(times) < _MAX_RUNS:
                 t0 = time.perf_counter()
-                _run(backend, decision.problem, name, a, b)
+                run_pass(backend, decision.problem, name, a, b)
                 backend.synchronize(decision.device)
                 times.append(time.perf_counter() - t0)
                 spent = time.perf_counter() - began

@@ -10,6 +10,7 @@ and :func:`explain` runs the same planning without computing anything.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import numbers
@@ -22,8 +23,14 @@ import numpy as np
 
 from . import checks, config, find, selector
 from .backends import is_current
-from .backends.base import Backend
-from .errors import ArgumentTypeError, DeviceError, ParameterError, ShapeError
+from .backends.base import Backend, run_pass
+from .errors import (
+    ArgumentTypeError,
+    DeviceError,
+    ParameterError,
+    ShapeError,
+    WorkspaceTooLargeError,
+)
 from .params import ConvParams, ConvProblem, Direction
 from .selector import Decision
 from .tensor import Device, ResultKind, Tensor, as_tensor
@@ -165,6 +172,38 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host)
 
 
+def _with_memory_fallback(op: str, decision: Decision, backend: Backend,
+                          run: Callable[[str], Tensor]) -> Tensor:
+    """Run the decision's algorithm; if the device runs out of memory, try the other
+    candidates in order of the scratch they need, smallest first, before giving up with a
+    clear error. A forced algorithm is not replaced."""
+    try:
+        return run(decision.algorithm)
+    except MemoryError as exc:
+        if decision.source == "forced":
+            raise WorkspaceTooLargeError(
+                f"{op}: the forced algorithm {decision.algorithm!r} ran out of memory on "
+                f"{decision.device} ({exc}); choose another algorithm or split the batch") from exc
+        failure: BaseException = exc
+    problem = decision.problem
+    tried = [decision.algorithm]
+    rest = sorted((name for name in decision.candidates if name != decision.algorithm),
+                  key=lambda name: backend.workspace_bytes(problem, name))
+    for name in rest:
+        logger.warning("%s: %s ran out of memory on %s (%s); trying %s (scratch about %.1f MiB)",
+                       op, tried[-1], decision.device, failure, name,
+                       backend.workspace_bytes(problem, name) / 2**20)
+        try:
+            return run(name)
+        except MemoryError as exc:
+            failure = exc
+            tried.append(name)
+    raise WorkspaceTooLargeError(
+        f"{op}: out of memory on {decision.device} with every algorithm that can run this "
+        f"problem ({', '.join(tried)}); the last error: {failure}; split the batch into smaller "
+        f"calls or lower CONVFLOW_WORKSPACE_MB") from failure
+
+
 def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     decision, backend = plan.step.decision, plan.step.backend
     _log(decision)
@@ -175,12 +214,11 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
         _to(operands.b, device) or operands.b)
     if problem.is_empty():
         y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
-    elif plan.params.transposed:
-        y = backend.backward_data(x, w, b, problem, decision.algorithm)
     else:
         if plan.params.needs_explicit_padding():
             x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
-        y = backend.forward(x, w, b, problem, decision.algorithm)
+        y = _with_memory_fallback(plan.op, decision, backend,
+                                  functools.partial(run_pass, backend, problem, a=x, b=w, bias=b))
     if plan.unbatched:
         y = y.reshape(y.shape[1:])
     if y.device != operands.x.device:
@@ -268,9 +306,12 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
         plan = _PLANS.get(key) if key is not None else None
         if plan is not None and plan.host is not None:
             _log(plan.step.decision)
-            if plan.unbatched:
-                return plan.host(input[None], weight, bias)[0]
-            return plan.host(input, weight, bias)
+            try:
+                if plan.unbatched:
+                    return plan.host(input[None], weight, bias)[0]
+                return plan.host(input, weight, bias)
+            except MemoryError:
+                pass  # the general path below retries with smaller-scratch algorithms
     operands = _Operands.adopt(op, input, weight, bias)
     if key is None:
         try:
@@ -525,13 +566,13 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
             problem.y_shape if problem.direction == Direction.FORWARD else problem.w_shape)
         if problem.batch == 0:
             result = runner.upload(np.zeros(out_shape, dtype=plan.x.dtype), device)
-        elif problem.direction == Direction.BACKWARD_DATA:
-            result = runner.backward_data(dy, w, None, problem, step.decision.algorithm)
-        elif problem.direction == Direction.FORWARD:
-            result = runner.forward(dy, w, None, problem, step.decision.algorithm)
         else:
-            conv_x, conv_dy = (dy, x) if plan.params.transposed else (x, dy)
-            result = runner.backward_weight(conv_x, conv_dy, problem, step.decision.algorithm)
+            # Forward and backward-data passes read (grad_output, weight); backward-weight
+            # reads the convolution's (input, grad_output), which swap for a transposed one.
+            a, g = (dy, w) if problem.direction != Direction.BACKWARD_WEIGHT else (
+                (dy, x) if plan.params.transposed else (x, dy))
+            result = _with_memory_fallback(op, step.decision, runner,
+                                           functools.partial(run_pass, runner, problem, a=a, b=g))
         results[index] = result
     if plan.grad_bias:
         owner = (plan.grad_input or plan.grad_weight)

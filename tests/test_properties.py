@@ -14,11 +14,11 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis drives the pro
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import reference  # noqa: E402
-from conftest import assert_close  # noqa: E402
-
 import convflow  # noqa: E402
 from convflow import config  # noqa: E402
+
+import reference  # noqa: E402
+from conftest import assert_close  # noqa: E402
 
 SOAK = bool(config.get("CONVFLOW_SOAK"))
 SETTINGS = settings(max_examples=2000 if SOAK else 30, deadline=None, derandomize=not SOAK,

@@ -87,6 +87,11 @@ class Backend(abc.ABC):
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
 
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        """Scratch memory *algorithm* needs for *problem*, roughly (orders the algorithms tried
+        after running out of memory: smallest first)."""
+        return 0
+
     def device_identity(self, device: Device) -> str:
         """What identifies the hardware and software a timing was taken on (perf-db key)."""
         return f"{self.name}:{device}"
@@ -144,3 +149,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:
         """*x* padded on its spatial axes with ``mode`` in reflect / replicate / circular."""
+
+
+def run_pass(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
+             bias: Tensor | None = None) -> Tensor:
+    """Run one pass of *problem*: forward (``a=x, b=w``), backward-data (``a=dy, b=w``; the
+    bias adds per input channel) or backward-weight (``a=x, b=dy``; no bias)."""
+    if problem.direction == Direction.FORWARD:
+        return backend.forward(a, b, bias, problem, algorithm)
+    if problem.direction == Direction.BACKWARD_DATA:
+        return backend.backward_data(a, b, bias, problem, algorithm)
+    return backend.backward_weight(a, b, problem, algorithm)

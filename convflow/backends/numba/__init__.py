@@ -254,6 +254,23 @@ class NumbaBackend(Backend):
     def available_memory(self, device: Device) -> int:
         return hostinfo.memory_available()
 
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+        itemsize = 8 if problem.dtype == "float64" else 4
+        if algorithm == "packed_direct":
+            from .algorithms import packed_bytes_per_image
+
+            per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                               problem.stride, problem.dilation, itemsize)
+            return max(per_image, min(budget, per_image * problem.batch))
+        if algorithm == "im2col_gemm" or (algorithm == "gemm_1x1" and problem.is_strided()):
+            columns = problem.batch * problem.output_positions
+            return min(budget, columns * (problem.reduction_size + problem.out_channels_per_group)
+                       * itemsize)
+        if algorithm == "depthwise":
+            return 2 * int(np.prod(problem.x_spatial)) * itemsize
+        return 0
+
     def device_identity(self, device: Device) -> str:
         import numba
 
