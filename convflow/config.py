@@ -57,6 +57,10 @@ def _parse_name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -131,6 +135,25 @@ VARIABLES: Mapping[str, Variable] = {
             "Cache compiled numba kernels on disk (numba's `cache=True`) so later processes "
             "skip the first-call compile. Read once, when the numba kernels are first imported.",
             _parse_bool,
+        ),
+        Variable(
+            "CONVFLOW_OPENCL_DEVICE",
+            "text",
+            "",
+            "OpenCL devices the opencl backend uses, as in `PYOPENCL_CTX`: `P` (every device of "
+            "platform `P`), `P:D` (one device) or `:D` (device `D` of any platform), where `P` "
+            "and `D` are an index or a case-insensitive name substring (e.g. `0:0`, `pocl`, "
+            "`:gfx`). The first match is `opencl:0`. Empty: every device, GPUs first, then "
+            "CPUs. Read when the backend first starts.",
+            _parse_text,
+        ),
+        Variable(
+            "CONVFLOW_OPENCL_DISABLE",
+            "list of names",
+            (),
+            "opencl solvers the selector must not use (e.g. `winograd,tiled_direct`); forcing a "
+            "disabled one with `algorithm=` is an error. `naive` cannot be disabled.",
+            _parse_name_list,
         ),
         Variable(
             "CONVFLOW_TEST_REQUIRE",

@@ -41,7 +41,7 @@ def _resolve(name: str) -> pathlib.Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_source(name: str) -> str:
     """The text of kernel source *name* (relative to the kernel root, e.g. ``"opencl/x.cl"``)."""
     return _resolve(name).read_text(encoding="utf-8")

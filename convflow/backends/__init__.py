@@ -18,14 +18,15 @@ from .base import AlgorithmRule, Backend, BackendStatus
 # name -> (module, class). Order is the order of preference for CPU-resident data.
 _BACKEND_CLASSES: dict[str, tuple[str, str]] = {
     "numba": ("convflow.backends.numba", "NumbaBackend"),
+    "opencl": ("convflow.backends.opencl", "OpenCLBackend"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKEND_CLASSES)
 
 # The backend that owns each device type's memory.
-DEVICE_BACKENDS: dict[str, str] = {"cpu": "numba"}
+DEVICE_BACKENDS: dict[str, str] = {"cpu": "numba", "opencl": "opencl"}
 
 # Top-level modules whose array types belong to a backend (recognized without importing).
-ARRAY_MODULE_BACKENDS: dict[str, str] = {}
+ARRAY_MODULE_BACKENDS: dict[str, str] = {"pyopencl": "opencl"}
 
 _lock = threading.Lock()
 _instances: dict[str, Backend] = {}
