@@ -62,6 +62,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if status.available:
             names = ", ".join(rule.name for rule in get_backend(name).algorithm_rules())
             print(f"           algorithms (in rule order): {names}")
+    print("opencl platforms and devices:")
+    from .backends.opencl.runtime import inventory
+
+    for line in inventory():
+        print(f"  {line}")
     print("configuration:")
     for name in config.VARIABLES:
         try:
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="version, backends with their status, devices, threads")
+    info = sub.add_parser("info", help="version, backends with their status, devices and their "
+                                       "limits, threads, settings")
     info.set_defaults(func=cmd_info)
 
     ex = sub.add_parser("explain", help="show how a convolution would be run, and why")

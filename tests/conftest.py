@@ -31,10 +31,8 @@ def required_backends() -> set[str]:
     return set(config.get("CONVFLOW_TEST_REQUIRE"))
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Each registered backend; skipped (or failed, if required) when unavailable."""
-    name = request.param
+def require_backend(name: str) -> str:
+    """Skip the test when backend *name* is unavailable (fail if CONVFLOW_TEST_REQUIRE lists it)."""
     status = convflow.available_backends()[name]
     if not status.available:
         if name in required_backends():
@@ -42,6 +40,12 @@ def backend(request: pytest.FixtureRequest) -> str:
                         f"unavailable: {status.reason}")
         pytest.skip(f"backend {name!r} unavailable: {status.reason}")
     return name
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each registered backend; skipped (or failed, if required) when unavailable."""
+    return require_backend(request.param)
 
 
 def algorithms_of(backend: str) -> list[str]:

@@ -44,22 +44,28 @@ void bias_grad(__global const T* restrict dy, __global T* restrict out, const in
 
 /* Pack the matrices A_b(m, k) = src[s0 + b1*sb1 + b2*sb2 + m*sm + k*sk] (b = b1*nb2 + b2)
  * into panels of R rows: dst[b][m / R][k][m % R], rows m >= M zero. The CPU-style GEMMs
- * (vgemm.cl) then read each panel as one contiguous stream. */
+ * (vgemm.cl) then read each panel as one contiguous stream. A work-item copies PACK_RUN
+ * consecutive k of one row (contiguous reads when sk == 1, the usual case). */
+#define PACK_RUN 16
 __kernel void pack_panels(__global const T* restrict src, __global T* restrict dst,
                           const int M, const int Kd, const int R, const int Mpad, const long s0,
-                          const long sm, const long sk, const long sb1, const long sb2,
-                          const int nb2, const long total)
+                          const int sm, const int sk, const long sb1, const long sb2,
+                          const int nb2)
 {
-    const long gid = get_global_id(0);
-    if (gid >= total) return;
-    const int r = (int)(gid % R);
-    long q = gid / R;
-    const int k = (int)(q % Kd); q /= Kd;
-    const int mb = (int)(q % (Mpad / R));
-    const int b = (int)(q / (Mpad / R));
-    const int m = mb * R + r;
+    const int kr = get_global_id(0);
+    const int m = get_global_id(1);
+    const int b = get_global_id(2);
+    const int k0 = kr * PACK_RUN;
+    if (k0 >= Kd || m >= Mpad) return;
     const int b1 = b / nb2, b2 = b - (b / nb2) * nb2;
-    dst[gid] = m < M ? src[s0 + b1 * sb1 + b2 * sb2 + m * sm + k * sk] : (T)0;
+    __global T* out = dst + ((long)b * Mpad + (m - m % R)) * Kd + m % R;
+    const int k1 = min(Kd, k0 + PACK_RUN);
+    if (m < M) {
+        const __global T* in = src + s0 + b1 * sb1 + b2 * sb2 + (long)m * sm;
+        for (int k = k0; k < k1; ++k) out[k * R] = in[(long)k * sk];
+    } else {
+        for (int k = k0; k < k1; ++k) out[k * R] = 0;
+    }
 }
 
 /* The weights of the data gradient as a forward convolution (stride 1):
@@ -79,30 +85,45 @@ __kernel void flip_weights(__global const T* restrict w, __global T* restrict wf
     wf[gid] = w[(((long)g * KG + j) * CG + c) * taps + (taps - 1 - t)];
 }
 
-/* col[(c*taps + tap) * ncols + j] for the input channels of group g, j = img * pcount + q
- * over images n0 .. n0 + nimg - 1 and output positions p = p_start + q (flattened od, oh, ow):
- * the input value each (tap, output) pair multiplies, zero where it falls in the padding. */
+/* im2col for the input channels of group g and a tile of output positions: images
+ * n0 .. n0 + nimg - 1, positions p = p_start + q, q < pcount (p flattens od, oh, ow).
+ * Column j = img * pcount + q, row = c * taps + tap holds the input value that (tap, output)
+ * multiplies (zero in the padding), at col[row * ncols + j], or at col[j * rows + row] when
+ * transposed (the layout the vgemm_nt path reads). A work-item fills one row for one output
+ * line (img, od, oh) of the tile, so the index arithmetic is done once per line. */
 __kernel void im2col(__global const T* restrict x, __global T* restrict col, GEOM_PARAMS,
                      const int n0, const int g, const int p_start, const int pcount,
-                     const int nimg)
+                     const int nimg, const int line0, const int lines, const int transposed)
 {
-    const int j = get_global_id(0);
-    const int row = get_global_id(1);
-    const int ncols = nimg * pcount;
     const int taps = KD * KH * KW;
-    if (j >= ncols || row >= CG * taps) return;
-    const int img = j / pcount;
-    const int p = p_start + (j - img * pcount);
+    const int rows = CG * taps;
+    const int row = transposed ? get_global_id(0) : get_global_id(1);
+    const int li = transposed ? get_global_id(1) : get_global_id(0);
+    if (li >= nimg * lines || row >= rows) return;
+    const int img = li / lines;
+    const int line = line0 + (li - img * lines);
+    const int oh = line % OH, od = line / OH;
     const int c = row / taps, tap = row - (row / taps) * taps;
     const int kw = tap % KW, kh = (tap / KW) % KH, kd = tap / (KW * KH);
-    const int ow = p % OW, oh = (p / OW) % OH, od = p / (OW * OH);
     const int id = od * SD - PD + kd * DD;
     const int ih = oh * SH - PH + kh * DH;
-    const int iw = ow * SW - PW + kw * DW;
-    T v = 0;
-    if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W)
-        v = x[((((long)(n0 + img) * C + g * CG + c) * D + id) * H + ih) * W + iw];
-    col[(long)row * ncols + j] = v;
+    const int q_lo = max(line * OW, p_start) - p_start;
+    const int q_hi = min((line + 1) * OW, p_start + pcount) - p_start;
+    const int ncols = nimg * pcount;
+    const int ok = id >= 0 && id < D && ih >= 0 && ih < H;
+    const __global T* xrow = x + ((((long)(n0 + img) * C + g * CG + c) * D + (ok ? id : 0)) * H
+                                  + (ok ? ih : 0)) * W;
+    int iw = (q_lo + p_start - line * OW) * SW - PW + kw * DW;
+    const int j0 = img * pcount;
+    if (transposed) {
+        __global T* out = col + (long)j0 * rows + row;
+        for (int q = q_lo; q < q_hi; ++q, iw += SW)
+            out[(long)q * rows] = (ok && iw >= 0 && iw < W) ? xrow[iw] : (T)0;
+    } else {
+        __global T* out = col + (long)row * ncols + j0;
+        for (int q = q_lo; q < q_hi; ++q, iw += SW)
+            out[q] = (ok && iw >= 0 && iw < W) ? xrow[iw] : (T)0;
+    }
 }
 
 /* The adjoint of im2col as a gather (no atomics): each input element of group g in images

@@ -32,8 +32,12 @@ typedef float8 VT_NT;
 #ifndef NRJ
 #define NRJ 6
 #endif
+#ifndef NT_RM
 #define NT_RM 4
-#define NT_RJ 2
+#endif
+#ifndef NT_RJ
+#define NT_RJ 3
+#endif
 
 /* Vectors along the columns: a work-item computes MR rows x VW consecutive positions of
  * one image; A packed in panels of MR rows. Best when positions per image are many. */
@@ -148,18 +152,22 @@ __kernel void vgemm_m(const int M, const int Kd, const int nimg, const int pcoun
     }
 }
 
-/* Reductions along contiguous memory (the weight gradient):
+/* Reductions along contiguous memory:
  *   C(m, j) (+)= sum_{img < nimg, p < pcount} A[a0 + img*a_img + m*lda + p]
  *                                             * B[b0 + img*b_img + j*ldb + p]
- * with C(m, j) at C[c0 + m*ldc + j]. A work-item computes NT_RM x NT_RJ outputs, each a
+ * with C(m, j) at C[c0 + (j / cp)*c_img + m*ldc + j % cp]. Serves the weight gradient
+ * (reduction over images and positions) and, with B transposed (im2col's transposed
+ * layout), forward and data passes whose images have few positions: the weights are then
+ * read as they are, without packing. A work-item computes NT_RM x NT_RJ outputs, each a
  * vector of partial sums over p, reduced once at the end (a fixed order: deterministic). */
 __kernel void vgemm_nt(const int M, const int Nj, const int nimg, const int pcount,
                        __global const T* restrict A, const long a0, const long a_img,
                        const int lda, const long a_b1, const long a_b2,
                        __global const T* restrict B, const long b0, const long b_img,
                        const int ldb, const long b_b1, const long b_b2,
-                       __global T* restrict Cm, const long c0, const int ldc, const long c_b1,
-                       const long c_b2, const int nb2, const int accumulate)
+                       __global T* restrict Cm, const long c0, const long c_img, const int cp,
+                       const int ldc, const long c_b1, const long c_b2, const int nb2,
+                       const int accumulate)
 {
     const int jb = get_global_id(0);
     const int mb = get_global_id(1);
@@ -222,7 +230,7 @@ __kernel void vgemm_nt(const int M, const int Nj, const int nimg, const int pcou
 #endif
             T sum = tail[i][j];
             for (int v = 0; v < NT_VW; ++v) sum += lanes[v];
-            __global T* p = c + (long)m * ldc + n;
+            __global T* p = c + (n / cp) * c_img + (long)m * ldc + n % cp;
             *p = accumulate ? *p + sum : sum;
         }
     }

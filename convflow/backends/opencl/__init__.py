@@ -532,9 +532,10 @@ class OpenCLBackend(Backend):
         if dy.shape[0] == 0 or inner == 0:
             call.zero(out)
         elif channels:
-            kernel = call.kernel("util", "bias_grad", RED_WG=64)
-            call.launch(kernel, (channels * 64,), (64,), grad.data, out.data, dy.shape[0],
-                        channels, np.int64(inner))
+            group = call.state.reduction_group()
+            kernel = call.kernel("util", "bias_grad", RED_WG=group)
+            call.launch(kernel, (channels * group,), (group,), grad.data, out.data, dy.shape[0],
+                        channels, np.int64(inner), fixed=True)
         return self._result(call, out, dy.dtype, dy.device)
 
     def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:

@@ -287,28 +287,52 @@ class ContextState:
                 f"{what} needs {local_bytes + static} bytes of local memory, but "
                 f"{self.info.name!r} has {self.info.local_mem_size}")
 
+    def fit_group(self, kernel: Any, local_size: Sequence[int]) -> tuple[int, ...]:
+        """*local_size* shrunk (halving its largest dims) until it respects the device's
+        work-item sizes and the kernel's work-group limit."""
+        local = [max(1, int(v)) for v in local_size]
+        limit = self.max_group(kernel)
+        sizes = self.info.max_work_item_sizes
+        for dim in range(len(local)):
+            while local[dim] > sizes[dim]:
+                local[dim] = max(1, local[dim] // 2)
+        while int(np.prod(local)) > limit:
+            dim = int(np.argmax(local))
+            local[dim] = max(1, local[dim] // 2)
+        return tuple(local)
+
     def launch(self, queue: Any, kernel: Any, global_size: Sequence[int],
-               local_size: Sequence[int], *args: Any) -> None:
+               local_size: Sequence[int], *args: Any, fixed: bool = False) -> None:
         """Enqueue *kernel*: the global size is rounded up to a multiple of the work-group
-        size, which must respect the device's and the kernel's limits."""
+        size. A *fixed* work-group size (a kernel compiled for it) that exceeds the device's
+        or the kernel's limits raises SolverUnavailable; other sizes shrink to fit."""
         local = tuple(int(v) for v in local_size)
-        group = 1
-        for dim, size in enumerate(local):
-            group *= size
-            if size > self.info.max_work_item_sizes[dim]:
+        if fixed:
+            group = int(np.prod(local))
+            for dim, size in enumerate(local):
+                if size > self.info.max_work_item_sizes[dim]:
+                    raise SolverUnavailable(
+                        f"a work-group of {local} exceeds {self.info.name!r}'s maximum "
+                        f"work-item sizes {self.info.max_work_item_sizes}")
+            if group > self.max_group(kernel):
                 raise SolverUnavailable(
-                    f"a work-group of {local} exceeds {self.info.name!r}'s maximum work-item "
-                    f"sizes {self.info.max_work_item_sizes}")
-        if group > self.max_group(kernel):
-            raise SolverUnavailable(
-                f"a work-group of {group} work-items exceeds the {self.max_group(kernel)} that "
-                f"{self.info.name!r} allows for kernel {kernel.function_name}")
+                    f"a work-group of {group} work-items exceeds the {self.max_group(kernel)} "
+                    f"that {self.info.name!r} allows for kernel {kernel.function_name}")
+        else:
+            local = self.fit_group(kernel, local)
         rounded = tuple(max(1, -(-int(size) // group_size)) * group_size
                         for size, group_size in zip(global_size, local))
         converted = [_as_arg(a) for a in args]
         with self._launch_lock:
             kernel.set_args(*converted)
             self.cl.enqueue_nd_range_kernel(queue, kernel, rounded, local)
+
+    def reduction_group(self, preferred: int = 64) -> int:
+        """The work-group size of tree reductions: a power of two within the device limit."""
+        size = preferred
+        while size > 1 and size > self.info.max_work_group_size:
+            size //= 2
+        return size
 
     # Memory ------------------------------------------------------------------------------
     def empty(self, queue: Any, shape: Sequence[int], dtype: Any) -> Any:
@@ -328,3 +352,43 @@ class ContextState:
             raise WorkspaceTooLargeError(
                 f"allocating {nbytes} bytes on {self.info.name!r} failed ({exc}); free device "
                 f"memory or lower the batch size") from exc
+
+
+def inventory() -> list[str]:
+    """Every OpenCL platform and device with its limits, as lines for ``convflow info``
+    (never raises: a missing pyopencl or driver is reported as a line)."""
+    try:
+        import pyopencl as cl
+    except ImportError as exc:
+        return [f"pyopencl is not installed ({exc}); pip install 'convflow[opencl]'"]
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:
+        return [f"no OpenCL platform ({str(exc).strip()}); install a driver, e.g. "
+                f"apt-get install pocl-opencl-icd"]
+    lines = []
+    chosen: dict[tuple[int, int], int] = {}
+    try:
+        from ... import config
+
+        entries = [entry for entry, _ in enumerate_devices(cl)]
+        for index, entry in enumerate(match_devices(entries,
+                                                    config.get("CONVFLOW_OPENCL_DEVICE"))):
+            chosen[(entry.platform_index, entry.device_index)] = index
+    except ConfigError as exc:
+        lines.append(f"(no device selected: {exc})")
+    for p_index, platform in enumerate(platforms):
+        lines.append(f"platform {p_index}: {platform.name.strip()} ({platform.vendor.strip()}, "
+                     f"{platform.version.strip()})")
+        try:
+            devices = platform.get_devices()
+        except cl.Error as exc:
+            lines.append(f"  no devices: {str(exc).strip()}")
+            continue
+        for d_index, device in enumerate(devices):
+            info = query_info(cl, device)
+            used = chosen.get((p_index, d_index))
+            mark = f" -> convflow device opencl:{used}" if used is not None else " (not selected)"
+            lines.append(f"  device {p_index}:{d_index}: {info.name}{mark}")
+            lines.extend(f"    {key}: {value}" for key, value in info.limits().items())
+    return lines

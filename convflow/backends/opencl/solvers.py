@@ -41,8 +41,12 @@ FLAT_GROUP = 64          # 1-D element-wise kernels
 VGEMM_GROUP = 8          # CPU-style GEMMs: 8 column blocks share one A panel in cache
 MR = 6                   # rows of a vgemm_n micro-tile
 NRJ = 6                  # columns of a vgemm_m micro-tile
-NT_RM, NT_RJ = 4, 2      # vgemm_nt micro-tile
+NT_RM, NT_RJ = 4, 3      # vgemm_nt micro-tile
 RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
+PACK_RUN = 16            # k values one pack_panels work-item copies
+NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
+WINO_RUN = 8             # tiles (channels) one Winograd transform work-item handles
+INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,8 @@ class Call:
         return self.state.empty(self.queue, shape, self.dtype)
 
     def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
-               *args: Any) -> None:
-        self.state.launch(self.queue, kernel, global_size, local_size, *args)
+               *args: Any, fixed: bool = False) -> None:
+        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed)
 
     def flat(self, program: str, name: str, count: int, *args: Any, **extra: Any) -> None:
         """Launch a 1-D element-wise kernel over *count* items."""
@@ -156,9 +160,9 @@ def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: 
     mpad = -(-m // r) * r
     per_batch = mpad * k
     out = call.empty((nb1 * nb2 * per_batch,))
-    total = out.size
-    call.flat("util", "pack_panels", total, src.data, out.data, m, k, r, mpad, L(s0), L(sm),
-              L(sk), L(sb1), L(sb2), nb2, L(total))
+    call.launch(call.kernel("util", "pack_panels"), (-(-k // PACK_RUN), mpad, nb1 * nb2),
+                (1, FLAT_GROUP // 8, 1), src.data, out.data, m, k, r, mpad, L(s0), sm, sk,
+                L(sb1), L(sb2), nb2)
     return out, per_batch
 
 
@@ -213,14 +217,16 @@ def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int
 
 
 def vgemm_nt(call: Call, m: int, nj: int, nimg: int, pcount: int, a: Array, ao: VOperand,
-             b: Array, bo: VOperand, c: Array, c0: int, ldc: int, c_b1: int = 0,
-             c_b2: int = 0, nb1: int = 1, nb2: int = 1, accumulate: bool = False) -> None:
-    """C(m, j) (+)= sum_{img, p} A(m, (img, p)) B(j, (img, p)): reductions along memory."""
+             b: Array, bo: VOperand, c: Array, c0: int, ldc: int, c_img: int = 0,
+             cp: int = 0, c_b1: int = 0, c_b2: int = 0, nb1: int = 1, nb2: int = 1,
+             accumulate: bool = False) -> None:
+    """C(m, j) (+)= sum_{img, p} A(m, (img, p)) B(j, (img, p)): reductions along memory;
+    column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``."""
     kernel = call.kernel("vgemm", "vgemm_nt", MR=MR, NRJ=NRJ)
     call.launch(kernel, (-(-nj // NT_RJ), -(-m // NT_RM), nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, nj, nimg, pcount, a.data, L(ao.base), L(ao.s_img), ao.ld, L(ao.s_b1),
                 L(ao.s_b2), b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
-                c.data, L(c0), ldc, L(c_b1), L(c_b2), nb2, accumulate)
+                c.data, L(c0), L(c_img), cp or nj, ldc, L(c_b1), L(c_b2), nb2, accumulate)
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                 b.data, L(bo.base), L(bo.s_kimg), L(bo.s_k), L(bo.s_jimg), L(bo.s_j),
                 L(bo.s_b1), L(bo.s_b2),
                 c.data, L(co.base), L(co.s_m), L(co.s_jimg), L(co.s_j), L(co.s_b1), L(co.s_b2),
-                nb2, accumulate)
+                nb2, accumulate, fixed=True)
 
 
 @dataclass(frozen=True)
@@ -345,13 +351,14 @@ def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array)
 
 
 def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
-    kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=RED_GROUP)
+    group = call.state.reduction_group(RED_GROUP)
+    kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=group)
     call.state.check_local(kernel, 0, "direct_wrw")
     total = dw.size
     rows = -(-total // 65535)
     cols = min(total, 65535)
-    call.launch(kernel, (cols * RED_GROUP, rows), (RED_GROUP, 1), x.data, dy.data, dw.data,
-                *g.args)
+    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
+                fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
@@ -367,9 +374,6 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> N
                                 f"allows {info.max_work_group_size}")
     tw, th = shape
     kernel = call.kernel("direct_tiled", "direct_tiled_fwd", TW=tw, TH=th)
-    if tw * th > call.state.max_group(kernel):
-        raise SolverUnavailable(f"tiled_direct's work-group of {tw * th} items exceeds the "
-                                f"{call.state.max_group(kernel)} {info.name!r} allows for it")
     sh, sw = g.stride[1:]
     dh, dw = g.dilation[1:]
     kh, kw = g.w[3:]
@@ -386,7 +390,7 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> N
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
                 x.data, w.data, y.data, *g.args, in_tw, in_th, co_blocks,
-                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes))
+                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
 
 
 def via_flipped_forward(forward: Pass) -> Pass:
@@ -405,7 +409,7 @@ def _pointwise_in_place(g: Geom) -> bool:
 
 def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
     def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
-        if not _pointwise_in_place(g):
+        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS):
             fallback(call, g, x, w, y)
             return
         n, c = g.x[:2]
@@ -471,10 +475,15 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
     return run
 
 
-def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile) -> None:
+def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
+            transposed: bool = False) -> None:
     rows = g.w[1] * g.taps
-    call.launch(call.kernel("util", "im2col"), (tile.columns, rows), (FLAT_GROUP, 1),
-                x.data, col.data, *g.args, tile.n0, group, tile.p_start, tile.pcount, tile.nimg)
+    ow = g.y[4]
+    line0 = tile.p_start // ow
+    lines = (tile.p_start + tile.pcount - 1) // ow - line0 + 1
+    grid = (rows, tile.nimg * lines) if transposed else (tile.nimg * lines, rows)
+    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *g.args,
+                tile.n0, group, tile.p_start, tile.pcount, tile.nimg, line0, lines, transposed)
 
 
 def _col2im(call: Call, g: Geom, col: Array, dx: Array, group: int, tile: Tile,
@@ -500,18 +509,26 @@ def _im2col_forward(style: str) -> Pass:
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
         kind = vgemm_kind(call, tiles[0].pcount)
-        if style == "cpu":
+        # Few positions per image: B is small, so transpose it (im2col's transposed layout)
+        # and read the weights as they are instead of packing them.
+        nt = style == "cpu" and p < NT_MAX_POSITIONS
+        if style == "cpu" and not nt:
             packed, per = pack_panels(call, w, kg, rows, _vgemm_rows(kind, call), s0=0,
                                       sm=rows, sk=1, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
             for tile in tiles:
-                _im2col(call, g, x, col, group, tile)
+                _im2col(call, g, x, col, group, tile, transposed=nt)
                 y0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
                     gemm_tiled(call, kg, tile.columns, rows, rows, tile.pcount,
                                w, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
                                col, GOperand(s_k=tile.columns, s_jimg=tile.pcount, s_j=1),
                                y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1))
+                    continue
+                if nt:
+                    vgemm_nt(call, kg, tile.columns, 1, rows, w,
+                             VOperand(group * kg * rows, 0, rows), col, VOperand(0, 0, rows),
+                             y, y0, p, c_img=k * p, cp=tile.pcount)
                     continue
                 vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.nimg, tile.pcount,
                       col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p))
@@ -584,19 +601,28 @@ def _winograd_forward(style: str) -> Pass:
         oh, ow = g.y[3:]
         tiles_h, tiles_w = -(-oh // 2), -(-ow // 2)
         per_image = tiles_h * tiles_w
-        u = call.empty((16 * k * cg,))
-        call.flat("winograd", "wino_filter", k * cg, w.data, u.data, k, cg)
-        images = max(1, min(n, call.budget // max(1, 16 * (c + k) * per_image * call.itemsize)))
+        per_entry = 16 * (c + k) * per_image
+        images = max(1, min(n, call.budget // max(1, per_entry * call.itemsize),
+                            INT_LIMIT // per_entry))
+        if per_entry * images > INT_LIMIT:
+            raise SolverUnavailable(f"one image's Winograd workspace ({per_entry} elements) "
+                                    f"exceeds the kernels' 32-bit indexing")
         v = call.empty((16 * c * per_image * images,))
         m = call.empty((16 * k * per_image * images,))
         kind = vgemm_kind(call, min(n, images) * per_image)
-        if style == "cpu":
-            packed, per = pack_panels(call, u, kg, cg, _vgemm_rows(kind, call), s0=0, sm=cg,
-                                      sk=1, sb1=k * cg, sb2=kg * cg, nb1=16, nb2=groups)
+        # The filter transform writes U plain for the tiled GEMM, in vgemm panels otherwise.
+        r = 0 if style == "gpu" else _vgemm_rows(kind, call)
+        mpad = kg if r == 0 else -(-kg // r) * r
+        u = call.empty((16 * groups * mpad * cg,))
+        blocks = k if r == 0 else groups * (mpad // r)
+        call.launch(call.kernel("winograd", "wino_filter"), (-(-cg // WINO_RUN), blocks), (8, 8),
+                    w.data, u.data, k, cg, groups, r, mpad)
+        packed, per = u, mpad * cg
         for n0 in range(0, n, images):
             nimg = min(images, n - n0)
             t = nimg * per_image
-            call.launch(call.kernel("winograd", "wino_input"), (t, c), (FLAT_GROUP, 1),
+            grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
+            call.launch(call.kernel("winograd", "wino_input"), (*grid, c), (1, 8, 1),
                         x.data, v.data, *g.args, n0, nimg, tiles_h, tiles_w)
             if style == "gpu":
                 gemm_tiled(call, kg, t, cg, cg, t,
@@ -608,7 +634,7 @@ def _winograd_forward(style: str) -> Pass:
                 vgemm(call, kind, packed, 0, groups * per, per, kg, cg, 1, t,
                       v, VOperand(0, 0, t, s_b1=c * t, s_b2=cg * t),
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
-            call.launch(call.kernel("winograd", "wino_output"), (t, k), (FLAT_GROUP, 1),
+            call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
                         m.data, y.data, x.data, w.data, *g.args, n0, nimg, tiles_h, tiles_w)
 
     return run
