@@ -50,8 +50,8 @@ __kernel void vgemm_n(const int M, const int Kd, const int nimg, const int pcoun
                       const long c_b1, const long c_b2, const int nb2, const int accumulate)
 {
     const int blocks = (pcount + VW - 1) / VW;
-    const int jb = get_global_id(0);
-    const int mb = get_global_id(1);
+    const int mb = get_global_id(0);            /* row panels vary fastest: a B strip is */
+    const int jb = get_global_id(1);            /* reused by every panel while in cache */
     const int bid = get_global_id(2);
     if (jb >= nimg * blocks || mb * MR >= M) return;
     const int b1 = bid / nb2, b2 = bid - (bid / nb2) * nb2;
@@ -110,8 +110,8 @@ __kernel void vgemm_m(const int M, const int Kd, const int nimg, const int pcoun
                       __global T* restrict Cm, const long c0, const long c_img, const int ldc,
                       const long c_b1, const long c_b2, const int nb2, const int accumulate)
 {
-    const int jb = get_global_id(0);
-    const int mb = get_global_id(1);
+    const int mb = get_global_id(0);
+    const int jb = get_global_id(1);
     const int bid = get_global_id(2);
     const int ncols = nimg * pcount;
     if (jb * NRJ >= ncols || mb * VW >= M) return;

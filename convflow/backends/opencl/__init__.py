@@ -56,6 +56,7 @@ from .solvers import SOLVERS, Call, Geom, Solver
 IM2COL_MIN_REDUCTION = 16
 IM2COL_MIN_OUT_CHANNELS = 4
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 32
 TILED_DIRECT_MAX_OUT_CHANNELS = 32
 
 _PAD_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
@@ -92,11 +93,16 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     if not fits:
         return False, why
     reduced, produced = _pass_channels(problem)
-    if min(reduced, produced) >= WINOGRAD_MIN_CHANNELS:
-        return True, (f"{why} with {reduced} -> {produced} channels per group: F(2x2,3x3) "
-                      f"does 16 instead of 36 multiplications per 2x2 tile")
-    return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
-                   f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
+    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
+                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
+    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    tiles = out[0] * -(-out[2] // 2) * -(-out[3] // 2)
+    if tiles < WINOGRAD_MIN_TILES:
+        return False, (f"{why}, but only {tiles} output tiles of 2x2 share each transformed "
+                       f"filter (needs >= {WINOGRAD_MIN_TILES} to amortize the filter transform)")
+    return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
+                  f"F(2x2,3x3) does 16 instead of 36 multiplications per 2x2 tile")
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:

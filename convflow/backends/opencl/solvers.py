@@ -209,7 +209,7 @@ def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int
         columns, rows = nimg * -(-pcount // vw), -(-m // MR)
     else:
         columns, rows = -(-(nimg * pcount) // NRJ), -(-m // vw)
-    call.launch(kernel, (columns, rows, nb1 * nb2), (VGEMM_GROUP, 1, 1),
+    call.launch(kernel, (rows, columns, nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, k, nimg, pcount, packed.data, L(ap0), L(ap_b1), L(ap_b2),
                 b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
                 c.data, L(co.base), L(co.s_img), co.ld, L(co.s_b1), L(co.s_b2), nb2,
