@@ -472,3 +472,19 @@ def test_warnings_are_not_raised_on_the_normal_path(opencl):
                           if convflow.Direction.FORWARD in r.directions and r.name != "depthwise"
                           and r.name not in ("gemm_1x1", "vec_gemm_1x1")]:
             convflow.conv2d(x, w, padding=1, backend="opencl", algorithm=algorithm)
+
+
+def test_buffers_over_the_maximum_allocation(state, monkeypatch):
+    monkeypatch.setattr(state, "info", dataclasses.replace(state.info, max_mem_alloc_size=32768))
+    # A tensor no solver can avoid allocating: a clear MemoryError.
+    with pytest.raises(convflow.WorkspaceTooLargeError, match="maximum allocation of 32768"):
+        convflow.tensor(np.ones(10000, np.float32), device="opencl")
+    # Solver scratch: Winograd's transformed input (64 KiB) does not fit, im2col tiles do.
+    x, w = _operands((1, 16, 16, 16), (8, 16, 3, 3))
+    with pytest.warns(convflow.SolverFallbackWarning, match="maximum allocation"):
+        y = convflow.conv2d(x, w, padding=1, backend="opencl", algorithm="vec_winograd")
+    assert_close(y, _conv_reference(x, w, padding=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = convflow.conv2d(x, w, padding=1, backend="opencl", algorithm="vec_im2col_gemm")
+    assert_close(y, _conv_reference(x, w, padding=1))

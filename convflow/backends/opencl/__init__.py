@@ -34,6 +34,7 @@ import numpy as np
 from ... import config
 from ...errors import (
     ArgumentTypeError,
+    BackendUnavailableError,
     ConfigError,
     DeviceError,
     KernelBuildError,
@@ -381,12 +382,8 @@ class OpenCLBackend(Backend):
         return array.context.devices[0]
 
     def upload(self, host: np.ndarray, device: Device) -> Tensor:
-        import pyopencl.array as cl_array
-
         state = self._default_state(device.index)
-        array = cl_array.to_device(state.queue, np.ascontiguousarray(host),
-                                   allocator=state.allocator)
-        return Tensor(array, device)
+        return Tensor(state.to_device(state.queue, host), device)
 
     def download(self, t: Tensor) -> np.ndarray:
         array = self._contiguous(t.data)
@@ -446,14 +443,11 @@ class OpenCLBackend(Backend):
         array = t.data
         state = call.state
         if array.context.int_ptr != state.context.int_ptr:
-            import pyopencl.array as cl_array
-
-            host = self.download(t)
-            array = cl_array.to_device(call.queue, host, allocator=state.allocator)
+            array = state.to_device(call.queue, self.download(t))
         elif array.queue is not None and array.queue is not call.queue:
             array.queue.finish()
         if array.dtype == np.float16:
-            out = call.empty(array.shape)
+            out = call.tensor(array.shape)
             if out.size:
                 shape, strides = self._five_dims(array)
                 kernel = state.kernel(("opencl/convert.cl",), "half_to_float", {})
@@ -492,8 +486,9 @@ class OpenCLBackend(Backend):
                 if not following:
                     if isinstance(exc, KernelBuildError):
                         raise
-                    raise KernelBuildError(f"no opencl solver can run {problem.describe()}: "
-                                           f"{exc}") from exc
+                    raise BackendUnavailableError(
+                        f"no opencl solver can run {problem.describe()} on "
+                        f"{call.state.info.name!r}: {exc}; use another backend") from exc
                 what = "failed to build" if isinstance(exc, KernelBuildError) else "cannot run here"
                 warnings.warn(SolverFallbackWarning(
                     f"opencl solver {name!r} {what} ({exc}); falling back to {following[0]!r} "
@@ -507,7 +502,7 @@ class OpenCLBackend(Backend):
         dtype = a.dtype
         call = self._call((a, b, bias), dtype)
         a_arr, b_arr = self._operand(call, a), self._operand(call, b)
-        out = call.empty(out_shape)
+        out = call.tensor(out_shape)
         self._solve(problem, algorithm, call, a_arr, b_arr, out)
         if bias is not None:
             bias_arr = self._operand(call, bias)
@@ -533,7 +528,7 @@ class OpenCLBackend(Backend):
         call = self._call((dy,), dy.dtype)
         grad = self._operand(call, dy)
         channels = dy.shape[1]
-        out = call.empty((channels,))
+        out = call.tensor((channels,))
         inner = int(np.prod(dy.shape[2:], dtype=np.int64))
         if dy.shape[0] == 0 or inner == 0:
             call.zero(out)

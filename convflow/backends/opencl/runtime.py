@@ -212,6 +212,7 @@ class ContextState:
         self._signatures: dict[int, tuple[Any, ...]] = {}
         self._build_lock = threading.Lock()
         self._launch_lock = threading.Lock()
+        self._alloc_lock = threading.Lock()
 
     # Programs ----------------------------------------------------------------------------
     def build(self, source: str, options: str, label: str) -> Any:
@@ -347,23 +348,37 @@ class ContextState:
         return size
 
     # Memory ------------------------------------------------------------------------------
-    def empty(self, queue: Any, shape: Sequence[int], dtype: Any) -> Any:
+    def empty(self, queue: Any, shape: Sequence[int], dtype: Any, scratch: bool = False) -> Any:
+        """A new device array. One over the device's maximum allocation raises
+        SolverUnavailable for a solver's *scratch* (another solver may need less) and
+        WorkspaceTooLargeError for tensors (outputs, copies), which no solver can avoid."""
         import pyopencl.array as cl_array
+
+        from ...errors import WorkspaceTooLargeError
 
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes > self.info.max_mem_alloc_size:
-            raise SolverUnavailable(
-                f"a buffer of {nbytes} bytes exceeds {self.info.name!r}'s maximum allocation "
-                f"of {self.info.max_mem_alloc_size} bytes")
+            message = (f"a buffer of {nbytes} bytes (shape {tuple(shape)}, {dtype.name}) exceeds "
+                       f"{self.info.name!r}'s maximum allocation of "
+                       f"{self.info.max_mem_alloc_size} bytes")
+            if scratch:
+                raise SolverUnavailable(message)
+            raise WorkspaceTooLargeError(f"{message}; split the batch or use another backend")
         try:
-            return cl_array.empty(queue, tuple(shape), dtype, allocator=self.allocator)
+            with self._alloc_lock:
+                return cl_array.empty(queue, tuple(shape), dtype, allocator=self.allocator)
         except self.cl.MemoryError as exc:
-            from ...errors import WorkspaceTooLargeError
-
             raise WorkspaceTooLargeError(
                 f"allocating {nbytes} bytes on {self.info.name!r} failed ({exc}); free device "
                 f"memory or lower the batch size") from exc
+
+    def to_device(self, queue: Any, host: np.ndarray) -> Any:
+        """A new device array holding a copy of *host* (blocking: *host* may be freed)."""
+        array = self.empty(queue, host.shape, host.dtype)
+        if array.size:
+            array.set(np.ascontiguousarray(host), queue=queue)
+        return array
 
 
 def inventory() -> list[str]:

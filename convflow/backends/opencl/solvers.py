@@ -38,7 +38,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
 
 # Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
 FLAT_GROUP = 64          # 1-D element-wise kernels
-VGEMM_GROUP = 8          # CPU-style GEMMs: 8 column blocks share one A panel in cache
+VGEMM_GROUP = 8          # CPU-style GEMMs: 8 row panels share one B strip in cache
 MR = 6                   # rows of a vgemm_n micro-tile
 NRJ = 6                  # columns of a vgemm_m micro-tile
 NT_RM, NT_RJ = 4, 3      # vgemm_nt micro-tile
@@ -132,6 +132,11 @@ class Call:
         return self.state.kernel(PROGRAMS[program], name, self.defines(**extra))
 
     def empty(self, shape: Sequence[int]) -> Array:
+        """Solver scratch in the compute dtype (too large: SolverUnavailable)."""
+        return self.state.empty(self.queue, shape, self.dtype, scratch=True)
+
+    def tensor(self, shape: Sequence[int]) -> Array:
+        """A result tensor in the compute dtype (too large: WorkspaceTooLargeError)."""
         return self.state.empty(self.queue, shape, self.dtype)
 
     def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
