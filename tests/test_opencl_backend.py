@@ -114,6 +114,24 @@ def test_device_variable_selects_and_reports(opencl):
     assert "CONVFLOW_OPENCL_DEVICE='no-such-platform' matches no OpenCL device" in missing["reason"]
 
 
+@pytest.mark.parametrize("setup, reason", [
+    ("import sys; sys.modules['pyopencl'] = None", "pip install 'convflow[opencl]'"),
+    ("import os; os.environ['OCL_ICD_VENDORS'] = '/nonexistent'", "finds no OpenCL device"),
+])
+def test_without_pyopencl_or_a_platform_the_status_says_why(setup, reason):
+    code = (f"{setup}\nimport numpy, convflow\n"
+            "s = convflow.available_backends()['opencl']\n"
+            "assert not s.available, s\nprint(s.reason)\n"
+            "y = convflow.conv1d(numpy.ones((1, 1, 4)), numpy.ones((1, 1, 2)))\n"
+            "assert y.tolist() == [[[2.0, 2.0, 2.0]]]\n"
+            "try:\n    convflow.conv1d(numpy.ones((1, 1, 4)), numpy.ones((1, 1, 2)), "
+            "backend='opencl')\nexcept convflow.BackendUnavailableError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert reason in out.stdout
+    assert "backend='opencl' was requested" in out.stdout
+
+
 def test_status_names_the_device(opencl):
     status = convflow.available_backends()["opencl"]
     assert status.available and status.device_type == "opencl"
