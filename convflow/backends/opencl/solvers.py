@@ -253,21 +253,27 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                accumulate: bool = False) -> None:
     """The GPU-style local-memory tiled GEMM (gemm.cl) with its work-group size chosen
     from the device's limits: 16x16 items on 64x64 tiles, else 8x8 on 32x32."""
-    kernel = None
+    kernel, why = None, ""
     for ts in (64, 32):
         threads = (ts // 4) ** 2
         if threads > call.state.info.max_work_group_size:
+            why = (f"the tiled GEMM needs work-groups of at least 64 items; "
+                   f"{call.state.info.name!r} allows {call.state.info.max_work_group_size}")
             continue
         candidate = call.kernel("gemm", "gemm_tiled", TS=ts)
+        try:
+            call.state.check_local(candidate, 0, f"the {ts}x{ts} tiled GEMM")
+        except SolverUnavailable as exc:
+            why = str(exc)
+            continue
         if threads <= call.state.max_group(candidate):
             kernel = candidate
             break
+        why = (f"the tiled GEMM needs work-groups of at least 64 items; {call.state.info.name!r} "
+               f"allows {call.state.max_group(candidate)} for it")
     if kernel is None:
-        raise SolverUnavailable(f"the tiled GEMM needs work-groups of at least 64 items; "
-                                f"{call.state.info.name!r} allows "
-                                f"{call.state.info.max_work_group_size}")
+        raise SolverUnavailable(why)
     rt = ts // 4
-    call.state.check_local(kernel, 0, "the tiled GEMM")
     call.launch(kernel, (-(-n // ts) * rt, -(-m // ts) * rt, nb1 * nb2), (rt, rt, 1),
                 m, n, k, max(kp, 1), max(np_, 1),
                 a.data, L(ao.base), L(ao.s_m), L(ao.s_kimg), L(ao.s_k), L(ao.s_b1), L(ao.s_b2),
