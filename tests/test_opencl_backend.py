@@ -506,3 +506,29 @@ def test_buffers_over_the_maximum_allocation(state, monkeypatch):
         warnings.simplefilter("error")
         y = convflow.conv2d(x, w, padding=1, backend="opencl", algorithm="vec_im2col_gemm")
     assert_close(y, _conv_reference(x, w, padding=1))
+
+
+def _conv_in_forked_child(queue):
+    x, w = np.ones((1, 2, 6, 6)), np.ones((3, 2, 3, 3))
+    try:
+        convflow.conv2d(x, w, backend="opencl")
+        queue.put("opencl ran")
+    except convflow.BackendUnavailableError as exc:
+        queue.put(f"refused: {exc}")
+
+
+def test_a_forked_child_gets_a_clear_error_not_a_hang(opencl):
+    import multiprocessing
+
+    convflow.conv1d(np.ones((1, 1, 4)), np.ones((1, 1, 2)), backend="opencl")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_conv_in_forked_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    message = queue.get(timeout=5)
+    assert message.startswith("refused:") and "do not survive fork()" in message
+    assert child.exitcode == 0

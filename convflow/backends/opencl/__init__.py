@@ -24,6 +24,7 @@ works (and says why) without it.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -242,6 +243,7 @@ class OpenCLBackend(Backend):
 
     def __init__(self) -> None:
         self._status: BackendStatus | None = None
+        self._opened_in: int | None = None
         self._lock = threading.RLock()
         self._cl: Any = None
         self._devices: list[tuple[DeviceEntry, Any, DeviceInfo]] = []
@@ -253,6 +255,14 @@ class OpenCLBackend(Backend):
         with self._lock:
             if self._status is None:
                 self._status = self._probe()
+            if self._opened_in is not None and self._opened_in != os.getpid():
+                # A forked child inherits the driver's state but not its threads: any
+                # OpenCL call would hang, so the backend refuses instead.
+                return BackendStatus(
+                    self.name, False, f"OpenCL was opened in process {self._opened_in}, "
+                    f"which forked this one, and OpenCL drivers do not survive fork(); start "
+                    f"worker processes with multiprocessing's 'spawn' or 'forkserver' method",
+                    self.device_type)
             return self._status
 
     def _probe(self) -> BackendStatus:
@@ -261,6 +271,7 @@ class OpenCLBackend(Backend):
         except ImportError as exc:
             return BackendStatus(self.name, False, f"pyopencl is not installed ({exc}); "
                                  f"pip install 'convflow[opencl]'", self.device_type)
+        self._opened_in = os.getpid()
         try:
             found = enumerate_devices(cl)
         except cl.Error as exc:
