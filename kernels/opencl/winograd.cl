@@ -82,9 +82,13 @@ __kernel void wino_filter(__global const T* restrict w, __global T* restrict U, 
 #ifdef USE_DOUBLE
 typedef double8 T8;
 typedef double16 T16;
+typedef long8 I8;         /* what isfinite returns for T8: -1 (true) or 0 per lane */
+typedef long IS;
 #else
 typedef float8 T8;
 typedef float16 T16;
+typedef int8 I8;
+typedef int IS;
 #endif
 
 /* B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Tiles t = (img, th, tw) of images
@@ -216,12 +220,12 @@ __kernel void wino_output(__global const T* restrict Mb, __global T* restrict y,
         vstore16((T16)(even, odd).s08192a3b4c5d6e7f, 0, outv[i]);
     }
     /* Any tile whose M values are not all finite is recomputed directly. */
-    T8 bad = (T8)(0);
-    for (int xi = 0; xi < 16; ++xi) bad += (T8)(0) * m[xi];     /* NaN where m is Inf/NaN */
-    T lanes[RUN];
-    vstore8(bad, 0, lanes);
+    I8 finite = isfinite(m[0]);
+    for (int xi = 1; xi < 16; ++xi) finite &= isfinite(m[xi]);
+    IS lanes[RUN];
+    vstore8(finite, 0, lanes);
     for (int l = 0; l < tn; ++l) {
-        if (lanes[l] == lanes[l]) continue;
+        if (lanes[l]) continue;
         T out[2][2];
         direct_tile(x, w, GEOM_ARGS, n0 + img, k, th, tw0 + l, out);
         for (int i = 0; i < 2; ++i) {
