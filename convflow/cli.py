@@ -63,6 +63,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if status.available:
             names = ", ".join(rule.name for rule in get_backend(name).algorithm_rules())
             print(f"           algorithms (in rule order): {names}")
+    print("opencl platforms and devices:")
+    from .backends.opencl.runtime import inventory
+
+    for line in inventory():
+        print(f"  {line}")
     print("configuration:")
     for name in config.VARIABLES:
         try:
@@ -178,10 +183,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {removed} entries from {db.path}")
         return 0
     info = db.info()
+    print(f"cache directory: {config.cache_dir()}")
     print(f"perf-db: {info['path']}")
-    print(f"entries: {info['entries']} ({info['bytes'] / 1024:.1f} KiB)")
+    print(f"  entries: {info['entries']} ({info['bytes'] / 1024:.1f} KiB)")
     for backend, count in sorted(info["by_backend"].items()):
-        print(f"  {backend}: {count}")
+        print(f"    {backend}: {count}")
+    for name, what in (("numba", "numba's compiled kernels"), ("pyopencl", "PyOpenCL programs"),
+                       ("pocl", "PoCL kernels")):
+        path = config.cache_dir() / name
+        if path.is_dir():
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"{what}: {path} ({size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -195,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="version, backends with their status, devices, threads")
+    info = sub.add_parser("info", help="version, backends with their status, devices and their "
+                                       "limits, threads, settings")
     info.set_defaults(func=cmd_info)
 
     ex = sub.add_parser("explain", help="show how a convolution would be run, and why")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import pathlib
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ def _parse_path(text: str) -> str:
     if "\x00" in path:
         raise ValueError("expected a directory path")
     return os.path.expanduser(path) if path else ""
+
+
+def _parse_text(text: str) -> str:
+    return text.strip()
 
 
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -241,6 +246,17 @@ VARIABLES: Mapping[str, Variable] = {
             _parse_bool,
         ),
         Variable(
+            "CONVFLOW_OPENCL_DEVICE",
+            "text",
+            "",
+            "OpenCL devices the opencl backend uses, as in `PYOPENCL_CTX`: `P` (every device of "
+            "platform `P`), `P:D` (one device) or `:D` (device `D` of any platform), where `P` "
+            "and `D` are an index or a case-insensitive name substring (e.g. `0:0`, `pocl`, "
+            "`:gfx`). The first match is `opencl:0`. Empty: every device, GPUs first, then "
+            "CPUs. Read when the backend first starts.",
+            _parse_text,
+        ),
+        Variable(
             "CONVFLOW_TEST_REQUIRE",
             "list of names",
             (),
@@ -354,6 +370,42 @@ def override(**values: Any) -> Iterator[None]:
         yield
     finally:
         _overrides.reset(token)
+
+
+def cache_dir() -> pathlib.Path:
+    """convflow's cache directory: CONVFLOW_CACHE_DIR, else the user cache directory
+    (platformdirs). Everything convflow and the libraries it drives write to disk goes
+    below it: the perf-db, numba's compiled kernels, PyOpenCL's and PoCL's program caches."""
+    configured = get("CONVFLOW_CACHE_DIR")
+    if configured:
+        return pathlib.Path(configured)
+    import platformdirs
+
+    return pathlib.Path(platformdirs.user_cache_dir("convflow", appauthor=False))
+
+
+def private_cache_dir() -> pathlib.Path:
+    """The cache directory, created readable and writable by the user alone: compiler caches
+    below it (numba's, PyOpenCL's, PoCL's) hold code those libraries load, so no other user
+    may plant files there."""
+    path = cache_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def environment_default(name: str, value: str) -> Iterator[bool]:
+    """Set the (non-convflow) environment variable *name* to *value* for the enclosed block
+    unless the user set it, then remove it again: for libraries that read their settings
+    once, when they start. Yields whether it was applied."""
+    if name in os.environ:
+        yield False
+        return
+    os.environ[name] = value
+    try:
+        yield True
+    finally:
+        os.environ.pop(name, None)
 
 
 def markdown_table() -> str:

@@ -40,15 +40,6 @@ class Entry:
     created: float
 
 
-def cache_dir() -> pathlib.Path:
-    configured = config.get("CONVFLOW_CACHE_DIR")
-    if configured:
-        return pathlib.Path(configured)
-    import platformdirs
-
-    return pathlib.Path(platformdirs.user_cache_dir("convflow", appauthor=False))
-
-
 class PerfDB:
     """One perf-db file, opened lazily; thread-safe."""
 
@@ -169,7 +160,7 @@ _databases_lock = threading.Lock()
 
 def current() -> PerfDB:
     """The perf-db of the current CONVFLOW_CACHE_DIR."""
-    directory = cache_dir()
+    directory = config.private_cache_dir()
     with _databases_lock:
         db = _databases.get(directory)
         if db is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import backends as registry
 from . import config
-from .backends.base import AlgorithmRule, Backend, BackendStatus
+from .backends.base import AlgorithmRule, Backend, BackendStatus, excluded_reason
 from .errors import BackendUnavailableError, ParameterError, did_you_mean
 from .params import ConvParams, ConvProblem
 from .tensor import Device
@@ -226,9 +226,9 @@ def known_algorithm_names() -> set[str]:
     return names
 
 
-def _disabled_algorithms() -> frozenset[str]:
+def _check_disabled_names() -> None:
     disabled = frozenset(config.get("CONVFLOW_DISABLE_ALGOS"))
-    unknown = disabled - known_algorithm_names()
+    unknown = disabled - known_algorithm_names() if disabled else frozenset()
     if unknown:
         known = sorted(known_algorithm_names())
         name = sorted(unknown)[0]
@@ -236,7 +236,6 @@ def _disabled_algorithms() -> frozenset[str]:
             f"environment variable CONVFLOW_DISABLE_ALGOS={','.join(sorted(disabled))!r}: "
             f"unknown algorithm {name!r}{did_you_mean(name, known)}; known algorithms: "
             f"{', '.join(known)}")
-    return disabled
 
 
 def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
@@ -244,15 +243,8 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
     """Apply the backend's algorithm rules in order (or a forced algorithm), honouring
     CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC."""
     rules = [r for r in backend.algorithm_rules() if problem.direction in r.directions]
-    disabled = _disabled_algorithms()
-    deterministic = bool(config.get("CONVFLOW_DETERMINISTIC"))
-
-    def excluded(rule: AlgorithmRule) -> str:
-        if rule.name in disabled:
-            return "disabled by CONVFLOW_DISABLE_ALGOS"
-        if deterministic and not rule.deterministic:
-            return f"not deterministic ({rule.why_not_deterministic}; CONVFLOW_DETERMINISTIC=1)"
-        return ""
+    _check_disabled_names()
+    excluded = excluded_reason
 
     runnable = [r for r in rules if r.can_run(problem)[0] and not excluded(r)]
     candidates = tuple(r.name for r in runnable)

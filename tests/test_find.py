@@ -62,7 +62,7 @@ def test_tuning_is_reused_by_a_later_process_without_timing(cache_dir):
     second, _ = run_explain(cache_dir, forbid_timing=True)
     assert second["source"] == "cache" and second["algorithm"] == first["algorithm"]
     assert second["timings"] == first["timings"]
-    assert sorted(p.name for p in cache_dir.iterdir()) == [perfdb.FILE_NAME]
+    assert perfdb.FILE_NAME in {p.name for p in cache_dir.iterdir()}
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

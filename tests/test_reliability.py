@@ -128,16 +128,21 @@ def test_ctrl_c_during_convolutions_leaves_convflow_usable():
 
 
 def test_nothing_is_written_outside_the_cache_directory(tmp_path):
-    """Autotune in a process whose working directory and home are watched."""
+    """Autotune, compile kernels and start OpenCL in a process whose working directory and
+    home are watched: everything lands in CONVFLOW_CACHE_DIR."""
     home, work, cache = tmp_path / "home", tmp_path / "work", tmp_path / "cache"
     for d in (home, work):
         d.mkdir()
     code = ("import numpy as np, convflow\n"
+            "convflow.available_backends()\n"
             "convflow.conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((8, 8, 3, 3), np.float32))")
-    env = {**os.environ, "HOME": str(home), "CONVFLOW_FIND_MODE": "autotune",
-           "CONVFLOW_CACHE_DIR": str(cache), "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "POCL_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), CONVFLOW_FIND_MODE="autotune", CONVFLOW_CACHE_DIR=str(cache))
     result = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert list(home.iterdir()) == [] and list(work.iterdir()) == []
-    assert [p.name for p in cache.iterdir()] == ["perfdb-v1.sqlite3"]
+    assert list(home.rglob("*")) == [] and list(work.rglob("*")) == []
+    assert {p.name for p in cache.iterdir()} <= {"perfdb-v1.sqlite3", "numba", "pocl", "pyopencl",
+                                                 "pytools"}
+    assert (cache / "numba").is_dir() and (cache / "perfdb-v1.sqlite3").is_file()

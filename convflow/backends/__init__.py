@@ -18,6 +18,7 @@ from .base import AlgorithmRule, Backend, BackendStatus
 # name -> (module, class). Order is the order of preference for CPU-resident data.
 _BACKEND_CLASSES: dict[str, tuple[str, str]] = {
     "numba": ("convflow.backends.numba", "NumbaBackend"),
+    "opencl": ("convflow.backends.opencl", "OpenCLBackend"),
     "cupy": ("convflow.backends.cupy", "CupyBackend"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKEND_CLASSES)
@@ -25,11 +26,13 @@ BACKEND_NAMES: tuple[str, ...] = tuple(_BACKEND_CLASSES)
 # The backend that owns each device type's memory.
 DEVICE_BACKENDS: dict[str, str] = {
     "cpu": "numba",
+    "opencl": "opencl",
     "cuda": "cupy",
 }
 
 # Top-level modules whose array types belong to a backend (recognized without importing).
 ARRAY_MODULE_BACKENDS: dict[str, str] = {
+    "pyopencl": "opencl",
     "cupy": "cupy",
 }
 

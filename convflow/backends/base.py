@@ -160,3 +160,16 @@ def run_pass(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, 
     if problem.direction == Direction.BACKWARD_DATA:
         return backend.backward_data(a, b, bias, problem, algorithm)
     return backend.backward_weight(a, b, problem, algorithm)
+
+
+def excluded_reason(rule: AlgorithmRule) -> str:
+    """Why the configuration excludes *rule* (``CONVFLOW_DISABLE_ALGOS``,
+    ``CONVFLOW_DETERMINISTIC``), or ``""``. The selector and any backend falling back at run
+    time apply the same exclusions."""
+    from .. import config
+
+    if rule.name in config.get("CONVFLOW_DISABLE_ALGOS"):
+        return "disabled by CONVFLOW_DISABLE_ALGOS"
+    if config.get("CONVFLOW_DETERMINISTIC") and not rule.deterministic:
+        return f"not deterministic ({rule.why_not_deterministic}; CONVFLOW_DETERMINISTIC=1)"
+    return ""

@@ -50,11 +50,8 @@ def _omp_wait_policy() -> Iterator[str]:
     if wanted == "inherit" or user_set:
         yield f"from the environment ({', '.join(user_set) or 'OpenMP defaults'})"
         return
-    os.environ["OMP_WAIT_POLICY"] = wanted.upper()
-    try:
+    with config.environment_default("OMP_WAIT_POLICY", wanted.upper()):
         yield f"{wanted} (CONVFLOW_OMP_WAIT_POLICY)"
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
 
 
 def _max_threads(numba: Any) -> int:

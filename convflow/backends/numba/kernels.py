@@ -9,14 +9,20 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
+from numba import config as numba_config
 from numba import njit, prange, uint64
 
 from ... import config
 
 _CACHE = bool(config.get("CONVFLOW_NUMBA_CACHE"))
+if _CACHE and "NUMBA_CACHE_DIR" not in os.environ:
+    # Compiled kernels go to convflow's cache directory (not next to the installed package,
+    # which may be read-only), unless the user chose numba's own location.
+    numba_config.CACHE_DIR = str(config.private_cache_dir() / "numba")  # type: ignore[attr-defined]
 _FASTMATH = {"contract", "reassoc"}
 
 
