@@ -239,3 +239,20 @@ def test_tune_and_cache_commands(cache_dir):
     clear = subprocess.run([sys.executable, "-m", "convflow", "cache", "clear"], capture_output=True,
                            text=True, env={**os.environ, **env}, timeout=300)
     assert "removed 5 entries" in clear.stdout
+
+
+def test_find_mode_on_every_backend(backend, cache_dir):
+    x = np.random.default_rng(4).standard_normal((1, 8, 14, 14)).astype(np.float32)
+    w = np.random.default_rng(5).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    with config.override(CONVFLOW_FIND_MODE="autotune", CONVFLOW_TUNE_BUDGET_MS=20000):
+        first = convflow.explain(x, w, padding=1, backend=backend)
+        assert first.source == "autotune", str(first)
+        assert all(isinstance(v, float) or v.startswith(("failed", "skipped"))
+                   for v in first.timings.values())
+        assert isinstance(first.timings[first.algorithm], float)
+        perfdb._databases.clear()  # a fresh in-memory cache, as a new process would have
+        again = convflow.explain(x, w, padding=1, backend=backend)
+        assert (again.source, again.algorithm) == ("cache", first.algorithm)
+        y = convflow.conv2d(x, w, padding=1, backend=backend)
+    np.testing.assert_allclose(y, convflow.conv2d(x, w, padding=1, algorithm="direct"), rtol=1e-4,
+                               atol=1e-4)
