@@ -146,3 +146,48 @@ def test_nothing_is_written_outside_the_cache_directory(tmp_path):
     assert {p.name for p in cache.iterdir()} <= {"perfdb-v1.sqlite3", "numba", "pocl", "pyopencl",
                                                  "pytools"}
     assert (cache / "numba").is_dir() and (cache / "perfdb-v1.sqlite3").is_file()
+
+
+def test_threads_mixing_backends_match_serial_calls():
+    """Many Python threads calling convflow at once, on every CPU-side backend available,
+    with mixed shapes and passes: results bitwise equal to the same calls made serially."""
+    import threading
+
+    names = [n for n in ("numba", "opencl") if convflow.available_backends()[n].available]
+    rng = np.random.default_rng(11)
+    calls = []
+    for i in range(12):
+        c = 4 * (1 + i % 3)
+        x = rng.standard_normal((2, c, 15 + i, 13)).astype(np.float32)
+        w = rng.standard_normal((8, c // (1 + i % 2), 3, 1 + i % 3)).astype(np.float32)
+        kwargs = dict(padding=1, groups=1 + i % 2, backend=names[i % len(names)])
+        calls.append((x, w, kwargs, i % 3 == 2))
+
+    def run(x, w, kwargs, backward):
+        y = convflow.conv2d(x, w, **kwargs)
+        if backward:
+            return (y, *convflow.conv_backward(np.ones_like(y), x, w, **kwargs))
+        return (y,)
+
+    serial = [run(*call) for call in calls]
+    results: dict[int, list] = {i: [] for i in range(len(calls))}
+    errors = []
+
+    def worker(index):
+        try:
+            for _ in range(3):
+                results[index].append(run(*calls[index]))
+        except BaseException as exc:  # reported below, with the thread's problem
+            errors.append((index, exc))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors
+    for index, expected in enumerate(serial):
+        for repeat in results[index]:
+            for got, want in zip(repeat, expected):
+                np.testing.assert_array_equal(got, want)
