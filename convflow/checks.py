@@ -23,7 +23,7 @@ from .errors import (
 )
 from .params import SPATIAL_NAMES, ConvParams
 
-SUPPORTED_DTYPES = ("float16", "float32", "float64")
+SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 Shape = tuple[int, ...]
 

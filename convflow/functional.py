@@ -31,13 +31,20 @@ from .errors import (
     ShapeError,
     WorkspaceTooLargeError,
 )
-from .params import ConvParams, ConvProblem, Direction
+from .params import (
+    LAYOUTS,
+    ConvParams,
+    ConvProblem,
+    Direction,
+    normalize_activation,
+    normalize_layout,
+)
 from .selector import Decision
 from .tensor import Device, ResultKind, Tensor, as_tensor
 
 logger = logging.getLogger("convflow")
 
-_COMPUTE_ITEMSIZE = {"float16": 4, "float32": 4, "float64": 8}
+_COMPUTE_ITEMSIZE = {"float16": 4, "bfloat16": 4, "float32": 4, "float64": 8}
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,11 @@ def _to(t: Tensor | None, device: Device) -> Tensor | None:
 
 def _problem(direction: Direction, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
              y_shape: tuple[int, ...], dtype: np.dtype[Any], params: ConvParams,
-             padding: tuple[tuple[int, int], ...] | None = None) -> ConvProblem:
+             padding: tuple[tuple[int, int], ...] | None = None, channels_last: bool = False,
+             activation: str = "") -> ConvProblem:
     return ConvProblem(direction, tuple(x_shape), tuple(w_shape), tuple(y_shape), dtype.name,
                        params.stride, params.padding if padding is None else padding,
-                       params.dilation, params.groups)
+                       params.dilation, params.groups, channels_last, activation)
 
 
 def _check_memory(op: str, backend: Backend, device: Device, dtype: np.dtype[Any],
@@ -118,25 +126,61 @@ class _ConvPlan:
     step: _Pass
     # For numpy arrays computed in host memory: run(x, w, b) -> numpy result (the fast path).
     host: Callable[[Any, Any, Any], Any] | None = None
+    channels_last: bool = False
+    # The activation functional.py applies itself, for backends without a fused epilogue.
+    separate_activation: str = ""
+
+
+def _to_channels_first(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """A channels-last shape, batched or not, in channels-first order."""
+    if len(shape) == ndim + 2:
+        return (shape[0], shape[-1], *shape[1:-1])
+    if len(shape) == ndim + 1:
+        return (shape[-1], *shape[:-1])
+    return shape
+
+
+def _channels_first_view(t: Tensor, channels_last: bool) -> Tensor:
+    """The batched tensor in channels-first axis order (a view: no data moves)."""
+    if not channels_last:
+        return t
+    return t.permute((0, t.ndim - 1, *range(1, t.ndim - 1)))
+
+
+def _to_user_layout(y: Tensor, plan: _ConvPlan, backend: Backend) -> Tensor:
+    """A pass result (channels-first axis order) back in the caller's layout and rank."""
+    if plan.channels_last:
+        y = y.permute((0, *range(2, y.ndim), 1))
+        if not y.is_contiguous:  # the algorithm computed channels-first: convert back
+            y = backend.copy(y)
+    if plan.unbatched:
+        y = y.reshape(y.shape[1:])
+    return y
 
 
 def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: Any,
                dilation: Any, groups: Any, padding_mode: Any, transposed: bool,
-               output_padding: Any, backend: Any, algorithm: Any) -> _ConvPlan:
+               output_padding: Any, backend: Any, algorithm: Any, layout: Any = None,
+               activation: Any = None) -> _ConvPlan:
     x, w, b = operands.x, operands.w, operands.b
+    channels_last = normalize_layout(op, ndim, layout)
+    activation_name = normalize_activation(op, activation)
     dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
                                      ("bias", None if b is None else b.dtype)])
-    unbatched = checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed)
-    x_shape = (1, *x.shape) if unbatched else x.shape
+    input_shape = _to_channels_first(x.shape, ndim) if channels_last else x.shape
+    unbatched = checks.check_operand_ranks(op, ndim, input_shape, w.shape, transposed)
+    x_shape = (1, *input_shape) if unbatched else input_shape
     params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
                                   groups=groups, transposed=transposed,
                                   output_padding=output_padding, padding_mode=padding_mode,
                                   input_spatial=x_shape[2:], kernel_spatial=w.shape[2:])
     bias_shape = None if b is None else b.shape
     notes = []
+    extra: dict[str, Any] = {"channels_last": channels_last, "activation": activation_name}
     if transposed:
         out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params)
-        problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params)
+        problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params,
+                           **extra)
         notes.append("a transposed convolution is computed as the backward-data pass of the "
                      "convolution it transposes")
     else:
@@ -144,11 +188,12 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
         if params.needs_explicit_padding():
             padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
             problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
-                               padding=((0, 0),) * ndim)
+                               padding=((0, 0),) * ndim, **extra)
             notes.append(f"the input is padded with padding_mode={params.padding_mode!r} "
                          f"before a convolution without padding")
         else:
-            problem = _problem(Direction.FORWARD, x_shape, w.shape, out_shape, dtype, params)
+            problem = _problem(Direction.FORWARD, x_shape, w.shape, out_shape, dtype, params,
+                               **extra)
     device = _data_device(op, [("input", x), ("weight", w), ("bias", b)])
     decision, chosen = selector.select(op, problem, device, params=params, backend=backend,
                                        algorithm=algorithm)
@@ -156,8 +201,9 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
         notes.append(f"operands are copied from {device} to {decision.device} and the result back")
     if unbatched:
         notes.append("the unbatched input is treated as a batch of one")
-    if dtype.name == "float16":
-        notes.append("float16 is computed with float32 accumulation and rounded back to float16")
+    if dtype.name in ("float16", "bfloat16"):
+        notes.append(f"{dtype.name} is computed with float32 accumulation and rounded back to "
+                     f"{dtype.name}")
     decision = decision.with_notes(*notes)
     itemsize = _COMPUTE_ITEMSIZE[dtype.name]
     needs = [("output", math.prod(out_shape) * itemsize)]
@@ -165,11 +211,35 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
     decision = find.refine(decision, chosen)
+    decision = decision.with_notes(*_layout_and_epilogue_notes(decision, chosen, params))
+    separate = "" if chosen.fuses_activation else activation_name
     host = None
     if (decision.device.type == "cpu" and not params.needs_explicit_padding()
-            and not problem.is_empty()):
+            and not problem.is_empty() and not separate):
         host = chosen.host_runner(problem, decision.algorithm)
-    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host)
+    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host,
+                     channels_last, separate)
+
+
+def _layout_and_epilogue_notes(decision: Decision, backend: Backend,
+                               params: ConvParams) -> list[str]:
+    problem, notes = decision.problem, []
+    rule = next(r for r in backend.algorithm_rules() if r.name == decision.algorithm)
+    if problem.channels_last:
+        if rule.channels_last and not params.needs_explicit_padding():
+            notes.append(f"channels-last data is read and written in place by {rule.name} "
+                         f"(no layout conversion)")
+        else:
+            notes.append(f"layout conversion: {rule.name} computes channels-first, so the input "
+                         f"is copied to channels-first and the result back to channels-last")
+    if problem.activation:
+        if backend.fuses_activation:
+            notes.append(f"the bias and {problem.activation} are applied by the {backend.name} "
+                         f"backend as it writes the output")
+        else:
+            notes.append(f"{problem.activation} is applied in a separate pass: the "
+                         f"{backend.name} backend has no fused epilogue")
+    return notes
 
 
 def _with_memory_fallback(op: str, decision: Decision, backend: Backend,
@@ -210,6 +280,7 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     device = decision.device
     problem = decision.problem
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
+    x = _channels_first_view(x, plan.channels_last)
     x, w, b = _to(x, device) or x, _to(operands.w, device) or operands.w, (
         _to(operands.b, device) or operands.b)
     if problem.is_empty():
@@ -219,11 +290,21 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
             x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
         y = _with_memory_fallback(plan.op, decision, backend,
                                   functools.partial(run_pass, backend, problem, a=x, b=w, bias=b))
-    if plan.unbatched:
-        y = y.reshape(y.shape[1:])
+        if plan.separate_activation:
+            y = _activate_on_host(y, plan.separate_activation, backend)
+    y = _to_user_layout(y, plan, backend)
     if y.device != operands.x.device:
         y = y.to(operands.x.device)
     return operands.kind(y)
+
+
+def _activate_on_host(y: Tensor, activation: str, backend: Backend) -> Tensor:
+    """For backends without a fused epilogue: one pass over the result in host memory."""
+    from .activations import apply_activation
+
+    host = y.numpy() if y.device.type == "cpu" else backend.download(y)
+    result = apply_activation(np.array(host, copy=True), activation)
+    return Tensor(result, y.device) if y.device.type == "cpu" else backend.upload(result, y.device)
 
 
 class _PlanCache:
@@ -292,8 +373,10 @@ def _numpy_key(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
 
 def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
           dilation: Any, groups: Any, padding_mode: Any, backend: Any, algorithm: Any,
-          transposed: bool = False, output_padding: Any = 0) -> Any:
-    args = (stride, padding, dilation, groups, padding_mode, output_padding, backend, algorithm)
+          transposed: bool = False, output_padding: Any = 0, layout: Any = None,
+          activation: Any = None) -> Any:
+    args = (stride, padding, dilation, groups, padding_mode, output_padding, backend, algorithm,
+            layout, activation)
     key: Any = None
     if (type(input) is np.ndarray and type(weight) is np.ndarray
             and (bias is None or type(bias) is np.ndarray)):
@@ -307,9 +390,14 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
         if plan is not None and plan.host is not None:
             _log(plan.step.decision)
             try:
-                if plan.unbatched:
-                    return plan.host(input[None], weight, bias)[0]
-                return plan.host(input, weight, bias)
+                x = input[None] if plan.unbatched else input
+                if not plan.channels_last:
+                    y = plan.host(x, weight, bias)
+                    return y[0] if plan.unbatched else y
+                y = plan.host(np.moveaxis(x, -1, 1), weight, bias)
+                y = np.moveaxis(y, 1, -1)
+                y = y if y.flags.c_contiguous else np.ascontiguousarray(y)
+                return y[0] if plan.unbatched else y
             except MemoryError:
                 pass  # the general path below retries with smaller-scratch algorithms
     operands = _Operands.adopt(op, input, weight, bias)
@@ -322,7 +410,7 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
     plan = _PLANS.get(key) if key is not None else None
     if plan is None:
         plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,
-                          transposed, output_padding, backend, algorithm)
+                          transposed, output_padding, backend, algorithm, layout, activation)
         if key is not None:
             _PLANS.put(key, plan)
     return _run_conv(plan, operands)
@@ -344,6 +432,12 @@ padding : int, tuple of {n} ints, tuple of {n} ``(low, high)`` pairs, or str
 groups : int
     ``C_in`` and ``C_out`` must both be divisible by it; ``groups == C_in`` is depthwise.
 padding_mode : {{"zeros", "reflect", "replicate", "circular"}}
+layout : {{"{first}", "{last}"}}, optional
+    Memory layout of ``input`` and the result (the weight keeps its layout); default
+    channels-first. With ``"{last}"`` the shapes read ``(N, {dims}, C)``.
+activation : {{"relu", "relu6", "silu", "gelu"}}, optional
+    Applied to the result, after the bias, as the backend writes it out (``conv_backward``
+    takes the gradient before the activation).
 backend : str, optional
     Force a backend (``"numba"``, ...); an unavailable one raises BackendUnavailableError.
 algorithm : str, optional
@@ -377,6 +471,8 @@ padding : int, tuple of {n} ints, or tuple of {n} ``(low, high)`` pairs
 output_padding : int or tuple of {n} ints
     Extra size added on the high end; must be smaller than stride or dilation.
 groups : int
+layout, activation : str, optional
+    As for :func:`conv{n}d`.
 backend, algorithm : str, optional
     As for :func:`conv{n}d`.
 
@@ -393,44 +489,53 @@ _DIMS = {1: ("W", "kW", "W_out"), 2: ("H, W", "kH, kW", "H_out, W_out"),
 
 def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           layout: str | None = None, activation: str | None = None,
            backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend, algorithm)
+                 padding_mode, backend, algorithm, layout=layout, activation=activation)
 
 
 def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           layout: str | None = None, activation: str | None = None,
            backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend, algorithm)
+                 padding_mode, backend, algorithm, layout=layout, activation=activation)
 
 
 def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
+           layout: str | None = None, activation: str | None = None,
            backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend, algorithm)
+                 padding_mode, backend, algorithm, layout=layout, activation=activation)
 
 
 def conv_transpose1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
                      output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     layout: str | None = None, activation: str | None = None,
                      backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv_transpose1d", 1, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 
 
 def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
                      output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     layout: str | None = None, activation: str | None = None,
                      backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv_transpose2d", 2, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 
 
 def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
                      output_padding: Any = 0, groups: Any = 1, dilation: Any = 1, *,
+                     layout: str | None = None, activation: str | None = None,
                      backend: str | None = None, algorithm: str | None = None) -> Any:
     return _conv("conv_transpose3d", 3, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding)
+                 "zeros", backend, algorithm, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 
 
 def _document() -> None:
@@ -438,7 +543,9 @@ def _document() -> None:
                               (2, _FORWARD_DOC, (conv2d, conv_transpose2d)),
                               (3, _FORWARD_DOC, (conv3d, conv_transpose3d))):
         dims, kdims, odims = _DIMS[n]
-        functions[0].__doc__ = doc.format(n=n, dims=dims, kdims=kdims, odims=odims)
+        first, last = LAYOUTS[n]
+        functions[0].__doc__ = doc.format(n=n, dims=dims, kdims=kdims, odims=odims, first=first,
+                                          last=last)
         functions[1].__doc__ = _TRANSPOSED_DOC.format(n=n, dims=dims, kdims=kdims, odims=odims)
 
 
@@ -465,12 +572,13 @@ class _BackwardPlan:
     grad_weight: _Pass | None
     grad_bias: bool
     device: Device
+    channels_last: bool = False
 
 
 def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: Any,
                    padding: Any, dilation: Any, groups: Any, transposed: bool,
                    output_padding: Any, output_mask: Any, backend: Any,
-                   algorithm: Any) -> _BackwardPlan:
+                   algorithm: Any, layout: Any = None) -> _BackwardPlan:
     dy, _ = as_tensor(grad_output, op, "grad_output")
     x, kind = as_tensor(input, op, "input")
     w, _ = as_tensor(weight, op, "weight")
@@ -478,6 +586,10 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     dtype = checks.check_dtypes(op, [("grad_output", dy.dtype), ("input", x.dtype),
                                      ("weight", w.dtype)])
     ndim = _ndim_from_weight(op, w)
+    channels_last = normalize_layout(op, ndim, layout)
+    if channels_last:
+        dy = _channels_first_view(dy, True) if dy.ndim == ndim + 2 else dy
+        x = _channels_first_view(x, True) if x.ndim == ndim + 2 else x
     checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed, allow_unbatched=False)
     if dy.ndim != ndim + 2:
         raise ShapeError(f"{op}: grad_output must be {ndim + 2}-D like the forward output, but "
@@ -505,10 +617,13 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
                                     ("grad_weight", mask[1], Direction.BACKWARD_WEIGHT)):
         if not wanted:
             continue
-        problem = _problem(direction, conv_x.shape, w.shape, conv_y.shape, dtype, params)
+        problem = _problem(direction, conv_x.shape, w.shape, conv_y.shape, dtype, params,
+                           channels_last=channels_last)
         decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
                                            backend=backend, algorithm=algorithm)
-        passes[name] = _Pass(find.refine(decision, chosen), chosen)
+        decision = find.refine(decision, chosen)
+        passes[name] = _Pass(decision.with_notes(*_layout_and_epilogue_notes(decision, chosen,
+                                                                             params)), chosen)
         shape = x.shape if name == "grad_input" else w.shape
         needs.append((name, math.prod(shape) * _COMPUTE_ITEMSIZE[dtype.name]))
     chosen_pass = passes["grad_input"] or passes["grad_weight"]
@@ -517,13 +632,14 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
         _check_memory(op, chosen_pass.backend, run_device, dtype, needs,
                       [("grad_output", dy), ("input", x), ("weight", w)])
     return _BackwardPlan(params, dy, x, w, kind, passes["grad_input"], passes["grad_weight"],
-                         mask[2], run_device)
+                         mask[2], run_device, channels_last)
 
 
 def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1, padding: Any = 0,
                   dilation: Any = 1, groups: Any = 1, transposed: bool = False,
                   output_padding: Any = 0, output_mask: Sequence[bool] = (True, True, True),
-                  backend: str | None = None, algorithm: str | None = None) -> tuple[Any, Any, Any]:
+                  layout: str | None = None, backend: str | None = None,
+                  algorithm: str | None = None) -> tuple[Any, Any, Any]:
     """Gradients of a 1-, 2- or 3-D (transposed) convolution, like PyTorch's
     ``convolution_backward``.
 
@@ -553,7 +669,7 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
     """
     op = "conv_backward"
     plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
-                          transposed, output_padding, output_mask, backend, algorithm)
+                          transposed, output_padding, output_mask, backend, algorithm, layout)
     device = plan.device
     dy, x, w = (_to(t, device) or t for t in (plan.dy, plan.x, plan.w))
     results: list[Any] = [None, None, None]
@@ -583,6 +699,11 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
                 Direction.BACKWARD_WEIGHT, x.shape, w.shape, dy.shape, plan.x.dtype, plan.params),
                 device, backend)[0]
         results[2] = bias_backend.bias_grad(dy)
+    if plan.channels_last and results[0] is not None and plan.grad_input is not None:
+        grad_input = results[0].permute((0, *range(2, results[0].ndim), 1))
+        if not grad_input.is_contiguous:  # computed channels-first: convert back
+            grad_input = plan.grad_input.backend.copy(grad_input)
+        results[0] = grad_input
     converted: list[Any] = []
     for r in results:
         if r is None:
@@ -599,7 +720,8 @@ _DIRECTIONS = {d.value: d for d in Direction}
 
 def explain(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
             dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
-            transposed: bool = False, output_padding: Any = 0, backend: str | None = None,
+            transposed: bool = False, output_padding: Any = 0, layout: str | None = None,
+            activation: str | None = None, backend: str | None = None,
             algorithm: str | None = None, direction: str = "forward") -> Decision:
     """Plan a convolution exactly as the call would, without computing it.
 
@@ -625,7 +747,7 @@ def explain(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding:
                              f"{direction!r}")
     operands = _Operands.adopt(op, input, weight, bias)
     plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,
-                      bool(transposed), output_padding, backend, algorithm)
+                      bool(transposed), output_padding, backend, algorithm, layout, activation)
     if direction == "forward":
         return plan.step.decision
     if plan.params.needs_explicit_padding():
@@ -633,12 +755,15 @@ def explain(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding:
                              f"{plan.params.padding_mode!r}; explain the backward passes with "
                              f"padding_mode='zeros'")
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
-    grad_output = np.broadcast_to(np.zeros((), dtype=x.dtype), plan.out_shape)
+    out_shape = plan.out_shape
+    if plan.channels_last:
+        out_shape = (out_shape[0], *out_shape[2:], out_shape[1])
+    grad_output = np.broadcast_to(np.zeros((), dtype=x.dtype), out_shape)
     back = _plan_backward("conv_backward", grad_output, x, operands.w, plan.params.stride,
                           plan.params.padding, plan.params.dilation, plan.params.groups,
                           plan.params.transposed, plan.params.output_padding,
                           (direction == "backward_data", direction == "backward_weight", False),
-                          backend, algorithm)
+                          backend, algorithm, layout)
     step = back.grad_input if direction == "backward_data" else back.grad_weight
     assert step is not None
     return step.decision

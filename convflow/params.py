@@ -22,6 +22,8 @@ from . import shapes
 from .errors import ArgumentTypeError, ParameterError, did_you_mean
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+LAYOUTS = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+ACTIVATIONS = ("relu", "relu6", "silu", "gelu")
 PADDING_STRINGS = ("valid", "same", "same_upper", "same_lower")
 SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
@@ -98,6 +100,30 @@ def _normalize_explicit_padding(op: str, value: Any, ndim: int,
             f"{op}: {what} must be non-negative in every dimension, but got {value!r}"
         )
     return pairs
+
+
+def normalize_layout(op: str, ndim: int, layout: Any) -> bool:
+    """Whether *layout* (``None`` = channels-first) puts the channels last."""
+    if layout is None:
+        return False
+    first, last = LAYOUTS[ndim]
+    if not isinstance(layout, str) or layout.upper() not in (first, last):
+        raise (ParameterError if isinstance(layout, str) else ArgumentTypeError)(
+            f"{op}: layout must be {first!r} (channels first, the default) or {last!r} "
+            f"(channels last), but got {layout!r}"
+            f"{did_you_mean(str(layout).upper(), (first, last)) if isinstance(layout, str) else ''}")
+    return layout.upper() == last
+
+
+def normalize_activation(op: str, activation: Any) -> str:
+    """The activation's canonical name, ``""`` for none."""
+    if activation is None:
+        return ""
+    if not isinstance(activation, str) or activation.lower() not in ACTIVATIONS:
+        raise (ParameterError if isinstance(activation, str) else ArgumentTypeError)(
+            f"{op}: activation must be one of {', '.join(map(repr, ACTIVATIONS))} or None, but got "
+            f"{activation!r}{did_you_mean(str(activation), ACTIVATIONS) if isinstance(activation, str) else ''}")
+    return activation.lower()
 
 
 @dataclass(frozen=True)
@@ -266,6 +292,10 @@ class ConvProblem:
     padding: tuple[tuple[int, int], ...]
     dilation: tuple[int, ...]
     groups: int
+    # Memory layout of the activations (x and y); shapes above are always channels-first.
+    channels_last: bool = False
+    # Applied with the bias to the output of a forward / backward-data pass ("" = none).
+    activation: str = ""
 
     @property
     def ndim(self) -> int:
@@ -346,6 +376,11 @@ class ConvProblem:
         return self.batch == 0 or self.out_channels == 0
 
     def describe(self) -> str:
-        return (f"{self.direction.value}: x{list(self.x_shape)} * w{list(self.w_shape)} -> "
+        text = (f"{self.direction.value}: x{list(self.x_shape)} * w{list(self.w_shape)} -> "
                 f"y{list(self.y_shape)} {self.dtype}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}")
+        if self.channels_last:
+            text += ", channels-last"
+        if self.activation:
+            text += f", then {self.activation}"
+        return text

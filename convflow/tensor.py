@@ -112,6 +112,10 @@ class Tensor:
         """Whether the data is C-contiguous (kernels need it; otherwise a copy is made)."""
         return bool(self._data.flags.c_contiguous)
 
+    def permute(self, axes: tuple[int, ...]) -> Tensor:
+        """A tensor viewing the same data with its axes reordered (no copy)."""
+        return Tensor(self._data.transpose(axes), self._device)
+
     def reshape(self, shape: tuple[int, ...]) -> Tensor:
         """A tensor viewing the same data with another shape (contiguous data only)."""
         return Tensor(self._data.reshape(shape), self._device)

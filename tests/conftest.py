@@ -31,8 +31,11 @@ os.environ["CONVFLOW_ALLOW_TF32"] = "0"
 # reference magnitude. float64: rounding of sums of ~1e3 terms. float32: 2**-24 per
 # operation, grown by the reduction length (up to ~1e3 here). float16: inputs are rounded
 # to float16 before the reference sees them, so only the result's rounding to float16
-# (2**-11 relative) and float32 accumulation remain.
-TOLERANCE = {"float64": 1e-11, "float32": 3e-5, "float16": 2e-3}
+# (2**-11 relative) and float32 accumulation remain. bfloat16 keeps 8 significant bits: its
+# result rounding is 2**-9 relative, and an activation computed after the rounding of the
+# convolution in a separate pass can add about as much again; 1.6e-2 of the largest value
+# leaves a factor 4 over both, with the float32 accumulation far below.
+TOLERANCE = {"float64": 1e-11, "float32": 3e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 
 
 def required_backends() -> set[str]:

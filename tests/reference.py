@@ -169,3 +169,21 @@ def conv_backward(grad_output, x, w, stride=None, padding=None, dilation=None, g
             grad_input[:, cin] += np.einsum("no...,co->nc...", read, w[tap_w])
             grad_weight[tap_w] = _sum_over_positions(x[:, cin], read)
     return grad_input, grad_weight, grad_bias
+
+
+def activate(y, activation):
+    """The activations, from their definitions, elementwise in float64 (NaN stays NaN)."""
+    import math
+
+    y = np.asarray(y, dtype=np.float64)
+    if activation is None:
+        return y
+    functions = {
+        "relu": lambda v: v if not v < 0 else 0.0,
+        "relu6": lambda v: 0.0 if v < 0 else (6.0 if v > 6 else v),
+        # x * sigmoid(x), in IEEE arithmetic: silu(-inf) = -inf * 0 = NaN, as in PyTorch.
+        "silu": lambda v: v * (1.0 / (1.0 + math.exp(-v)) if -v < 700 else 0.0),
+        # x * Phi(x), exact (erf) form; gelu(-inf) = -inf * 0 = NaN, as in PyTorch.
+        "gelu": lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))),
+    }
+    return np.vectorize(functions[activation], otypes=[np.float64])(y)

@@ -36,7 +36,7 @@ def raises(exc_type, match):
     (lambda: convflow.conv2d(np.ma.masked_array(X), W), ArgumentTypeError, r"masked array"),
     # dtypes
     (lambda: convflow.conv2d(X.astype(np.int32), W.astype(np.int32)), DTypeError,
-     r"input has dtype int32, but convflow computes in float16, float32, float64"),
+     r"input has dtype int32, but convflow computes in float16, bfloat16, float32, float64"),
     (lambda: convflow.conv2d(X, W.astype(np.float64)), DTypeError,
      r"input has dtype float32 but weight has dtype float64; they must match"),
     (lambda: convflow.conv2d(X, W, np.zeros(6, np.float16)), DTypeError,

@@ -60,6 +60,8 @@ class AlgorithmRule:
     # CONVFLOW_DETERMINISTIC=1 requires); ``why_not_deterministic`` says why not.
     deterministic: bool = True
     why_not_deterministic: str = ""
+    # Whether it reads and writes channels-last activations in place (no layout conversion).
+    channels_last: bool = False
 
 
 class Backend(abc.ABC):
@@ -67,6 +69,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     device_type: ClassVar[str]
+    # Whether forward / backward_data apply ``problem.activation`` with the bias as they write
+    # the output; if not, functional.py applies it in a separate pass on the host.
+    fuses_activation: ClassVar[bool] = False
 
     @abc.abstractmethod
     def status(self) -> BackendStatus:

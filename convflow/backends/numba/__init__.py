@@ -133,11 +133,12 @@ _BLAS_ORDER = "BLAS may sum in another order with another thread count"
 
 RULES: tuple[AlgorithmRule, ...] = (
     AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
-                  _depthwise_rule),
+                  _depthwise_rule, channels_last=True),
     AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
-                  _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER),
+                  _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER,
+                  channels_last=True),
     AlgorithmRule("packed_direct", "direct convolution over a packed, phase-split input",
-                  _packed_rule, _packed_can_run, frozenset({Direction.FORWARD})),
+                  _packed_rule, _packed_can_run, frozenset({Direction.FORWARD}), channels_last=True),
     AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
                   deterministic=False, why_not_deterministic=_BLAS_ORDER),
     AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
@@ -150,6 +151,11 @@ class _Prepared(NamedTuple):
     run: Callable[..., None]
     geometry: Any
     dtype: np.dtype
+    out_shape: tuple[int, ...]
+    fused: bool            # the algorithm applies bias and activation in its write-back
+    activation: int
+    channels_last: bool
+    in_place_layout: bool  # the algorithm reads and writes the problem's layout as it lies
 
 
 class NumbaBackend(Backend):
@@ -157,6 +163,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     device_type = "cpu"
+    fuses_activation = True
 
     def __init__(self) -> None:
         self._status: BackendStatus | None = None
@@ -288,7 +295,8 @@ class NumbaBackend(Backend):
     # Math --------------------------------------------------------------------------------
     @staticmethod
     def _compute_dtype(dtype: np.dtype) -> np.dtype:
-        return np.dtype(np.float32) if dtype == np.float16 else dtype
+        """Half types (float16, bfloat16) are computed in float32."""
+        return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
 
     def _prepared(self, problem: ConvProblem, algorithm: str) -> _Prepared:
         prepared = self._prepared_passes.get((problem, algorithm))
@@ -297,9 +305,18 @@ class NumbaBackend(Backend):
 
             run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
             assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
+            from ...activations import ACTIVATION_CODES
+            from .algorithms import FUSED
+
+            index = _PASS_INDEX[problem.direction]
+            rule = next(r for r in RULES if r.name == algorithm)
+            out_shape = (problem.y_shape, problem.x_shape, problem.w_shape)[index]
             prepared = _Prepared(
                 run, Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups),
-                self._compute_dtype(np.dtype(problem.dtype)))
+                self._compute_dtype(np.dtype(problem.dtype)), out_shape,
+                (algorithm, index) in FUSED, ACTIVATION_CODES[problem.activation],
+                problem.channels_last,
+                rule.channels_last and index != 2 and problem.channels_last)
             with self._status_lock:
                 if len(self._prepared_passes) > 1024:
                     self._prepared_passes.clear()
@@ -307,66 +324,76 @@ class NumbaBackend(Backend):
         return prepared
 
     def _run_arrays(self, prepared: _Prepared, a_host: np.ndarray, b_host: np.ndarray,
-                    out_shape: tuple[int, ...]) -> np.ndarray:
-        from .algorithms import lift
+                    bias: np.ndarray | None) -> np.ndarray:
+        """Run a prepared pass on host arrays; the result has the compute dtype, in the
+        problem's memory layout when the algorithm works in it."""
+        from .algorithms import Epilogue, lift, no_epilogue
 
         dtype = prepared.dtype
-        if a_host.dtype != dtype or not a_host.flags.c_contiguous:
+        if prepared.in_place_layout:
+            # Channels-last views are read where they lie; half types are widened in their
+            # own memory order.
+            if a_host.dtype != dtype:
+                a_host = a_host.astype(dtype)
+        elif a_host.dtype != dtype or not a_host.flags.c_contiguous:
             a_host = np.ascontiguousarray(a_host, dtype=dtype)
-        if b_host.dtype != dtype or not b_host.flags.c_contiguous:
+        if b_host.dtype != dtype or not (b_host.flags.c_contiguous or prepared.in_place_layout):
             b_host = np.ascontiguousarray(b_host, dtype=dtype)
-        out = np.empty(out_shape, dtype=dtype)
+        if prepared.in_place_layout and prepared.channels_last:
+            shape = prepared.out_shape
+            out = np.empty((shape[0], *shape[2:], shape[1]), dtype=dtype)
+            out = out.transpose((0, out.ndim - 1, *range(1, out.ndim - 1)))
+        else:
+            out = np.empty(prepared.out_shape, dtype=dtype)
+        epilogue = no_epilogue(dtype)
+        if bias is not None or prepared.activation:
+            epilogue = Epilogue(np.zeros(1, dtype) if bias is None
+                                else np.ascontiguousarray(bias, dtype=dtype), bias is not None,
+                                prepared.activation)
         budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
         self._set_threads()
-        if self._launch_lock is None:
-            prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
-        else:
-            with self._launch_lock:
-                prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
+        arrays = (lift(a_host), lift(b_host), lift(out))
+        lock = self._launch_lock or contextlib.nullcontext()
+        with lock:
+            prepared.run(*arrays, prepared.geometry, budget, epilogue)
+            if (epilogue.has_bias or epilogue.activation) and not prepared.fused:
+                from . import kernels
+
+                kernels.apply_epilogue(arrays[2], *epilogue)
         return out
 
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
-             out_shape: tuple[int, ...]) -> np.ndarray:
-        return self._run_arrays(self._prepared(problem, algorithm), a.data, b.data, out_shape)
+             bias: Tensor | None = None) -> Tensor:
+        prepared = self._prepared(problem, algorithm)
+        out = self._run_arrays(prepared, a.data, b.data,
+                               None if bias is None else np.asarray(bias.data))
+        result_dtype = np.dtype(problem.dtype)
+        return Tensor(out if out.dtype == result_dtype else out.astype(result_dtype), CPU)
 
     def host_runner(self, problem: ConvProblem,
                     algorithm: str) -> Callable[[Any, Any, Any], Any] | None:
         if problem.direction == Direction.BACKWARD_WEIGHT:
             return None
         prepared = self._prepared(problem, algorithm)
-        out_shape = problem.y_shape if problem.direction == Direction.FORWARD else problem.x_shape
-        bias_shape = (1, -1) + (1,) * (len(out_shape) - 2)
         result_dtype = np.dtype(problem.dtype)
 
         def run(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-            out = self._run_arrays(prepared, a, b, out_shape)
-            if bias is not None:
-                out += bias.reshape(bias_shape)
+            out = self._run_arrays(prepared, a, b, bias)
             return out if out.dtype == result_dtype else out.astype(result_dtype)
 
         return run
 
-    def _finish(self, out: np.ndarray, bias: Tensor | None, dtype: np.dtype) -> Tensor:
-        if bias is not None:
-            out += np.asarray(bias.data, dtype=out.dtype).reshape((1, -1) + (1,) * (out.ndim - 2))
-        if out.dtype != dtype:
-            out = out.astype(dtype)
-        return Tensor(out, CPU)
-
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                 algorithm: str) -> Tensor:
-        out = self._run(problem, algorithm, x, w, problem.y_shape)
-        return self._finish(out, b, x.dtype)
+        return self._run(problem, algorithm, x, w, b)
 
     def backward_data(self, dy: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                       algorithm: str) -> Tensor:
-        out = self._run(problem, algorithm, dy, w, problem.x_shape)
-        return self._finish(out, b, dy.dtype)
+        return self._run(problem, algorithm, dy, w, b)
 
     def backward_weight(self, x: Tensor, dy: Tensor, problem: ConvProblem,
                         algorithm: str) -> Tensor:
-        out = self._run(problem, algorithm, x, dy, problem.w_shape)
-        return self._finish(out, None, x.dtype)
+        return self._run(problem, algorithm, x, dy)
 
     def bias_grad(self, dy: Tensor) -> Tensor:
         axes = (0, *range(2, dy.ndim))

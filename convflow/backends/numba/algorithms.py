@@ -11,6 +11,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,18 @@ class Geometry:
 def lift(array: Array) -> Array:
     """View ``(N, C, *spatial)`` with 1-3 spatial dims as ``(N, C, D, H, W)``."""
     return array.reshape(array.shape[:2] + (1,) * (5 - array.ndim) + array.shape[2:])
+
+
+class Epilogue(NamedTuple):
+    """What the write-back adds: the bias (per output channel) and the activation code."""
+
+    bias: np.ndarray
+    has_bias: bool
+    activation: int
+
+
+def no_epilogue(dtype: np.dtype) -> Epilogue:
+    return Epilogue(np.zeros(1, dtype=dtype), False, 0)
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,8 @@ def _flat(array: Array) -> Array:
     return array.reshape(array.shape[0], array.shape[1], -1)
 
 
-def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
+def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                 epilogue: Epilogue | None = None) -> None:
     layout = _Im2colLayout(x.shape, w.shape, y.shape, geometry.groups, x.dtype, budget)
     w_mat = w.reshape(layout.c_out, layout.rows)
     y_flat = _flat(y)
@@ -164,7 +178,8 @@ def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) 
                 kernels.rows_to_output(result, y, c_out_first, *layout.tile_args(tile))
 
 
-def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int) -> None:
+def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
+                 epilogue: Epilogue | None = None) -> None:
     layout = _Im2colLayout(dx.shape, w.shape, dy.shape, geometry.groups, dx.dtype, budget)
     w_mat = w.reshape(layout.c_out, layout.rows)
     dy_flat = _flat(dy)
@@ -179,7 +194,8 @@ def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
                            *layout.kernel, *geometry.args)
 
 
-def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int) -> None:
+def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
+                 epilogue: Epilogue | None = None) -> None:
     layout = _Im2colLayout(x.shape, dw.shape, dy.shape, geometry.groups, x.dtype, budget)
     dw_mat = dw.reshape(layout.c_out, layout.rows)
     dw_mat[...] = 0
@@ -206,7 +222,8 @@ def _group_slices(w: Array, groups: int) -> list[tuple[slice, slice]]:
             for g in range(groups)]
 
 
-def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
+def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None) -> None:
     if not _pointwise_in_place(x.shape, y.shape, geometry):
         fprop_im2col(x, w, y, geometry, budget)
         return
@@ -216,7 +233,8 @@ def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
         np.matmul(w_mat[out_slice], x_flat[:, in_slice], out=y_flat[:, out_slice])
 
 
-def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int) -> None:
+def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None) -> None:
     if not _pointwise_in_place(dx.shape, dy.shape, geometry):
         dgrad_im2col(dy, w, dx, geometry, budget)
         return
@@ -226,7 +244,8 @@ def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
         np.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], out=dx_flat[:, in_slice])
 
 
-def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int) -> None:
+def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None) -> None:
     if not _pointwise_in_place(x.shape, dy.shape, geometry):
         wgrad_im2col(x, dy, dw, geometry, budget)
         return
@@ -241,16 +260,18 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
             dw_mat[out_slice] += partial
 
 
-def _direct(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
+def _direct(name: str) -> Callable[..., None]:
     # Looked up at call time: after a fork the module's kernels may be single-threaded twins.
-    def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
+    def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
+            epilogue: Epilogue | None = None) -> None:
         getattr(kernels, name)(a, b, out, *geometry.args, geometry.groups)
 
     return run
 
 
-def _depthwise(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
-    def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
+def _depthwise(name: str) -> Callable[..., None]:
+    def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
+            epilogue: Epilogue | None = None) -> None:
         getattr(kernels, name)(a, b, out, *geometry.args)
 
     return run
@@ -309,10 +330,11 @@ class PackedLayout:
         return (group_base + within[None, :]).reshape(groups, steps, per)
 
 
-def _reads_in_place(x_shape: tuple[int, ...], layout: PackedLayout, geometry: Geometry) -> bool:
-    """A 1x1 kernel without stride or padding can read the input where it lies."""
+def _reads_in_place(x: Array, layout: PackedLayout, geometry: Geometry) -> bool:
+    """A 1x1 kernel without stride or padding can read a channels-first input where it lies."""
     return (len(layout.phases) == 1 and geometry.is_unit_stride() and geometry.pad_low == (0, 0, 0)
-            and layout.tap_shift.tolist() == [0] and (layout.dq, layout.hq, layout.wq) == x_shape[2:])
+            and layout.tap_shift.tolist() == [0] and (layout.dq, layout.hq, layout.wq) == x.shape[2:]
+            and all(x[n].flags.c_contiguous for n in range(min(1, x.shape[0]))))
 
 
 def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
@@ -328,24 +350,26 @@ def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
     return x_shape[1] * layout.row_length(1) * itemsize
 
 
-def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
+def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                 epilogue: Epilogue | None = None) -> None:
     n_images, channels = x.shape[:2]
     layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
     groups, c_per_group = geometry.groups, w.shape[1]
     w2 = w.reshape(w.shape[0], -1)
     plane = layout.plane
     per_image = channels * layout.row_length(1) * x.dtype.itemsize
+    ep = epilogue or no_epilogue(y.dtype)
     if 2 * y.size * w[0].size < kernels.SERIAL_FLOPS and n_images * per_image <= budget:
         length = layout.row_length(n_images)
         offsets = layout.pair_offsets(groups, c_per_group, length, n_images * plane)
         kernels.packed_small(x, w2, offsets, y, length, layout.phases, layout.dq, layout.hq,
-                             layout.wq, *geometry.args[:6])
+                             layout.wq, *geometry.args[:6], *ep)
         return
-    if _reads_in_place(x.shape, layout, geometry):
+    if _reads_in_place(x, layout, geometry):
         offsets = layout.pair_offsets(groups, c_per_group, plane, 0)
         for n in range(n_images):
             kernels.packed_direct(x[n].reshape(-1), w2, offsets, y, n, 1, plane, layout.hq,
-                                  layout.wq, False)
+                                  layout.wq, False, *ep)
         return
     images = max(1, min(n_images, budget // per_image))
     packed_x = np.empty((channels, layout.row_length(images)), dtype=x.dtype)
@@ -355,7 +379,7 @@ def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) 
                            layout.wq, *geometry.args[:6])
         offsets = layout.pair_offsets(groups, c_per_group, packed_x.shape[1], count * plane)
         kernels.packed_direct(packed_x.reshape(-1), w2, offsets, y, n0, count, plane,
-                              layout.hq, layout.wq, True)
+                              layout.hq, layout.wq, True, *ep)
 
 
 # Channels-last depthwise pays when each plane is small and the channels are many
@@ -365,29 +389,44 @@ DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS = 32
 
 
 def depthwise_channels_last_applies(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
-                                    y_shape: tuple[int, ...]) -> bool:
+                                    y_shape: tuple[int, ...], channels_last: bool = False) -> bool:
+    """Channels-last data always takes the channels-last kernel (it reads the data as it
+    lies); channels-first data only when planes are small and channels many."""
     spatial_2d = len(x_shape) < 5 or x_shape[2] == 1
-    return (spatial_2d and w_shape[0] == x_shape[1]
-            and x_shape[1] >= DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS
-            and math.prod(y_shape[2:]) <= DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS)
+    if not (spatial_2d and w_shape[0] == x_shape[1]):
+        return False
+    return channels_last or (x_shape[1] >= DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS
+                             and math.prod(y_shape[2:]) <= DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS)
 
 
-def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
-    if depthwise_channels_last_applies(x.shape, w.shape, y.shape):
+def _channels_innermost(a: Array) -> Array:
+    """``(N, C, D, H, W)`` viewed in ``(N, D, H, W, C)`` axis order (no copy)."""
+    return a.transpose(0, 2, 3, 4, 1)
+
+
+def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None) -> None:
+    ep = epilogue or no_epilogue(y.dtype)
+    channels_last = x.strides[1] == x.itemsize and not x.flags.c_contiguous
+    if depthwise_channels_last_applies(x.shape, w.shape, y.shape, channels_last):
         w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
-        kernels.depthwise_channels_last(x, w_t, y, w.shape[3], w.shape[4], *geometry.stride[1:],
-                                        *geometry.pad_low[1:], *geometry.dilation[1:])
+        kernels.depthwise_channels_last(_channels_innermost(x), w_t, _channels_innermost(y),
+                                        w.shape[3], w.shape[4], *geometry.stride[1:],
+                                        *geometry.pad_low[1:], *geometry.dilation[1:], *ep)
         return
     layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
     small = 2 * y.size * w[0].size < kernels.SERIAL_FLOPS
     kernel = kernels.depthwise_packed_serial if small else kernels.depthwise_packed
     kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
-           layout.dq, layout.hq, layout.wq, *geometry.args[:6])
+           layout.dq, layout.hq, layout.wq, *geometry.args[:6], *ep)
 
 
-# algorithm name -> (forward, backward_data, backward_weight), each (a, b, out, geometry, budget);
-# None where the algorithm has no such pass (its rule lists the directions it serves).
-PASSES: dict[str, tuple[Callable[[Array, Array, Array, Geometry, int], None] | None, ...]] = {
+# algorithm name -> (forward, backward_data, backward_weight), each (a, b, out, geometry, budget,
+# epilogue); None where the algorithm has no such pass (its rule lists the directions it
+# serves). FUSED lists the (algorithm, pass) pairs that apply the epilogue in their own
+# write-back; for the others the backend applies it in one pass afterwards.
+FUSED = {("packed_direct", 0), ("depthwise", 0)}
+PASSES: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "packed_direct": (fprop_packed, None, None),
     "direct": (_direct("fprop_direct"), _direct("dgrad_direct"), _direct("wgrad_direct")),
     "depthwise": (fprop_depthwise, _depthwise("dgrad_depthwise"), _depthwise("wgrad_depthwise")),

@@ -9,6 +9,7 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 
@@ -56,6 +57,46 @@ def _valid_outputs(offset, stride, size, n_out):  # type: ignore[no-untyped-def]
     if hi > n_out:
         hi = n_out
     return lo, hi
+
+
+# Activation codes (convflow.activations.ACTIVATION_CODES): 0 none, 1 relu, 2 relu6,
+# 3 silu, 4 gelu. Comparisons keep IEEE semantics: NaN stays NaN.
+@njit(inline="always", cache=_CACHE)
+def _activate(v, act, zero, six):  # type: ignore[no-untyped-def]
+    if act == 0:
+        return v
+    if act == 1:
+        return zero if v < zero else v
+    if act == 2:
+        return zero if v < zero else (six if v > six else v)
+    if act == 3:
+        return v * (1 / (1 + math.exp(-v)))
+    return 0.5 * v * (1 + math.erf(v * 0.7071067811865476))
+
+
+@njit(inline="always", cache=_CACHE)
+def _epilogue(v, co, bias, has_bias, act, zero, six):  # type: ignore[no-untyped-def]
+    """The bias of output channel *co*, then the activation (the fused write-back)."""
+    if has_bias:
+        v = v + bias[co]
+    return _activate(v, act, zero, six)
+
+
+@_kernel()
+def apply_epilogue(y, bias, has_bias, act):  # type: ignore[no-untyped-def]
+    """Bias and activation in one pass over ``y`` (for algorithms whose write-back is BLAS)."""
+    n_batch, channels = y.shape[0], y.shape[1]
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    six = zero + 6
+    for job in prange(n_batch * channels):
+        n = job // channels
+        c = job - n * channels
+        plane = y[n, c]
+        for i in range(plane.shape[0]):
+            for j in range(plane.shape[1]):
+                row = plane[i, j]
+                for k in range(row.shape[0]):
+                    row[k] = _epilogue(row[k], c, bias, has_bias, act, zero, six)
 
 
 @_kernel()
@@ -431,7 +472,7 @@ def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):
 
 @njit(inline="always", cache=_CACHE)
 def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, g, ob, p0,
-                  total, per_image):  # type: ignore[no-untyped-def]
+                  total, per_image, bias, has_bias, act):  # type: ignore[no-untyped-def]
     """One job of :func:`packed_direct`: output channels ``ob * 4 ..`` of group ``g`` at
     packed positions ``p0 .. p0 + PACKED_CHUNK``."""
     pairs = w2.shape[1]
@@ -452,6 +493,8 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
     r2 = w2[min(k0 + 2, last)]
     r3 = w2[min(k0 + 3, last)]
     acc = np.zeros((PACKED_CO_BLOCK, chunk), dtype=y.dtype)
+    zero = acc[0, 0]
+    six = zero + 6
     # Unsigned read positions: numba then skips its negative-index wraparound test, so
     # the loop vectorizes without making an array view per step.
     base = uint64(p0)
@@ -515,14 +558,17 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
                 k = ob * PACKED_CO_BLOCK + j
                 if k >= c_out_per_group:
                     break
-                dst = y[n0 + i, g * c_out_per_group + k, od, oh]
+                co = g * c_out_per_group + k
+                dst = y[n0 + i, co, od, oh]
                 src_acc = acc[j]
                 for p in range(lo, hi):
-                    dst[p - base - row * wq] = src_acc[p - p0]
+                    dst[p - base - row * wq] = _epilogue(src_acc[p - p0], co, bias, has_bias, act,
+                                                         zero, six)
 
 
 @_kernel()
-def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail):  # type: ignore[no-untyped-def]
+def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, bias,  # type: ignore[no-untyped-def]
+                  has_bias, act):
     """``y[n0:n0 + n_images]`` from a packed tile (see above). ``w2`` is the weight as
     ``(C_out, C_in / groups * taps)``; ``offsets[g, s, i]`` is the flat read offset of the
     (channel, tap) pair ``3 * s + i`` of group g. With ``vector_tail``, runs are rounded up
@@ -540,11 +586,12 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
         ob = rest // n_chunks
         p0 = (rest - ob * n_chunks) * PACKED_CHUNK
         _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, g, ob,
-                      p0, total, per_image)
+                      p0, total, per_image, bias, has_bias, act)
 
 
 @_kernel(parallel=False)
-def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw, bias,  # type: ignore[no-untyped-def]
+                 has_bias, act):
     """Pack every image and compute, in one single-threaded call (for tiny problems, where
     a second dispatch and a thread-pool wake-up would cost more than the arithmetic)."""
     n_images, channels = x.shape[0], x.shape[1]
@@ -569,11 +616,12 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
         for ob in range(n_blocks):
             for p0 in range(0, total, PACKED_CHUNK):
                 _packed_block(flat, w2, offsets, y, 0, n_images, plane, hq, wq, True, g, ob, p0,
-                              total, per_image)
+                              total, per_image, bias, has_bias, act)
 
 
 @_kernel()
-def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw,  # type: ignore[no-untyped-def]
+                     bias, has_bias, act):
     """Depthwise forward (``groups == C_in``): each (image, channel) plane is packed on its
     own (layout as :func:`pack_input`, one image) and every output vector sums its taps three
     at a time in registers, so it is stored once per three taps, not once per tap. Rows are
@@ -615,6 +663,8 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
         src = packed.reshape(-1)
         acc = np.empty((runs // wq + 2, wq), dtype=y.dtype)
         flat = acc.reshape(-1)
+        zero = np.zeros(1, dtype=y.dtype)[0]
+        six = zero + 6
         for m in range(multiplier):
             co = c * multiplier + m
             flat[:] = 0
@@ -636,22 +686,25 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
                 for oh in range(out_h):
                     r = od * hq + oh
                     for ow in range(out_w):
-                        y[n, co, od, oh, ow] = acc[r, ow]
+                        y[n, co, od, oh, ow] = _epilogue(acc[r, ow], co, bias, has_bias, act,
+                                                         zero, six)
 
 
 DEPTHWISE_CHANNEL_BLOCK = 128
 
 
 @_kernel()
-def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # type: ignore[no-untyped-def]
+def depthwise_channels_last(xl, w_t, yl, kh_, kw_, sh, sw, ph, pw, dh, dw, bias, has_bias, act):  # type: ignore[no-untyped-def]
     """Depthwise forward of a 2-D problem (D == 1, no channel multiplier) vectorized over
-    channels: for each image and block of channels, the zero-padded image is copied once
-    channels-last, then every output position sums its taps three at a time over contiguous
-    channel vectors. ``w_t`` is the weight as ``(taps, C)``. Pays when planes are small and
-    channels many; the copy is ``padded plane x DEPTHWISE_CHANNEL_BLOCK`` floats."""
-    n_batch, channels = x.shape[0], x.shape[1]
-    in_h, in_w = x.shape[3], x.shape[4]
-    out_h, out_w = y.shape[3], y.shape[4]
+    channels. ``xl`` and ``yl`` are the input and output in ``(N, D, H, W, C)`` axis order:
+    channels-last data is passed as it lies (unit-stride channels), channels-first data as a
+    transposed view. For each image and block of channels the zero-padded image is copied
+    once, channels innermost, then every output position sums its taps three at a time over
+    contiguous channel vectors. ``w_t`` is the weight as ``(taps, C)``; the copy is ``padded
+    plane x DEPTHWISE_CHANNEL_BLOCK`` floats."""
+    n_batch, channels = xl.shape[0], xl.shape[4]
+    in_h, in_w = xl.shape[2], xl.shape[3]
+    out_h, out_w = yl.shape[2], yl.shape[3]
     taps = kh_ * kw_
     full = taps // 3 * 3
     rows = (out_h - 1) * sh + (kh_ - 1) * dh + 1
@@ -663,21 +716,21 @@ def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # typ
         n = job // n_blocks
         c0 = (job - n * n_blocks) * DEPTHWISE_CHANNEL_BLOCK
         cb = min(DEPTHWISE_CHANNEL_BLOCK, channels - c0)
-        image = np.zeros((rows * cols, cb), dtype=x.dtype)
+        image = np.zeros((rows * cols, cb), dtype=xl.dtype)
         r_lo, r_hi = max(0, ph), min(rows, in_h + ph)
         q_lo, q_hi = max(0, pw), min(cols, in_w + pw)
-        # Channel innermost: sequential writes; the channel planes' rows stay in L1.
-        planes = x[n, c0:c0 + cb, 0]
+        source = xl[n, 0]
         for r in range(r_lo, r_hi):
             for q in range(q_lo, q_hi):
                 row = image[r * cols + q]
+                pixel = source[r - ph, q - pw, c0:c0 + cb]
                 for c in range(cb):
-                    row[c] = planes[c, r - ph, q - pw]
+                    row[c] = pixel[c]
         weights = np.empty((taps, cb), dtype=w_t.dtype)
         for t in range(taps):
             for c in range(cb):
                 weights[t, c] = w_t[t, c0 + c]
-        result = np.zeros((out_h * out_w, cb), dtype=y.dtype)
+        result = np.zeros((out_h * out_w, cb), dtype=yl.dtype)
         for oh in range(out_h):
             for ow in range(out_w):
                 p = oh * out_w + ow
@@ -693,12 +746,16 @@ def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # typ
                     i0 = (oh * sh + (t // kw_) * dh) * cols + ow * sw + (t % kw_) * dw
                     for c in range(cb):
                         result[p, c] += weights[t, c] * image[i0, c]
-        outs = y[n, c0:c0 + cb, 0]
+        zero = np.zeros(1, dtype=yl.dtype)[0]
+        six = zero + 6
+        target = yl[n, 0]
         for oh in range(out_h):
             for ow in range(out_w):
                 row = result[oh * out_w + ow]
+                pixel = target[oh, ow, c0:c0 + cb]
                 for c in range(cb):
-                    outs[c, oh, ow] = row[c]
+                    pixel[c] = _epilogue(row[c], c0 + c, bias, has_bias, act, zero, six)
+
 
 depthwise_packed_serial = _serial(depthwise_packed)
 
@@ -708,7 +765,8 @@ depthwise_packed_serial = _serial(depthwise_packed)
 # by its single-threaded twin (compiled, or loaded from numba's cache, on first use).
 PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depthwise",
                     "wgrad_depthwise", "im2col", "col2im", "rows_to_output", "output_to_rows",
-                    "pack_input", "packed_direct", "depthwise_packed", "depthwise_channels_last")
+                    "pack_input", "packed_direct", "depthwise_packed", "depthwise_channels_last",
+                    "apply_epilogue")
 
 
 def use_serial_kernels() -> None:

@@ -303,6 +303,9 @@ class OpenCLBackend(Backend):
             return (f"device {device} does not exist: {len(infos)} OpenCL device(s) are visible "
                     f"(CONVFLOW_OPENCL_DEVICE selects them)")
         info = infos[device.index]
+        if problem.dtype not in ("float16", "float32", "float64"):
+            return (f"the opencl backend does not compute {problem.dtype}; convert the operands "
+                    f"to float32 or use the numba backend")
         if problem.dtype == "float64" and not info.fp64:
             return (f"{info.name!r} does not support float64 (no cl_khr_fp64); convert the "
                     f"operands to float32 or use another backend")
