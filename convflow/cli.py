@@ -83,7 +83,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .functional import explain
 
-    dtype = np.dtype(args.dtype)
+    if args.dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(args.dtype)
     # Only shapes and dtypes matter: zero-stride views cost no memory at any size.
     x = np.broadcast_to(np.zeros((), dtype=dtype), args.input)
     w = np.broadcast_to(np.zeros((), dtype=dtype), args.weight)
@@ -92,7 +97,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     decision = explain(x, w, b, stride=args.stride, padding=args.padding, dilation=args.dilation,
                        groups=args.groups, padding_mode=args.padding_mode,
                        transposed=args.transposed, output_padding=args.output_padding,
-                       backend=args.backend, algorithm=args.algorithm, direction=args.direction)
+                       layout=args.layout, activation=args.activation, backend=args.backend,
+                       algorithm=args.algorithm, direction=args.direction)
     print(decision)
     return 0
 
@@ -223,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--padding-mode", default="zeros")
     ex.add_argument("--transposed", action="store_true")
     ex.add_argument("--output-padding", type=_int_or_tuple, default=0)
-    ex.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    ex.add_argument("--layout", default=None, help="NCHW (default), NHWC, NCW, NWC, NCDHW, NDHWC")
+    ex.add_argument("--activation", default=None, choices=["relu", "relu6", "silu", "gelu"])
+    ex.add_argument("--dtype", default="float32",
+                    choices=["float16", "bfloat16", "float32", "float64"])
     ex.add_argument("--backend", default=None)
     ex.add_argument("--algorithm", default=None)
     ex.add_argument("--direction", default="forward",

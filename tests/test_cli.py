@@ -46,6 +46,9 @@ def test_explain():
       "backward_weight", "--dtype", "float64"], "(backward_weight pass)"),
     (["--input", "1,4,8", "--weight", "4,4,3", "--padding", "same", "--padding-mode", "circular",
       "--algorithm", "direct"], "algorithm=direct on cpu [forced]"),
+    (["--input", "8,56,56,64", "--weight", "64,64,3,3", "--padding", "1", "--layout", "NHWC",
+      "--activation", "relu", "--dtype", "bfloat16", "--backend", "numba"],
+     "channels-last data is read and written in place by packed_direct"),
 ])
 def test_explain_variants(args, expected):
     result = convflow("explain", *args)
