@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash ci/system-packages.sh
+# PoCL: a CPU OpenCL implementation, so the opencl backend's whole suite runs here.
+bash ci/system-packages.sh pocl-opencl-icd ocl-icd-libopencl1
 
-export CONVFLOW_TEST_REQUIRE="${CONVFLOW_TEST_REQUIRE:-numba}"
+export CONVFLOW_TEST_REQUIRE="${CONVFLOW_TEST_REQUIRE:-numba,opencl}"
 start=$(date +%s)
 make lint
 make test

@@ -22,6 +22,7 @@ from .errors import (
     KernelBuildError,
     ParameterError,
     ShapeError,
+    SolverFallbackWarning,
     WorkspaceTooLargeError,
 )
 from .functional import (
@@ -57,6 +58,7 @@ __all__ = [
     "ParameterError",
     "RuleOutcome",
     "ShapeError",
+    "SolverFallbackWarning",
     "Tensor",
     "WorkspaceTooLargeError",
     "available_backends",

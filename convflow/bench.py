@@ -281,7 +281,7 @@ class _Progress:
 
 def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Sequence[Contender],
               *, warmup: int = 2, repeats: int = 15, min_seconds: float = 0.25,
-              layers: slice | None = None, progress: bool = True,
+              layers: slice | None = None, progress: bool = True, command: str = "",
               out: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark, print the tables, and return everything as a JSON-able dict."""
     tables = load_networks()
@@ -297,7 +297,7 @@ def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Seque
         "python": platform.python_version(), "numpy": np.__version__,
         "contenders": {c.name: c.version for c in contenders},
         "threads": threads, "sgemm_gflops": round(peak, 1), "dtype": "float32",
-        "command": " ".join(["convflow", *sys.argv[1:]]) if sys.argv[0].endswith("convflow") else "",
+        "command": command,
     }
     out(f"convflow bench, {meta['date']}: {meta['host']}, float32, {threads} threads; numpy "
         f"sgemm peak {peak:.0f} GFLOP/s measured now")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -62,6 +63,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if status.available:
             names = ", ".join(rule.name for rule in get_backend(name).algorithm_rules())
             print(f"           algorithms (in rule order): {names}")
+    print("opencl platforms and devices:")
+    from .backends.opencl.runtime import inventory
+
+    for line in inventory():
+        print(f"  {line}")
     print("configuration:")
     for name in config.VARIABLES:
         try:
@@ -130,12 +136,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
     result = bench.run_bench(networks, args.batch, contenders, warmup=args.warmup,
                              repeats=args.repeats, layers=args.layers,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, command=args.command_line)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=1)
     if args.plot:
         bench.plot(result, args.plot)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from . import bench, perfdb
+    from .functional import explain
+
+    tables = bench.load_networks()
+    networks = [n for n in tables if n != "tiny"] if args.net == ["all"] else args.net
+    for name in networks:
+        if name not in tables:
+            raise argparse.ArgumentTypeError(f"unknown network {name!r}; known: {', '.join(tables)}")
+    jobs = [(name, layer, batch, direction) for name in networks for layer in tables[name]
+            for batch in args.batch for direction in args.direction]
+    progress = bench._Progress(len(jobs), not args.no_progress and sys.stderr.isatty())
+    counts: dict[str, int] = {}
+    with config.override(CONVFLOW_FIND_MODE="autotune"):
+        for name, layer, batch, direction in jobs:
+            x = np.broadcast_to(np.zeros((), np.dtype(args.dtype)), (batch, *layer.input))
+            w = np.broadcast_to(np.zeros((), np.dtype(args.dtype)), layer.weight)
+            decision = explain(x, w, None, layer.stride, layer.padding, layer.dilation,
+                               layer.groups, backend=args.backend, direction=direction)
+            counts[decision.source] = counts.get(decision.source, 0) + 1
+            progress.step(f"{name} b{batch} #{layer.index}")
+            print(f"{name:<14} b{batch:<3} #{layer.index:<3} {layer.describe():<34} {direction:<16} "
+                  f"{decision.backend}/{decision.algorithm} [{decision.source}]")
+    db = perfdb.current()
+    print(f"tuned {len(jobs)} problems ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); "
+          f"perf-db {db.path}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import perfdb
+
+    db = perfdb.current()
+    if args.action == "clear":
+        removed = db.clear()
+        print(f"removed {removed} entries from {db.path}")
+        return 0
+    info = db.info()
+    print(f"cache directory: {config.cache_dir()}")
+    print(f"perf-db: {info['path']}")
+    print(f"  entries: {info['entries']} ({info['bytes'] / 1024:.1f} KiB)")
+    for backend, count in sorted(info["by_backend"].items()):
+        print(f"    {backend}: {count}")
+    for name, what in (("numba", "numba's compiled kernels"), ("pyopencl", "PyOpenCL programs"),
+                       ("pocl", "PoCL kernels")):
+        path = config.cache_dir() / name
+        if path.is_dir():
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"{what}: {path} ({size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -149,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="version, backends with their status, devices, threads")
+    info = sub.add_parser("info", help="version, backends with their status, devices and their "
+                                       "limits, threads, settings")
     info.set_defaults(func=cmd_info)
 
     ex = sub.add_parser("explain", help="show how a convolution would be run, and why")
@@ -188,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-progress", action="store_true")
     be.set_defaults(func=cmd_bench)
 
+    tune = sub.add_parser("tune", help="fill the perf-db for a network's layers ahead of time")
+    tune.add_argument("--net", type=_names, default=["resnet50"], help="comma list, or 'all'")
+    tune.add_argument("--batch", type=lambda t: [int(v) for v in _names(t)], default=[1])
+    tune.add_argument("--backend", default=None)
+    tune.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    tune.add_argument("--direction", type=_names, default=["forward"],
+                      help="comma list of forward, backward_data, backward_weight")
+    tune.add_argument("--no-progress", action="store_true")
+    tune.set_defaults(func=cmd_tune)
+
+    cache = sub.add_parser("cache", help="show or clear the perf-db")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.set_defaults(func=cmd_cache)
+
     demo = sub.add_parser("demo", help="run and check the first layers of ResNet-50")
     demo.add_argument("--batch", type=int, default=1)
     demo.add_argument("--size", type=int, default=224, help="image height and width")
@@ -198,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["convflow", *argv])
     try:
         return int(args.func(args))
     except ConvflowError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import pathlib
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,24 @@ def _parse_name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _parse_name(text: str) -> str:
+    name = text.strip().lower()
+    if name and not name.replace("_", "").isalnum():
+        raise ValueError("expected one algorithm name (letters, digits, underscores)")
+    return name
+
+
+def _parse_path(text: str) -> str:
+    path = text.strip()
+    if "\x00" in path:
+        raise ValueError("expected a directory path")
+    return os.path.expanduser(path) if path else ""
+
+
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -76,6 +95,9 @@ class Variable:
     default: Any
     help: str
     parse: Callable[[str], Any]
+    # Whether the variable can change which backend or algorithm a call gets (and so must
+    # be part of the key of any cache of decisions).
+    decides: bool = False
 
     def default_text(self) -> str:
         if isinstance(self.default, bool):
@@ -99,6 +121,7 @@ VARIABLES: Mapping[str, Variable] = {
             "`BackendUnavailableError` instead of falling back. Empty: choose by where the data "
             "lives, then the CPU.",
             _parse_name_list,
+            decides=True,
         ),
         Variable(
             "CONVFLOW_LOG",
@@ -116,6 +139,7 @@ VARIABLES: Mapping[str, Variable] = {
             "buffer, cuDNN's workspace); larger problems are processed in tiles, and cuDNN "
             "engines that need more are not considered.",
             _parse_int_at_least(1),
+            decides=True,
         ),
         Variable(
             "CONVFLOW_NUM_THREADS",
@@ -154,15 +178,83 @@ VARIABLES: Mapping[str, Variable] = {
             "cuBLAS GEMMs), which round inputs to 10-bit mantissas. Off by default, so float32 "
             "means float32 (PyTorch enables it for cuDNN); `explain()` shows the setting.",
             _parse_bool,
+            decides=True,
         ),
         Variable(
             "CONVFLOW_DETERMINISTIC",
             "boolean",
             False,
-            "cupy backend: use only cuDNN engines without the non-deterministic note (e.g. "
-            "atomics in weight gradients), so repeated calls give identical bits. convflow's "
-            "own CUDA kernels are deterministic either way.",
+            "Run only algorithms whose results are bitwise reproducible across runs and thread "
+            "counts (numba: not the BLAS-based `gemm_1x1` and `im2col_gemm`; cupy: only cuDNN "
+            "engines without the non-deterministic note, e.g. atomics in weight gradients). A "
+            "problem no deterministic algorithm can run is an error.",
             _parse_bool,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_FIND_MODE",
+            "one of heuristic/autotune",
+            "heuristic",
+            "`heuristic`: algorithms are chosen by the rules alone, nothing is timed. `autotune`: "
+            "the first time a problem is seen, every applicable algorithm of the chosen backend "
+            "is timed on the real shapes and the fastest recorded in the perf-db; later calls, "
+            "in any process, reuse the record without timing anything.",
+            _parse_choice(("heuristic", "autotune")),
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_ALGO",
+            "algorithm name",
+            "",
+            "Force one algorithm (as the `algorithm=` keyword does) for every call; an unknown "
+            "or inapplicable name is an error listing the valid names for the problem.",
+            _parse_name,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_DISABLE_ALGOS",
+            "list of names",
+            (),
+            "Algorithms never to consider (e.g. `im2col_gemm,winograd`), for rules and autotune.",
+            _parse_name_list,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_CACHE_DIR",
+            "directory",
+            "",
+            "Where the perf-db (autotune results) lives. Empty: the user cache directory "
+            "(platformdirs), e.g. `~/.cache/convflow` on Linux. convflow writes nothing "
+            "outside it.",
+            _parse_path,
+            decides=True,
+        ),
+        Variable(
+            "CONVFLOW_TUNE_BUDGET_MS",
+            "integer >= 1",
+            3000,
+            "Time budget, in milliseconds, for autotuning one problem (first-call compiles "
+            "included); candidates not reached in time are skipped, the rules' choice first.",
+            _parse_int_at_least(1),
+        ),
+        Variable(
+            "CONVFLOW_SOAK",
+            "boolean",
+            False,
+            "For the test suite: run the property-based differential tests with thousands of "
+            "examples instead of CI's bounded number (`CONVFLOW_SOAK=1 make test`).",
+            _parse_bool,
+        ),
+        Variable(
+            "CONVFLOW_OPENCL_DEVICE",
+            "text",
+            "",
+            "OpenCL devices the opencl backend uses, as in `PYOPENCL_CTX`: `P` (every device of "
+            "platform `P`), `P:D` (one device) or `:D` (device `D` of any platform), where `P` "
+            "and `D` are an index or a case-insensitive name substring (e.g. `0:0`, `pocl`, "
+            "`:gfx`). The first match is `opencl:0`. Empty: every device, GPUs first, then "
+            "CPUs. Read when the backend first starts.",
+            _parse_text,
         ),
         Variable(
             "CONVFLOW_TEST_REQUIRE",
@@ -178,6 +270,30 @@ VARIABLES: Mapping[str, Variable] = {
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "convflow_config_overrides", default=types.MappingProxyType({})
 )
+
+
+# Reading a variable sits on every call's hot path, where os.environ.get costs about a
+# microsecond. os.environ keeps its entries in an encoded dict that os.environ writes through
+# (and that putenv-level changes never reach os.environ anyway), so reading that dict sees
+# exactly what os.environ.get would, for a fraction of the cost. Fallback: os.environ.get.
+_ENVIRON_DATA: Any = getattr(os.environ, "_data", None)
+_ENCODE: Any = getattr(os.environ, "encodekey", None)
+_DECODE: Any = getattr(os.environ, "decodevalue", None)
+_ENCODED_NAMES: dict[str, Any] = {}
+
+
+def _raw(name: str) -> str | None:
+    if _ENVIRON_DATA is None or _ENCODE is None or _DECODE is None:
+        return os.environ.get(name)
+    key = _ENCODED_NAMES.get(name)
+    if key is None:
+        key = _ENCODED_NAMES[name] = _ENCODE(name)
+    value = _ENVIRON_DATA.get(key)
+    return None if value is None else _DECODE(value)
+
+
+# Parsed values, by (variable, text): parsing is pure.
+_PARSED: dict[tuple[str, str], Any] = {}
 
 
 def _variable(name: str) -> Variable:
@@ -200,28 +316,36 @@ def _parse(variable: Variable, text: str, source: str) -> Any:
 def get(name: str) -> Any:
     """Return the current value of variable *name*: an override, else the environment, else
     the default. Raises :class:`ConfigError` naming the variable if its value is invalid."""
-    variable = _variable(name)
     overrides = _overrides.get()
-    if name in overrides:
+    if overrides and name in overrides:
         return overrides[name]
-    text = os.environ.get(name)
+    text = _raw(name)
     if text is None:
-        return variable.default
-    return _parse(variable, text, "environment variable")
+        return _variable(name).default
+    parsed = _PARSED.get((name, text), _PARSED)
+    if parsed is _PARSED:
+        parsed = _parse(_variable(name), text, "environment variable")
+        if len(_PARSED) < 4096:
+            _PARSED[(name, text)] = parsed
+    return parsed
 
 
 def is_set(name: str) -> bool:
     """Whether *name* was given explicitly (an override or the environment), not defaulted."""
     _variable(name)
-    return name in _overrides.get() or name in os.environ
+    return name in _overrides.get() or _raw(name) is not None
+
+
+_DECIDING = tuple(v.name for v in VARIABLES.values() if v.decides)
 
 
 def fingerprint() -> tuple[Any, ...]:
-    """A hashable summary of every variable's current source text and override: equal
-    fingerprints mean equal configuration (used to key caches of decisions)."""
+    """A hashable summary of the current text and override of every variable that can change
+    a decision: equal fingerprints mean equal decisions (used to key caches of them)."""
     overrides = _overrides.get()
-    return (tuple(os.environ.get(name) for name in VARIABLES),
-            tuple(sorted((k, repr(v)) for k, v in overrides.items())) if overrides else ())
+    return (tuple([_raw(name) for name in _DECIDING]),
+            tuple(sorted((k, repr(v)) for k, v in overrides.items() if k in _DECIDING))
+            if overrides else ())
 
 
 @contextlib.contextmanager
@@ -246,6 +370,42 @@ def override(**values: Any) -> Iterator[None]:
         yield
     finally:
         _overrides.reset(token)
+
+
+def cache_dir() -> pathlib.Path:
+    """convflow's cache directory: CONVFLOW_CACHE_DIR, else the user cache directory
+    (platformdirs). Everything convflow and the libraries it drives write to disk goes
+    below it: the perf-db, numba's compiled kernels, PyOpenCL's and PoCL's program caches."""
+    configured = get("CONVFLOW_CACHE_DIR")
+    if configured:
+        return pathlib.Path(configured)
+    import platformdirs
+
+    return pathlib.Path(platformdirs.user_cache_dir("convflow", appauthor=False))
+
+
+def private_cache_dir() -> pathlib.Path:
+    """The cache directory, created readable and writable by the user alone: compiler caches
+    below it (numba's, PyOpenCL's, PoCL's) hold code those libraries load, so no other user
+    may plant files there."""
+    path = cache_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def environment_default(name: str, value: str) -> Iterator[bool]:
+    """Set the (non-convflow) environment variable *name* to *value* for the enclosed block
+    unless the user set it, then remove it again: for libraries that read their settings
+    once, when they start. Yields whether it was applied."""
+    if name in os.environ:
+        yield False
+        return
+    os.environ[name] = value
+    try:
+        yield True
+    finally:
+        os.environ.pop(name, None)
 
 
 def markdown_table() -> str:

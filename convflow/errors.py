@@ -53,6 +53,11 @@ class WorkspaceTooLargeError(ConvflowError, MemoryError):
     """The output or scratch memory a call needs can never fit on the device."""
 
 
+class SolverFallbackWarning(UserWarning):
+    """A backend could not run the chosen algorithm here (its kernel failed to build, or it
+    exceeds the device's work-group or local-memory limits) and used the next one."""
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(str(value).lower(), [c.lower() for c in choices], n=1)

@@ -10,20 +10,27 @@ and :func:`explain` runs the same planning without computing anything.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import checks, config, selector
+from . import checks, config, find, selector
 from .backends import is_current
-from .backends.base import Backend
-from .errors import ArgumentTypeError, DeviceError, ParameterError, ShapeError
+from .backends.base import Backend, run_pass
+from .errors import (
+    ArgumentTypeError,
+    DeviceError,
+    ParameterError,
+    ShapeError,
+    WorkspaceTooLargeError,
+)
 from .params import ConvParams, ConvProblem, Direction
 from .selector import Decision
 from .tensor import Device, ResultKind, Tensor, as_tensor
@@ -109,6 +116,8 @@ class _ConvPlan:
     unbatched: bool
     out_shape: tuple[int, ...]
     step: _Pass
+    # For numpy arrays computed in host memory: run(x, w, b) -> numpy result (the fast path).
+    host: Callable[[Any, Any, Any], Any] | None = None
 
 
 def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: Any,
@@ -155,7 +164,44 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
-    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen))
+    decision = find.refine(decision, chosen)
+    host = None
+    if (decision.device.type == "cpu" and not params.needs_explicit_padding()
+            and not problem.is_empty()):
+        host = chosen.host_runner(problem, decision.algorithm)
+    return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host)
+
+
+def _with_memory_fallback(op: str, decision: Decision, backend: Backend,
+                          run: Callable[[str], Tensor]) -> Tensor:
+    """Run the decision's algorithm; if the device runs out of memory, try the other
+    candidates in order of the scratch they need, smallest first, before giving up with a
+    clear error. A forced algorithm is not replaced."""
+    try:
+        return run(decision.algorithm)
+    except MemoryError as exc:
+        if decision.source == "forced":
+            raise WorkspaceTooLargeError(
+                f"{op}: the forced algorithm {decision.algorithm!r} ran out of memory on "
+                f"{decision.device} ({exc}); choose another algorithm or split the batch") from exc
+        failure: BaseException = exc
+    problem = decision.problem
+    tried = [decision.algorithm]
+    rest = sorted((name for name in decision.candidates if name != decision.algorithm),
+                  key=lambda name: backend.workspace_bytes(problem, name))
+    for name in rest:
+        logger.warning("%s: %s ran out of memory on %s (%s); trying %s (scratch about %.1f MiB)",
+                       op, tried[-1], decision.device, failure, name,
+                       backend.workspace_bytes(problem, name) / 2**20)
+        try:
+            return run(name)
+        except MemoryError as exc:
+            failure = exc
+            tried.append(name)
+    raise WorkspaceTooLargeError(
+        f"{op}: out of memory on {decision.device} with every algorithm that can run this "
+        f"problem ({', '.join(tried)}); the last error: {failure}; split the batch into smaller "
+        f"calls or lower CONVFLOW_WORKSPACE_MB") from failure
 
 
 def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
@@ -168,12 +214,11 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
         _to(operands.b, device) or operands.b)
     if problem.is_empty():
         y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
-    elif plan.params.transposed:
-        y = backend.backward_data(x, w, b, problem, decision.algorithm)
     else:
         if plan.params.needs_explicit_padding():
             x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
-        y = backend.forward(x, w, b, problem, decision.algorithm)
+        y = _with_memory_fallback(plan.op, decision, backend,
+                                  functools.partial(run_pass, backend, problem, a=x, b=w, bias=b))
     if plan.unbatched:
         y = y.reshape(y.shape[1:])
     if y.device != operands.x.device:
@@ -217,7 +262,12 @@ _PLANS = _PlanCache()
 def _freeze(value: Any) -> Any:
     """A hashable, type-exact stand-in for an argument (True and 1 differ); TypeError for
     arguments that are not worth caching (arrays, floats, anything unusual)."""
-    if value is None or isinstance(value, str):
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is tuple and all(type(v) is int for v in value):
+        return ("seq", value)
+    if isinstance(value, str):
         return value
     if isinstance(value, (bool, np.bool_)):
         return ("bool", bool(value))
@@ -232,17 +282,43 @@ def _tensor_key(t: Tensor | None) -> Any:
     return None if t is None else (t.shape, t.dtype.str, t.device, t.is_contiguous)
 
 
+def _numpy_key(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+               args: tuple[Any, ...]) -> Any:
+    """The plan-cache key of a call whose arrays are all plain numpy arrays."""
+    return ("numpy", op, x.shape, x.dtype.char, x.flags.c_contiguous, w.shape, w.dtype.char,
+            w.flags.c_contiguous, None if b is None else (b.shape, b.dtype.char),
+            *(_freeze(a) for a in args), config.fingerprint())
+
+
 def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
           dilation: Any, groups: Any, padding_mode: Any, backend: Any, algorithm: Any,
           transposed: bool = False, output_padding: Any = 0) -> Any:
+    args = (stride, padding, dilation, groups, padding_mode, output_padding, backend, algorithm)
+    key: Any = None
+    if (type(input) is np.ndarray and type(weight) is np.ndarray
+            and (bias is None or type(bias) is np.ndarray)):
+        # The fast path: numpy in, numpy out, a plan validated before for these exact shapes,
+        # dtypes, memory layouts and arguments.
+        try:
+            key = _numpy_key(op, input, weight, bias, args)
+        except TypeError:
+            key = None
+        plan = _PLANS.get(key) if key is not None else None
+        if plan is not None and plan.host is not None:
+            _log(plan.step.decision)
+            try:
+                if plan.unbatched:
+                    return plan.host(input[None], weight, bias)[0]
+                return plan.host(input, weight, bias)
+            except MemoryError:
+                pass  # the general path below retries with smaller-scratch algorithms
     operands = _Operands.adopt(op, input, weight, bias)
-    try:
-        key: Any = (op, _tensor_key(operands.x), _tensor_key(operands.w),
-                    _tensor_key(operands.b), _freeze(stride), _freeze(padding), _freeze(dilation),
-                    _freeze(groups), _freeze(padding_mode), _freeze(output_padding),
-                    _freeze(backend), _freeze(algorithm), config.fingerprint())
-    except TypeError:
-        key = None
+    if key is None:
+        try:
+            key = (op, _tensor_key(operands.x), _tensor_key(operands.w), _tensor_key(operands.b),
+                   *(_freeze(a) for a in args), config.fingerprint())
+        except TypeError:
+            key = None
     plan = _PLANS.get(key) if key is not None else None
     if plan is None:
         plan = _plan_conv(op, ndim, operands, stride, padding, dilation, groups, padding_mode,
@@ -432,7 +508,7 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
         problem = _problem(direction, conv_x.shape, w.shape, conv_y.shape, dtype, params)
         decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
                                            backend=backend, algorithm=algorithm)
-        passes[name] = _Pass(decision, chosen)
+        passes[name] = _Pass(find.refine(decision, chosen), chosen)
         shape = x.shape if name == "grad_input" else w.shape
         needs.append((name, math.prod(shape) * _COMPUTE_ITEMSIZE[dtype.name]))
     chosen_pass = passes["grad_input"] or passes["grad_weight"]
@@ -490,13 +566,13 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
             problem.y_shape if problem.direction == Direction.FORWARD else problem.w_shape)
         if problem.batch == 0:
             result = runner.upload(np.zeros(out_shape, dtype=plan.x.dtype), device)
-        elif problem.direction == Direction.BACKWARD_DATA:
-            result = runner.backward_data(dy, w, None, problem, step.decision.algorithm)
-        elif problem.direction == Direction.FORWARD:
-            result = runner.forward(dy, w, None, problem, step.decision.algorithm)
         else:
-            conv_x, conv_dy = (dy, x) if plan.params.transposed else (x, dy)
-            result = runner.backward_weight(conv_x, conv_dy, problem, step.decision.algorithm)
+            # Forward and backward-data passes read (grad_output, weight); backward-weight
+            # reads the convolution's (input, grad_output), which swap for a transposed one.
+            a, g = (dy, w) if problem.direction != Direction.BACKWARD_WEIGHT else (
+                (dy, x) if plan.params.transposed else (x, dy))
+            result = _with_memory_fallback(op, step.decision, runner,
+                                           functools.partial(run_pass, runner, problem, a=a, b=g))
         results[index] = result
     if plan.grad_bias:
         owner = (plan.grad_input or plan.grad_weight)

@@ -19,6 +19,7 @@ that applies wins, unless ``algorithm=`` forces one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 
 from . import backends as registry
 from . import config
-from .backends.base import AlgorithmRule, Backend, BackendStatus
+from .backends.base import AlgorithmRule, Backend, BackendStatus, excluded_reason
 from .errors import BackendUnavailableError, ParameterError, did_you_mean
 from .params import ConvParams, ConvProblem
 from .tensor import Device
@@ -56,7 +57,8 @@ class Decision:
     reason : str
         Why the algorithm won (the deciding rule's explanation).
     source : str
-        ``"heuristic"`` (chosen by rule) or ``"forced"`` (``algorithm=`` given).
+        ``"heuristic"`` (chosen by rule), ``"forced"`` (``algorithm=`` or ``CONVFLOW_ALGO``),
+        ``"autotune"`` (timed now, find mode) or ``"cache"`` (found in the perf-db).
     device : Device
         Where the computation runs.
     problem : ConvProblem
@@ -67,6 +69,10 @@ class Decision:
         Every registered backend with its status.
     notes : tuple of str
         Data movement and preprocessing the call performs (copies, explicit padding).
+    candidates : tuple of str
+        The algorithms that could run it (what find mode times).
+    timings : mapping of name to milliseconds (or the reason a candidate was skipped)
+        With find mode: the measured time of each candidate.
     """
 
     op: str
@@ -81,11 +87,11 @@ class Decision:
     algorithm_rules: tuple[RuleOutcome, ...]
     backends: Mapping[str, BackendStatus]
     notes: tuple[str, ...] = field(default=())
+    candidates: tuple[str, ...] = field(default=())
+    timings: Mapping[str, float | str] = field(default_factory=dict)
 
     def with_notes(self, *notes: str) -> Decision:
-        return Decision(self.op, self.backend, self.algorithm, self.reason, self.source,
-                        self.device, self.problem, self.params, self.backend_rules,
-                        self.algorithm_rules, self.backends, self.notes + notes)
+        return dataclasses.replace(self, notes=self.notes + notes)
 
     def __str__(self) -> str:
         p = self.problem
@@ -103,8 +109,15 @@ class Decision:
         lines.append("  backend rules (first match wins):")
         lines.extend(_format_rules(self.backend_rules))
         heading = "forced" if self.source == "forced" else "first match wins"
+        if self.candidates and self.source != "forced":
+            heading += f"; candidates: {', '.join(self.candidates)}"
         lines.append(f"  algorithm rules of {self.backend} ({heading}):")
         lines.extend(_format_rules(self.algorithm_rules))
+        if self.timings:
+            lines.append("  find mode timings (median of the runs, ms):")
+            for name, value in self.timings.items():
+                shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+                lines.append(f"    {name:<14} {shown}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         lines.append(f"  => backend={self.backend} algorithm={self.algorithm} on {self.device} "
@@ -191,45 +204,104 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     raise BackendUnavailableError(f"{op}: no backend can run this call: {'; '.join(cpu_reasons)}")
 
 
+@dataclass(frozen=True)
+class AlgorithmChoice:
+    """The algorithm rules' verdict: the chosen rule, why, how, and the runnable candidates
+    (after disabling and deterministic filtering) that find mode may time instead."""
+
+    rule: AlgorithmRule
+    reason: str
+    source: str
+    outcomes: tuple[RuleOutcome, ...]
+    candidates: tuple[str, ...]
+
+
+def known_algorithm_names() -> set[str]:
+    """Every algorithm name of every backend whose module loads (for validating names)."""
+    names: set[str] = set()
+    for name in registry.BACKEND_NAMES:
+        backend = registry.loaded_backend(name)
+        if backend is not None:
+            names.update(rule.name for rule in backend.algorithm_rules())
+    return names
+
+
+def _check_disabled_names() -> None:
+    disabled = frozenset(config.get("CONVFLOW_DISABLE_ALGOS"))
+    unknown = disabled - known_algorithm_names() if disabled else frozenset()
+    if unknown:
+        known = sorted(known_algorithm_names())
+        name = sorted(unknown)[0]
+        raise ParameterError(
+            f"environment variable CONVFLOW_DISABLE_ALGOS={','.join(sorted(disabled))!r}: "
+            f"unknown algorithm {name!r}{did_you_mean(name, known)}; known algorithms: "
+            f"{', '.join(known)}")
+
+
 def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
-                     algorithm_arg: Any) -> tuple[AlgorithmRule, str, str, list[RuleOutcome]]:
-    """Apply the backend's algorithm rules in order; return (rule, reason, source, outcomes)."""
+                     algorithm_arg: Any) -> AlgorithmChoice:
+    """Apply the backend's algorithm rules in order (or a forced algorithm), honouring
+    CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC."""
     rules = [r for r in backend.algorithm_rules() if problem.direction in r.directions]
-    if algorithm_arg is not None:
+    _check_disabled_names()
+    excluded = excluded_reason
+
+    runnable = [r for r in rules if r.can_run(problem)[0] and not excluded(r)]
+    candidates = tuple(r.name for r in runnable)
+    forced, source = algorithm_arg, "algorithm="
+    if forced is None and config.get("CONVFLOW_ALGO"):
+        forced, source = config.get("CONVFLOW_ALGO"), "CONVFLOW_ALGO="
+    if forced is not None:
         by_name = {r.name: r for r in rules}
-        runnable = [r.name for r in rules if r.can_run(problem)[0]]
-        if not isinstance(algorithm_arg, str) or algorithm_arg not in by_name:
+        valid = ", ".join(candidates) or "none"
+        if not isinstance(forced, str) or forced not in by_name:
             raise ParameterError(
-                f"{op}: algorithm={algorithm_arg!r} is not an algorithm of the {backend.name} "
-                f"backend for the {problem.direction.value} pass"
-                f"{did_you_mean(str(algorithm_arg), by_name)}; valid for this problem: "
-                f"{', '.join(runnable)}")
-        rule = by_name[algorithm_arg]
+                f"{op}: {source}{forced!r} is not an algorithm of the {backend.name} backend for "
+                f"the {problem.direction.value} pass{did_you_mean(str(forced), by_name)}; valid "
+                f"for this problem: {valid}")
+        rule = by_name[forced]
         ok, why = rule.can_run(problem)
         if not ok:
-            raise ParameterError(
-                f"{op}: algorithm={algorithm_arg!r} cannot run this problem: {why}; valid for "
-                f"this problem: {', '.join(runnable)}")
-        outcome = RuleOutcome(rule.name, True, f"forced by algorithm={rule.name!r}")
-        return rule, f"forced by algorithm={rule.name!r}", "forced", [outcome]
+            raise ParameterError(f"{op}: {source}{forced!r} cannot run this problem: {why}; valid "
+                                 f"for this problem: {valid}")
+        if excluded(rule):
+            raise ParameterError(f"{op}: {source}{forced!r} is {excluded(rule)}; valid for this "
+                                 f"problem: {valid}")
+        reason = f"forced by {source}{rule.name!r}"
+        return AlgorithmChoice(rule, reason, "forced", (RuleOutcome(rule.name, True, reason),),
+                               (rule.name,))
+    if not candidates:
+        reasons = "; ".join(f"{r.name}: {excluded(r) or r.can_run(problem)[1]}" for r in rules)
+        raise ParameterError(f"{op}: no algorithm of the {backend.name} backend is left for this "
+                             f"problem ({reasons}); relax CONVFLOW_DISABLE_ALGOS or "
+                             f"CONVFLOW_DETERMINISTIC")
     outcomes = []
     for rule in rules:
+        why_excluded = excluded(rule)
+        if why_excluded:
+            outcomes.append(RuleOutcome(rule.name, False, why_excluded))
+            continue
         matched, why = rule.applies(problem)
         outcomes.append(RuleOutcome(rule.name, matched, why))
         if matched:
-            return rule, why, "heuristic", outcomes
-    raise AssertionError(f"the {backend.name} backend has no catch-all algorithm for {problem}")
+            return AlgorithmChoice(rule, why, "heuristic", tuple(outcomes), candidates)
+    # Every rule that would have matched is excluded: take the first runnable one left.
+    rule = runnable[0]
+    reason = (f"the rules' own choices are excluded; {rule.name} is the first runnable "
+              f"algorithm left")
+    outcomes.append(RuleOutcome(rule.name, True, reason))
+    return AlgorithmChoice(rule, reason, "heuristic", tuple(outcomes), candidates)
 
 
 def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvParams | None = None,
            backend: Any = None, algorithm: Any = None) -> tuple[Decision, Backend]:
     """Choose the backend and algorithm for one pass; return the Decision and the backend."""
     chosen, device, backend_outcomes = select_backend(op, problem, data_device, backend)
-    rule, reason, source, algorithm_outcomes = select_algorithm(op, chosen, problem, algorithm)
+    choice = select_algorithm(op, chosen, problem, algorithm)
     decision = Decision(
-        op=op, backend=chosen.name, algorithm=rule.name, reason=reason, source=source,
-        device=device, problem=problem, params=params,
-        backend_rules=tuple(backend_outcomes), algorithm_rules=tuple(algorithm_outcomes),
-        backends=registry.available_backends(),
+        op=op, backend=chosen.name, algorithm=choice.rule.name, reason=choice.reason,
+        source=choice.source, device=device, problem=problem, params=params,
+        backend_rules=tuple(backend_outcomes), algorithm_rules=choice.outcomes,
+        backends=registry.available_backends(), candidates=choice.candidates,
     )
     return decision, chosen

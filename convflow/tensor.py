@@ -88,7 +88,8 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._data.shape)
+        shape = self._data.shape
+        return shape if type(shape) is tuple else tuple(int(s) for s in shape)
 
     @property
     def dtype(self) -> np.dtype[Any]:

@@ -20,6 +20,10 @@ from convflow.backends import BACKEND_NAMES
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+# Subprocess tests often point CONVFLOW_CACHE_DIR at a temporary directory; they share one
+# numba kernel cache with this process instead of compiling every kernel again.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(config.cache_dir() / "numba"))
+
 # The tolerances below are for IEEE float32: the suite runs without TF32 (cupy backend).
 os.environ["CONVFLOW_ALLOW_TF32"] = "0"
 
@@ -35,10 +39,8 @@ def required_backends() -> set[str]:
     return set(config.get("CONVFLOW_TEST_REQUIRE"))
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Each registered backend; skipped (or failed, if required) when unavailable."""
-    name = request.param
+def require_backend(name: str) -> str:
+    """Skip the test when backend *name* is unavailable (fail if CONVFLOW_TEST_REQUIRE lists it)."""
     status = convflow.available_backends()[name]
     if not status.available:
         if name in required_backends():
@@ -46,6 +48,12 @@ def backend(request: pytest.FixtureRequest) -> str:
                         f"unavailable: {status.reason}")
         pytest.skip(f"backend {name!r} unavailable: {status.reason}")
     return name
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each registered backend; skipped (or failed, if required) when unavailable."""
+    return require_backend(request.param)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -113,8 +113,8 @@ def conv_transpose(x, w, b=None, stride=None, padding=None, output_padding=None,
 
 def _sum_over_positions(a, b):
     """``sum_{n, p} a[n, i, p] * b[n, j, p]`` for arrays ``(N, I, *spatial)``, ``(N, J, *spatial)``."""
-    a = a.reshape(a.shape[0], a.shape[1], -1)
-    b = b.reshape(b.shape[0], b.shape[1], -1)
+    a = a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:])))
+    b = b.reshape(b.shape[0], b.shape[1], int(np.prod(b.shape[2:])))
     return np.einsum("nip,njp->ij", a, b)
 
 

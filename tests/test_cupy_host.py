@@ -639,7 +639,8 @@ def test_cudnn_is_preferred_when_it_has_a_plan():
     mapping = cudnn_mapping(problem(), False)
     plan = plans_module.CudnnPlan(key, None, (None, None), None, 2 << 20)
     backend, stub = _backend_with(Resolution(plan, mapping, ""))
-    rule, reason, source, _ = selector.select_algorithm("conv2d", backend, problem(), None)
+    choice = selector.select_algorithm("conv2d", backend, problem(), None)
+    rule, reason, source = choice.rule, choice.reason, choice.source
     assert rule.name == "cudnn" and source == "heuristic"
     assert "built a plan" in reason and "no TF32" in reason and "2.0 MiB" in reason
     assert stub.asked[0][1] == 0 and stub.asked[0][2] == POLICY
@@ -647,7 +648,8 @@ def test_cudnn_is_preferred_when_it_has_a_plan():
 
 def test_a_cudnn_refusal_falls_back_with_its_reason():
     backend, _ = _backend_with(Resolution(None, None, "cuDNN refused it (no engine)"))
-    rule, _, _, outcomes = selector.select_algorithm("conv2d", backend, problem(), None)
+    choice = selector.select_algorithm("conv2d", backend, problem(), None)
+    rule, outcomes = choice.rule, choice.outcomes
     assert rule.name == "im2col_gemm"
     assert outcomes[0].rule == "cudnn" and not outcomes[0].matched
     assert "cuDNN refused it (no engine)" in outcomes[0].detail
@@ -662,7 +664,7 @@ def test_own_rule_order():
     tiny = problem(x=(2, 1, 9, 9), w=(2, 1, 3, 3), y=(2, 2, 9, 9))
     backend = CupyBackend()
     backend._probe = status_module.Probe(True, "stub", cupy=fake_cupy())
-    picks = [selector.select_algorithm("conv2d", backend, p, None)[0].name
+    picks = [selector.select_algorithm("conv2d", backend, p, None).rule.name
              for p in (depthwise, pointwise, problem(), tiny)]
     assert picks == ["depthwise", "gemm_1x1", "im2col_gemm", "direct"]
 

@@ -18,6 +18,7 @@ from .base import AlgorithmRule, Backend, BackendStatus
 # name -> (module, class). Order is the order of preference for CPU-resident data.
 _BACKEND_CLASSES: dict[str, tuple[str, str]] = {
     "numba": ("convflow.backends.numba", "NumbaBackend"),
+    "opencl": ("convflow.backends.opencl", "OpenCLBackend"),
     "cupy": ("convflow.backends.cupy", "CupyBackend"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_BACKEND_CLASSES)
@@ -25,11 +26,13 @@ BACKEND_NAMES: tuple[str, ...] = tuple(_BACKEND_CLASSES)
 # The backend that owns each device type's memory.
 DEVICE_BACKENDS: dict[str, str] = {
     "cpu": "numba",
+    "opencl": "opencl",
     "cuda": "cupy",
 }
 
 # Top-level modules whose array types belong to a backend (recognized without importing).
 ARRAY_MODULE_BACKENDS: dict[str, str] = {
+    "pyopencl": "opencl",
     "cupy": "cupy",
 }
 
@@ -67,6 +70,11 @@ def _load(name: str) -> Backend | None:
             return None
         _instances[name] = instance
         return instance
+
+
+def loaded_backend(name: str) -> Backend | None:
+    """The backend object if its module loads, available or not (for its rule table)."""
+    return _load(name)
 
 
 def backend_status(name: str) -> BackendStatus:
@@ -148,5 +156,6 @@ __all__ = [
     "backend_status",
     "get_backend",
     "is_current",
+    "loaded_backend",
     "validate_backend_name",
 ]

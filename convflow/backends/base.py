@@ -56,6 +56,10 @@ class AlgorithmRule:
     applies: Callable[[ConvProblem], tuple[bool, str]]
     can_run: Callable[[ConvProblem], tuple[bool, str]]
     directions: frozenset[Direction] = ALL_DIRECTIONS
+    # Whether results are bitwise reproducible across runs and thread counts (what
+    # CONVFLOW_DETERMINISTIC=1 requires); ``why_not_deterministic`` says why not.
+    deterministic: bool = True
+    why_not_deterministic: str = ""
 
 
 class Backend(abc.ABC):
@@ -82,6 +86,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
+
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        """Scratch memory *algorithm* needs for *problem*, roughly (orders the algorithms tried
+        after running out of memory: smallest first)."""
+        return 0
+
+    def device_identity(self, device: Device) -> str:
+        """What identifies the hardware and software a timing was taken on (perf-db key)."""
+        return f"{self.name}:{device}"
+
+    def synchronize(self, device: Device) -> None:
+        """Wait until work queued on *device* has finished (timing needs it on GPUs).
+        Host backends compute synchronously: nothing to wait for."""
+        return None
+
+    def host_runner(self, problem: ConvProblem,
+                    algorithm: str) -> Callable[[Any, Any, Any], Any] | None:
+        """For backends that compute in host memory: a function ``run(a, b, bias)`` on plain,
+        already-validated numpy arrays returning the forward (``a=x, b=w``) or backward-data
+        (``a=dy, b=w``) result with the bias added, the same as :meth:`forward` /
+        :meth:`backward_data` but without Tensor wrapping; None where not applicable."""
+        return None
 
     # Storage -----------------------------------------------------------------------------
     def adopt(self, obj: Any) -> Tensor:
@@ -123,3 +149,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:
         """*x* padded on its spatial axes with ``mode`` in reflect / replicate / circular."""
+
+
+def run_pass(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
+             bias: Tensor | None = None) -> Tensor:
+    """Run one pass of *problem*: forward (``a=x, b=w``), backward-data (``a=dy, b=w``; the
+    bias adds per input channel) or backward-weight (``a=x, b=dy``; no bias)."""
+    if problem.direction == Direction.FORWARD:
+        return backend.forward(a, b, bias, problem, algorithm)
+    if problem.direction == Direction.BACKWARD_DATA:
+        return backend.backward_data(a, b, bias, problem, algorithm)
+    return backend.backward_weight(a, b, problem, algorithm)
+
+
+def excluded_reason(rule: AlgorithmRule) -> str:
+    """Why the configuration excludes *rule* (``CONVFLOW_DISABLE_ALGOS``,
+    ``CONVFLOW_DETERMINISTIC``), or ``""``. The selector and any backend falling back at run
+    time apply the same exclusions."""
+    from .. import config
+
+    if rule.name in config.get("CONVFLOW_DISABLE_ALGOS"):
+        return "disabled by CONVFLOW_DISABLE_ALGOS"
+    if config.get("CONVFLOW_DETERMINISTIC") and not rule.deterministic:
+        return f"not deterministic ({rule.why_not_deterministic}; CONVFLOW_DETERMINISTIC=1)"
+    return ""

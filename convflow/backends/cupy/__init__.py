@@ -221,6 +221,20 @@ class CupyBackend(Backend):
             pooled = cupy.get_default_memory_pool().free_bytes()
         return int(free) + int(pooled)
 
+    def device_identity(self, device: Device) -> str:
+        cupy = self._cupy
+        properties = cupy.cuda.runtime.getDeviceProperties(device.index)
+        name = properties["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        probe = self._probed()
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(probe.details.items()))
+        return f"{name} (sm_{properties['major']}{properties['minor']}), CuPy {probe.version}, {versions}"
+
+    def synchronize(self, device: Device) -> None:
+        cupy = self._cupy
+        with cupy.cuda.Device(device.index):
+            cupy.cuda.get_current_stream().synchronize()
+
     # Storage -----------------------------------------------------------------------------
     def adopt(self, obj: Any) -> Tensor:
         cupy = self._cupy

@@ -14,10 +14,11 @@ convflow`` works (and says why) without it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,11 +50,8 @@ def _omp_wait_policy() -> Iterator[str]:
     if wanted == "inherit" or user_set:
         yield f"from the environment ({', '.join(user_set) or 'OpenMP defaults'})"
         return
-    os.environ["OMP_WAIT_POLICY"] = wanted.upper()
-    try:
+    with config.environment_default("OMP_WAIT_POLICY", wanted.upper()):
         yield f"{wanted} (CONVFLOW_OMP_WAIT_POLICY)"
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
 
 
 def _max_threads(numba: Any) -> int:
@@ -130,16 +128,28 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: direct loops over the kernel taps"
 
 
+# BLAS libraries may split a product's sums differently with another thread count or CPU.
+_BLAS_ORDER = "BLAS may sum in another order with another thread count"
+
 RULES: tuple[AlgorithmRule, ...] = (
     AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
                   _depthwise_rule),
     AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
-                  _pointwise_rule),
+                  _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER),
     AlgorithmRule("packed_direct", "direct convolution over a packed, phase-split input",
                   _packed_rule, _packed_can_run, frozenset({Direction.FORWARD})),
-    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always),
+    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
+                  deterministic=False, why_not_deterministic=_BLAS_ORDER),
     AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
 )
+
+
+class _Prepared(NamedTuple):
+    """What a pass needs that depends only on its problem and algorithm (cached)."""
+
+    run: Callable[..., None]
+    geometry: Any
+    dtype: np.dtype
 
 
 class NumbaBackend(Backend):
@@ -155,6 +165,23 @@ class NumbaBackend(Backend):
         # parallel launches from several Python threads, so those are serialized.
         self._launch_lock: threading.Lock | None = None
         self._wait_policy = "n/a"
+        self._prepared_passes: dict[tuple[ConvProblem, str], _Prepared] = {}
+        self._forked_serial = False
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked after the OpenMP pool started, run single-threaded kernels."""
+        status = self._status
+        if status is None or status.details.get("threading_layer") != "omp":
+            return
+        from . import kernels
+
+        kernels.use_serial_kernels()
+        self._prepared_passes.clear()
+        self._forked_serial = True
+        self._status = dataclasses.replace(
+            status, reason=status.reason + "; forked child: single-threaded kernels (GNU OpenMP "
+            "is not fork-safe)", details={**status.details, "forked_child": "single-threaded"})
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -204,19 +231,14 @@ class NumbaBackend(Backend):
         self._wait_policy = policy if layer == "omp" else "n/a"
         return layer
 
-    @contextlib.contextmanager
-    def _launching(self) -> Iterator[None]:
+    def _set_threads(self) -> None:
+        """Apply CONVFLOW_NUM_THREADS to this Python thread's numba launches."""
         import numba
 
-        wanted = min(config.get("CONVFLOW_NUM_THREADS") or _max_threads(numba),
-                     _max_threads(numba))
+        most = _max_threads(numba)
+        wanted = min(config.get("CONVFLOW_NUM_THREADS") or most, most)
         if numba.get_num_threads() != wanted:
             numba.set_num_threads(wanted)
-        if self._launch_lock is None:
-            yield
-        else:
-            with self._launch_lock:
-                yield
 
     def algorithm_rules(self) -> Sequence[AlgorithmRule]:
         return RULES
@@ -228,6 +250,30 @@ class NumbaBackend(Backend):
 
     def available_memory(self, device: Device) -> int:
         return hostinfo.memory_available()
+
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+        itemsize = 8 if problem.dtype == "float64" else 4
+        if algorithm == "packed_direct":
+            from .algorithms import packed_bytes_per_image
+
+            per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                               problem.stride, problem.dilation, itemsize)
+            return max(per_image, min(budget, per_image * problem.batch))
+        if algorithm == "im2col_gemm" or (algorithm == "gemm_1x1" and problem.is_strided()):
+            columns = problem.batch * problem.output_positions
+            return min(budget, columns * (problem.reduction_size + problem.out_channels_per_group)
+                       * itemsize)
+        if algorithm == "depthwise":
+            return 2 * int(np.prod(problem.x_spatial)) * itemsize
+        return 0
+
+    def device_identity(self, device: Device) -> str:
+        import numba
+
+        return (f"numba {numba.__version__}, numpy {np.__version__}, {hostinfo.cpu_name()}, "
+                f"{min(config.get('CONVFLOW_NUM_THREADS') or _max_threads(numba), _max_threads(numba))}"
+                f" threads")
 
     # Storage -----------------------------------------------------------------------------
     def upload(self, host: np.ndarray, device: Device) -> Tensor:
@@ -244,21 +290,61 @@ class NumbaBackend(Backend):
     def _compute_dtype(dtype: np.dtype) -> np.dtype:
         return np.dtype(np.float32) if dtype == np.float16 else dtype
 
+    def _prepared(self, problem: ConvProblem, algorithm: str) -> _Prepared:
+        prepared = self._prepared_passes.get((problem, algorithm))
+        if prepared is None:
+            from .algorithms import PASSES, Geometry
+
+            run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
+            assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
+            prepared = _Prepared(
+                run, Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups),
+                self._compute_dtype(np.dtype(problem.dtype)))
+            with self._status_lock:
+                if len(self._prepared_passes) > 1024:
+                    self._prepared_passes.clear()
+                self._prepared_passes[(problem, algorithm)] = prepared
+        return prepared
+
+    def _run_arrays(self, prepared: _Prepared, a_host: np.ndarray, b_host: np.ndarray,
+                    out_shape: tuple[int, ...]) -> np.ndarray:
+        from .algorithms import lift
+
+        dtype = prepared.dtype
+        if a_host.dtype != dtype or not a_host.flags.c_contiguous:
+            a_host = np.ascontiguousarray(a_host, dtype=dtype)
+        if b_host.dtype != dtype or not b_host.flags.c_contiguous:
+            b_host = np.ascontiguousarray(b_host, dtype=dtype)
+        out = np.empty(out_shape, dtype=dtype)
+        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+        self._set_threads()
+        if self._launch_lock is None:
+            prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
+        else:
+            with self._launch_lock:
+                prepared.run(lift(a_host), lift(b_host), lift(out), prepared.geometry, budget)
+        return out
+
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
              out_shape: tuple[int, ...]) -> np.ndarray:
-        from .algorithms import PASSES, Geometry, lift
+        return self._run_arrays(self._prepared(problem, algorithm), a.data, b.data, out_shape)
 
-        dtype = self._compute_dtype(a.dtype)
-        a_host = np.ascontiguousarray(a.data, dtype=dtype)
-        b_host = np.ascontiguousarray(b.data, dtype=dtype)
-        out = np.empty(out_shape, dtype=dtype)
-        geometry = Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups)
-        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
-        run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
-        assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
-        with self._launching():
-            run(lift(a_host), lift(b_host), lift(out), geometry, budget)
-        return out
+    def host_runner(self, problem: ConvProblem,
+                    algorithm: str) -> Callable[[Any, Any, Any], Any] | None:
+        if problem.direction == Direction.BACKWARD_WEIGHT:
+            return None
+        prepared = self._prepared(problem, algorithm)
+        out_shape = problem.y_shape if problem.direction == Direction.FORWARD else problem.x_shape
+        bias_shape = (1, -1) + (1,) * (len(out_shape) - 2)
+        result_dtype = np.dtype(problem.dtype)
+
+        def run(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+            out = self._run_arrays(prepared, a, b, out_shape)
+            if bias is not None:
+                out += bias.reshape(bias_shape)
+            return out if out.dtype == result_dtype else out.astype(result_dtype)
+
+        return run
 
     def _finish(self, out: np.ndarray, bias: Tensor | None, dtype: np.dtype) -> Tensor:
         if bias is not None:

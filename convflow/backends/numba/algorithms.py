@@ -241,16 +241,17 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
             dw_mat[out_slice] += partial
 
 
-def _direct(kernel: Callable[..., None]) -> Callable[[Array, Array, Array, Geometry, int], None]:
+def _direct(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
+    # Looked up at call time: after a fork the module's kernels may be single-threaded twins.
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
-        kernel(a, b, out, *geometry.args, geometry.groups)
+        getattr(kernels, name)(a, b, out, *geometry.args, geometry.groups)
 
     return run
 
 
-def _depthwise(kernel: Callable[..., None]) -> Callable[[Array, Array, Array, Geometry, int], None]:
+def _depthwise(name: str) -> Callable[[Array, Array, Array, Geometry, int], None]:
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int) -> None:
-        kernel(a, b, out, *geometry.args)
+        getattr(kernels, name)(a, b, out, *geometry.args)
 
     return run
 
@@ -330,27 +331,30 @@ def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int) -> None:
     n_images, channels = x.shape[:2]
     layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
-    small = 2 * y.size * w[0].size < kernels.SERIAL_FLOPS
-    pack_input = kernels.pack_input_serial if small else kernels.pack_input
-    packed_direct = kernels.packed_direct_serial if small else kernels.packed_direct
     groups, c_per_group = geometry.groups, w.shape[1]
     w2 = w.reshape(w.shape[0], -1)
     plane = layout.plane
+    per_image = channels * layout.row_length(1) * x.dtype.itemsize
+    if 2 * y.size * w[0].size < kernels.SERIAL_FLOPS and n_images * per_image <= budget:
+        length = layout.row_length(n_images)
+        offsets = layout.pair_offsets(groups, c_per_group, length, n_images * plane)
+        kernels.packed_small(x, w2, offsets, y, length, layout.phases, layout.dq, layout.hq,
+                             layout.wq, *geometry.args[:6])
+        return
     if _reads_in_place(x.shape, layout, geometry):
         offsets = layout.pair_offsets(groups, c_per_group, plane, 0)
         for n in range(n_images):
-            packed_direct(x[n].reshape(-1), w2, offsets, y, n, 1, plane, layout.hq,
+            kernels.packed_direct(x[n].reshape(-1), w2, offsets, y, n, 1, plane, layout.hq,
                                   layout.wq, False)
         return
-    per_image = channels * layout.row_length(1) * x.dtype.itemsize
     images = max(1, min(n_images, budget // per_image))
     packed_x = np.empty((channels, layout.row_length(images)), dtype=x.dtype)
     for n0 in range(0, n_images, images):
         count = min(images, n_images - n0)
-        pack_input(x, n0, count, packed_x, layout.phases, layout.dq, layout.hq,
+        kernels.pack_input(x, n0, count, packed_x, layout.phases, layout.dq, layout.hq,
                            layout.wq, *geometry.args[:6])
         offsets = layout.pair_offsets(groups, c_per_group, packed_x.shape[1], count * plane)
-        packed_direct(packed_x.reshape(-1), w2, offsets, y, n0, count, plane,
+        kernels.packed_direct(packed_x.reshape(-1), w2, offsets, y, n0, count, plane,
                               layout.hq, layout.wq, True)
 
 
@@ -385,10 +389,8 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
 # None where the algorithm has no such pass (its rule lists the directions it serves).
 PASSES: dict[str, tuple[Callable[[Array, Array, Array, Geometry, int], None] | None, ...]] = {
     "packed_direct": (fprop_packed, None, None),
-    "direct": (_direct(kernels.fprop_direct), _direct(kernels.dgrad_direct),
-               _direct(kernels.wgrad_direct)),
-    "depthwise": (fprop_depthwise, _depthwise(kernels.dgrad_depthwise),
-                  _depthwise(kernels.wgrad_depthwise)),
+    "direct": (_direct("fprop_direct"), _direct("dgrad_direct"), _direct("wgrad_direct")),
+    "depthwise": (fprop_depthwise, _depthwise("dgrad_depthwise"), _depthwise("wgrad_depthwise")),
     "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_pointwise),
     "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
 }

@@ -9,14 +9,20 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
+from numba import config as numba_config
 from numba import njit, prange, uint64
 
 from ... import config
 
 _CACHE = bool(config.get("CONVFLOW_NUMBA_CACHE"))
+if _CACHE and "NUMBA_CACHE_DIR" not in os.environ:
+    # Compiled kernels go to convflow's cache directory (not next to the installed package,
+    # which may be read-only), unless the user chose numba's own location.
+    numba_config.CACHE_DIR = str(config.private_cache_dir() / "numba")  # type: ignore[attr-defined]
 _FASTMATH = {"contract", "reassoc"}
 
 
@@ -423,6 +429,98 @@ def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):
             dst_run[t] = 0
 
 
+@njit(inline="always", cache=_CACHE)
+def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, g, ob, p0,
+                  total, per_image):  # type: ignore[no-untyped-def]
+    """One job of :func:`packed_direct`: output channels ``ob * 4 ..`` of group ``g`` at
+    packed positions ``p0 .. p0 + PACKED_CHUNK``."""
+    pairs = w2.shape[1]
+    out_h = y.shape[3]
+    out_w = y.shape[4]
+    c_out_per_group = y.shape[1] // offsets.shape[0]
+    chunk = PACKED_CHUNK
+    count = min(chunk, total - p0)
+    runs = count
+    if vector_tail:
+        runs = (count + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
+    # Rows of w2 for the block's four output channels (repeated past the group's end;
+    # those results are never written back).
+    k0 = g * c_out_per_group + ob * PACKED_CO_BLOCK
+    last = g * c_out_per_group + c_out_per_group - 1
+    r0 = w2[k0]
+    r1 = w2[min(k0 + 1, last)]
+    r2 = w2[min(k0 + 2, last)]
+    r3 = w2[min(k0 + 3, last)]
+    acc = np.zeros((PACKED_CO_BLOCK, chunk), dtype=y.dtype)
+    # Unsigned read positions: numba then skips its negative-index wraparound test, so
+    # the loop vectorizes without making an array view per step.
+    base = uint64(p0)
+    full_steps = pairs // PACKED_PAIRS_PER_STEP
+    for step in range(full_steps):
+        q = step * PACKED_PAIRS_PER_STEP
+        ou = base + uint64(offsets[g, step, 0])
+        ov = base + uint64(offsets[g, step, 1])
+        os_ = base + uint64(offsets[g, step, 2])
+        w00 = r0[q]
+        w01 = r1[q]
+        w02 = r2[q]
+        w03 = r3[q]
+        w10 = r0[q + 1]
+        w11 = r1[q + 1]
+        w12 = r2[q + 1]
+        w13 = r3[q + 1]
+        w20 = r0[q + 2]
+        w21 = r1[q + 2]
+        w22 = r2[q + 2]
+        w23 = r3[q + 2]
+        for j in range(runs):
+            uj = uint64(j)
+            xu = xq_flat[ou + uj]
+            xv = xq_flat[ov + uj]
+            xs = xq_flat[os_ + uj]
+            acc[0, j] += w00 * xu + w10 * xv + w20 * xs
+            acc[1, j] += w01 * xu + w11 * xv + w21 * xs
+            acc[2, j] += w02 * xu + w12 * xv + w22 * xs
+            acc[3, j] += w03 * xu + w13 * xv + w23 * xs
+    # The last one or two pairs, on their own: a zero weight times real data could turn
+    # an Inf into a NaN.
+    for q in range(full_steps * PACKED_PAIRS_PER_STEP, pairs):
+        step = q // PACKED_PAIRS_PER_STEP
+        ou = base + uint64(offsets[g, step, q - step * PACKED_PAIRS_PER_STEP])
+        w00 = r0[q]
+        w01 = r1[q]
+        w02 = r2[q]
+        w03 = r3[q]
+        for j in range(runs):
+            xu = xq_flat[ou + uint64(j)]
+            acc[0, j] += w00 * xu
+            acc[1, j] += w01 * xu
+            acc[2, j] += w02 * xu
+            acc[3, j] += w03 * xu
+    # Write back the valid columns of every packed row the chunk touches.
+    first_image = p0 // plane
+    last_image = min((p0 + count - 1) // plane, n_images - 1)
+    for i in range(first_image, last_image + 1):
+        base = i * plane
+        first_row = max(p0 - base, 0) // wq
+        last_row = min(p0 + count - 1 - base, per_image - 1) // wq
+        for row in range(first_row, last_row + 1):
+            od = row // hq
+            oh = row - od * hq
+            if oh >= out_h:
+                continue
+            lo = max(base + row * wq, p0)
+            hi = min(base + row * wq + out_w, p0 + count)
+            for j in range(PACKED_CO_BLOCK):
+                k = ob * PACKED_CO_BLOCK + j
+                if k >= c_out_per_group:
+                    break
+                dst = y[n0 + i, g * c_out_per_group + k, od, oh]
+                src_acc = acc[j]
+                for p in range(lo, hi):
+                    dst[p - base - row * wq] = src_acc[p - p0]
+
+
 @_kernel()
 def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail):  # type: ignore[no-untyped-def]
     """``y[n0:n0 + n_images]`` from a packed tile (see above). ``w2`` is the weight as
@@ -430,101 +528,48 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
     (channel, tap) pair ``3 * s + i`` of group g. With ``vector_tail``, runs are rounded up
     to whole vectors (the buffer must have a tail to read)."""
     n_groups = offsets.shape[0]
-    pairs = w2.shape[1]
-    c_out = y.shape[1]
+    c_out_per_group = y.shape[1] // n_groups
     out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
-    c_out_per_group = c_out // n_groups
     n_blocks = (c_out_per_group + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
     per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
     total = (n_images - 1) * plane + per_image
-    chunk = PACKED_CHUNK
-    n_chunks = (total + chunk - 1) // chunk
+    n_chunks = (total + PACKED_CHUNK - 1) // PACKED_CHUNK
     for job in prange(n_groups * n_blocks * n_chunks):
         g = job // (n_blocks * n_chunks)
         rest = job - g * (n_blocks * n_chunks)
         ob = rest // n_chunks
-        p0 = (rest - ob * n_chunks) * chunk
-        count = min(chunk, total - p0)
-        runs = count
-        if vector_tail:
-            runs = (count + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
-        # Rows of w2 for the block's four output channels (repeated past the group's end;
-        # those results are never written back).
-        k0 = g * c_out_per_group + ob * PACKED_CO_BLOCK
-        last = g * c_out_per_group + c_out_per_group - 1
-        r0 = w2[k0]
-        r1 = w2[min(k0 + 1, last)]
-        r2 = w2[min(k0 + 2, last)]
-        r3 = w2[min(k0 + 3, last)]
-        acc = np.zeros((PACKED_CO_BLOCK, chunk), dtype=y.dtype)
-        # Unsigned read positions: numba then skips its negative-index wraparound test, so
-        # the loop vectorizes without making an array view per step.
-        base = uint64(p0)
-        full_steps = pairs // PACKED_PAIRS_PER_STEP
-        for step in range(full_steps):
-            q = step * PACKED_PAIRS_PER_STEP
-            ou = base + uint64(offsets[g, step, 0])
-            ov = base + uint64(offsets[g, step, 1])
-            os_ = base + uint64(offsets[g, step, 2])
-            w00 = r0[q]
-            w01 = r1[q]
-            w02 = r2[q]
-            w03 = r3[q]
-            w10 = r0[q + 1]
-            w11 = r1[q + 1]
-            w12 = r2[q + 1]
-            w13 = r3[q + 1]
-            w20 = r0[q + 2]
-            w21 = r1[q + 2]
-            w22 = r2[q + 2]
-            w23 = r3[q + 2]
-            for j in range(runs):
-                uj = uint64(j)
-                xu = xq_flat[ou + uj]
-                xv = xq_flat[ov + uj]
-                xs = xq_flat[os_ + uj]
-                acc[0, j] += w00 * xu + w10 * xv + w20 * xs
-                acc[1, j] += w01 * xu + w11 * xv + w21 * xs
-                acc[2, j] += w02 * xu + w12 * xv + w22 * xs
-                acc[3, j] += w03 * xu + w13 * xv + w23 * xs
-        # The last one or two pairs, on their own: a zero weight times real data could turn
-        # an Inf into a NaN.
-        for q in range(full_steps * PACKED_PAIRS_PER_STEP, pairs):
-            step = q // PACKED_PAIRS_PER_STEP
-            ou = base + uint64(offsets[g, step, q - step * PACKED_PAIRS_PER_STEP])
-            w00 = r0[q]
-            w01 = r1[q]
-            w02 = r2[q]
-            w03 = r3[q]
-            for j in range(runs):
-                xu = xq_flat[ou + uint64(j)]
-                acc[0, j] += w00 * xu
-                acc[1, j] += w01 * xu
-                acc[2, j] += w02 * xu
-                acc[3, j] += w03 * xu
-        # Write back the valid columns of every packed row the chunk touches.
-        first_image = p0 // plane
-        last_image = min((p0 + count - 1) // plane, n_images - 1)
-        for i in range(first_image, last_image + 1):
-            base = i * plane
-            first_row = max(p0 - base, 0) // wq
-            last_row = min(p0 + count - 1 - base, per_image - 1) // wq
-            for row in range(first_row, last_row + 1):
-                od = row // hq
-                oh = row - od * hq
-                if oh >= out_h:
-                    continue
-                lo = max(base + row * wq, p0)
-                hi = min(base + row * wq + out_w, p0 + count)
-                for j in range(PACKED_CO_BLOCK):
-                    k = ob * PACKED_CO_BLOCK + j
-                    if k >= c_out_per_group:
-                        break
-                    dst = y[n0 + i, g * c_out_per_group + k, od, oh]
-                    src_acc = acc[j]
-                    for p in range(lo, hi):
-                        dst[p - base - row * wq] = src_acc[p - p0]
+        p0 = (rest - ob * n_chunks) * PACKED_CHUNK
+        _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, g, ob,
+                      p0, total, per_image)
 
+
+@_kernel(parallel=False)
+def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+    """Pack every image and compute, in one single-threaded call (for tiny problems, where
+    a second dispatch and a thread-pool wake-up would cost more than the arithmetic)."""
+    n_images, channels = x.shape[0], x.shape[1]
+    plane = dq * hq * wq
+    n_phases = phases.shape[0]
+    xq = np.zeros((channels, length), dtype=x.dtype)
+    for c in range(channels):
+        run = xq[c]
+        for f in range(n_phases):
+            for i in range(n_images):
+                base = (f * n_images + i) * plane
+                _pack_phase(x, i, c, f, run[base:base + plane], phases, dq, hq, wq,
+                            sd, sh, sw, pd, ph, pw)
+    n_groups = offsets.shape[0]
+    c_out_per_group = y.shape[1] // n_groups
+    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
+    n_blocks = (c_out_per_group + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
+    per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
+    total = (n_images - 1) * plane + per_image
+    flat = xq.reshape(-1)
+    for g in range(n_groups):
+        for ob in range(n_blocks):
+            for p0 in range(0, total, PACKED_CHUNK):
+                _packed_block(flat, w2, offsets, y, 0, n_images, plane, hq, wq, True, g, ob, p0,
+                              total, per_image)
 
 
 @_kernel()
@@ -655,6 +700,20 @@ def depthwise_channels_last(x, w_t, y, kh_, kw_, sh, sw, ph, pw, dh, dw):  # typ
                 for c in range(cb):
                     outs[c, oh, ow] = row[c]
 
-pack_input_serial = _serial(pack_input)
-packed_direct_serial = _serial(packed_direct)
 depthwise_packed_serial = _serial(depthwise_packed)
+
+
+# GNU OpenMP is not fork-safe: numba terminates a forked child on its first parallel launch
+# once the parent has used the OpenMP pool. In such a child every parallel kernel is replaced
+# by its single-threaded twin (compiled, or loaded from numba's cache, on first use).
+PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depthwise",
+                    "wgrad_depthwise", "im2col", "col2im", "rows_to_output", "output_to_rows",
+                    "pack_input", "packed_direct", "depthwise_packed", "depthwise_channels_last")
+
+
+def use_serial_kernels() -> None:
+    """Make every parallel kernel of this module its single-threaded twin (after a fork)."""
+    module = globals()
+    for name in PARALLEL_KERNELS:
+        if module[name].targetoptions.get("parallel"):
+            module[name] = _serial(module[name])

@@ -1,0 +1,560 @@
+"""The opencl backend: PyOpenCL and kernels of our own in the style of MIOpen's solvers.
+
+Solvers (``convflow.explain()`` lists them with the reason each was or was not chosen):
+
+* ``naive`` -- one work-item per output; every problem, every pass (the baseline);
+* ``depthwise`` -- groups == C_in: several outputs of one channel per work-item;
+* GPU-style, for GPUs and other non-CPU devices (local memory, barriers, work-groups of
+  64-256): ``winograd`` (F(2x2,3x3)), ``gemm_1x1`` and ``im2col_gemm`` (a local-memory
+  tiled, register-blocked GEMM), ``tiled_direct`` (input tile + halo and weights in
+  ``__local`` memory, several outputs per work-item), ``direct_wrw`` (weight gradient by
+  work-group tree reductions);
+* CPU-style, for CPU devices such as PoCL (explicit float16 vectors, packed weights, no local
+  memory): ``vec_winograd``, ``vec_gemm_1x1``, ``vec_im2col_gemm``.
+
+The rules pick by the device type of ``opencl:0`` (CPU-style solvers on CPU devices,
+GPU-style ones elsewhere); every solver can be forced with ``algorithm=`` on any device and
+disabled with ``CONVFLOW_DISABLE_ALGOS``. A solver whose kernel fails to build or whose
+work-group or local memory needs exceed the device's limits falls back to the next rule with
+a :class:`~convflow.errors.SolverFallbackWarning`; no weight gradient uses atomics.
+
+pyopencl is imported when the backend's status is first asked for, so ``import convflow``
+works (and says why) without it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ... import config
+from ...errors import (
+    ArgumentTypeError,
+    BackendUnavailableError,
+    ConfigError,
+    DeviceError,
+    KernelBuildError,
+    SolverFallbackWarning,
+)
+from ...params import ConvProblem, Direction
+from ...tensor import Device, Tensor
+from ..base import AlgorithmRule, Backend, BackendStatus, excluded_reason
+from .runtime import (
+    ContextState,
+    DeviceEntry,
+    DeviceInfo,
+    SolverUnavailable,
+    enumerate_devices,
+    import_pyopencl,
+    match_devices,
+    pocl_cache_scope,
+    query_info,
+)
+from .solvers import SOLVERS, Call, Geom, Solver
+
+IM2COL_MIN_REDUCTION = 16
+IM2COL_MIN_OUT_CHANNELS = 4
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 32
+TILED_DIRECT_MAX_OUT_CHANNELS = 32
+
+_PAD_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
+_ELEMENT_KERNELS = {2: "u16", 4: "u32", 8: "u64"}
+
+# Rule order per device style: the style's own solvers first; the other style's solvers are
+# listed (so explain() shows them and algorithm= can force them) but never chosen by rule.
+CPU_ORDER = ("depthwise", "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "winograd",
+             "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw", "naive")
+GPU_ORDER = ("depthwise", "winograd", "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw",
+             "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "naive")
+
+
+# Rules -------------------------------------------------------------------------------------
+def _pass_channels(problem: ConvProblem) -> tuple[int, int]:
+    """(channels reduced over, channels produced) per group by this pass's kernels."""
+    if problem.direction == Direction.BACKWARD_DATA:
+        return problem.out_channels_per_group, problem.in_channels_per_group
+    return problem.in_channels_per_group, problem.out_channels_per_group
+
+
+def _winograd_fits(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return False, "Winograd solvers compute forward and data-gradient passes only"
+    if (problem.ndim == 2 and problem.kernel_size == (3, 3) and problem.stride == (1, 1)
+            and problem.dilation == (1, 1)):
+        return True, "2-D 3x3 kernel, stride 1, dilation 1"
+    return False, (f"needs a 2-D 3x3 kernel with stride 1 and dilation 1, got kernel "
+                   f"{problem.kernel_size}, stride {problem.stride}, dilation {problem.dilation}")
+
+
+def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
+    fits, why = _winograd_fits(problem)
+    if not fits:
+        return False, why
+    reduced, produced = _pass_channels(problem)
+    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
+                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
+    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    tiles = out[0] * -(-out[2] // 2) * -(-out[3] // 2)
+    if tiles < WINOGRAD_MIN_TILES:
+        return False, (f"{why}, but only {tiles} output tiles of 2x2 share each transformed "
+                       f"filter (needs >= {WINOGRAD_MIN_TILES} to amortize the filter transform)")
+    return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
+                  f"F(2x2,3x3) does 16 instead of 36 multiplications per 2x2 tile")
+
+
+def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.is_pointwise():
+        how = ("strided: the needed pixels are gathered first" if problem.is_strided()
+               else "no copy of the input")
+        return True, f"1x1 kernel without padding: one GEMM per group ({how})"
+    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
+                   f"padding {problem.padding}")
+
+
+def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
+    enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
+              and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
+    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
+              f"{problem.out_channels_per_group} output channels per group")
+    if enough:
+        return True, (f"{detail} make a GEMM worth it (>= {IM2COL_MIN_REDUCTION} and >= "
+                      f"{IM2COL_MIN_OUT_CHANNELS}); scratch tiled to CONVFLOW_WORKSPACE_MB")
+    return False, (f"{detail} are too few for a GEMM to pay (needs >= {IM2COL_MIN_REDUCTION} "
+                   f"and >= {IM2COL_MIN_OUT_CHANNELS})")
+
+
+def _tiled_direct_can_run(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return False, "tiled_direct computes forward and stride-1 data-gradient passes only"
+    if problem.direction == Direction.BACKWARD_DATA and problem.is_strided():
+        return False, (f"the data gradient is a forward convolution only for stride 1, got "
+                       f"stride {problem.stride}")
+    return True, "any kernel, padding, dilation and groups (stride 1 for the data gradient)"
+
+
+def _tiled_direct_rule(problem: ConvProblem) -> tuple[bool, str]:
+    ok, why = _tiled_direct_can_run(problem)
+    if not ok:
+        return False, why
+    produced = _pass_channels(problem)[1]
+    if produced < TILED_DIRECT_MAX_OUT_CHANNELS:
+        return True, (f"{produced} output channels per group would leave most of a 64-row GEMM "
+                      f"tile empty; direct tiles in local memory compute them without im2col")
+    return False, (f"{produced} output channels per group fill GEMM tiles (tiled_direct is "
+                   f"chosen below {TILED_DIRECT_MAX_OUT_CHANNELS})")
+
+
+def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.is_depthwise():
+        multiplier = problem.out_channels // problem.in_channels
+        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
+                      f"each channel is convolved on its own")
+    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
+                   f"(needs groups == C_in > 1)")
+
+
+def _weight_grad_only(problem: ConvProblem) -> tuple[bool, str]:
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return True, ("weight gradient by work-group tree reductions in local memory "
+                      "(deterministic, no atomics)")
+    return False, "computes the weight gradient only"
+
+
+def _always(problem: ConvProblem) -> tuple[bool, str]:
+    return True, "handles every problem"
+
+
+_APPLIES: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
+    "naive": lambda p: (True, "the always-applicable baseline: one work-item per output"),
+    "depthwise": _depthwise_rule,
+    "winograd": _winograd_rule,
+    "vec_winograd": _winograd_rule,
+    "gemm_1x1": _pointwise_rule,
+    "vec_gemm_1x1": _pointwise_rule,
+    "tiled_direct": _tiled_direct_rule,
+    "im2col_gemm": _im2col_rule,
+    "vec_im2col_gemm": _im2col_rule,
+    "direct_wrw": _weight_grad_only,
+}
+_CAN_RUN: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
+    "naive": _always,
+    "depthwise": _depthwise_rule,
+    "winograd": _winograd_fits,
+    "vec_winograd": _winograd_fits,
+    "gemm_1x1": _pointwise_rule,
+    "vec_gemm_1x1": _pointwise_rule,
+    "tiled_direct": _tiled_direct_can_run,
+    "im2col_gemm": _always,
+    "vec_im2col_gemm": _always,
+    "direct_wrw": _weight_grad_only,
+}
+
+
+def _make_rule(solver: Solver, style: str) -> AlgorithmRule:
+    applies_fn, can_run_fn = _APPLIES[solver.name], _CAN_RUN[solver.name]
+
+    def applies(problem: ConvProblem) -> tuple[bool, str]:
+        if solver.style not in ("any", style):
+            kind = "CPU" if style == "cpu" else "non-CPU"
+            return False, (f"{solver.style.upper()}-style solver, not chosen on a {kind} device "
+                           f"(force it with algorithm={solver.name!r})")
+        return applies_fn(problem)
+
+    return AlgorithmRule(solver.name, solver.summary, applies, can_run_fn, solver.directions)
+
+
+RULES: dict[str, tuple[AlgorithmRule, ...]] = {
+    "cpu": tuple(_make_rule(SOLVERS[name], "cpu") for name in CPU_ORDER),
+    "gpu": tuple(_make_rule(SOLVERS[name], "gpu") for name in GPU_ORDER),
+}
+
+
+class OpenCLBackend(Backend):
+    """Any OpenCL device through PyOpenCL; kernels from ``kernels/opencl/*.cl``."""
+
+    name = "opencl"
+    device_type = "opencl"
+
+    def __init__(self) -> None:
+        self._status: BackendStatus | None = None
+        self._opened_in: int | None = None
+        self._lock = threading.RLock()
+        self._cl: Any = None
+        self._devices: list[tuple[DeviceEntry, Any, DeviceInfo]] = []
+        self._default_states: dict[int, ContextState] = {}
+        self._states: dict[int, ContextState] = {}
+
+    # Status ------------------------------------------------------------------------------
+    def status(self) -> BackendStatus:
+        with self._lock:
+            if self._status is None:
+                self._status = self._probe()
+            if self._opened_in is not None and self._opened_in != os.getpid():
+                # A forked child inherits the driver's state but not its threads: any
+                # OpenCL call would hang, so the backend refuses instead.
+                return BackendStatus(
+                    self.name, False, f"OpenCL was opened in process {self._opened_in}, "
+                    f"which forked this one, and OpenCL drivers do not survive fork(); start "
+                    f"worker processes with multiprocessing's 'spawn' or 'forkserver' method",
+                    self.device_type)
+            return self._status
+
+    def _probe(self) -> BackendStatus:
+        try:
+            cl = import_pyopencl()
+        except ImportError as exc:
+            return BackendStatus(self.name, False, f"pyopencl is not installed ({exc}); "
+                                 f"pip install 'convflow[opencl]'", self.device_type)
+        self._opened_in = os.getpid()
+        try:
+            found = enumerate_devices(cl)
+        except cl.Error as exc:
+            found, error = [], str(exc).strip()
+        else:
+            error = "no platform lists a device"
+        if not found:
+            return BackendStatus(
+                self.name, False, f"pyopencl {cl.VERSION_TEXT} finds no OpenCL device ({error}); "
+                f"install an OpenCL driver, e.g. apt-get install pocl-opencl-icd",
+                self.device_type, version=cl.VERSION_TEXT)
+        try:
+            chosen = match_devices([entry for entry, _ in found],
+                                   config.get("CONVFLOW_OPENCL_DEVICE"))
+        except ConfigError as exc:
+            return BackendStatus(self.name, False, str(exc), self.device_type,
+                                 version=cl.VERSION_TEXT)
+        devices = dict(found)
+        self._cl = cl
+        with pocl_cache_scope():
+            self._devices = [(entry, devices[entry], query_info(cl, devices[entry]))
+                             for entry in chosen]
+        first = self._devices[0][2]
+        labels = tuple(f"opencl:{i} {info.describe()}" for i, (_, _, info) in
+                       enumerate(self._devices))
+        details = {"device selection": config.get("CONVFLOW_OPENCL_DEVICE")
+                   or "every device, GPUs first (CONVFLOW_OPENCL_DEVICE unset)",
+                   "solver style": f"{first.style} (chosen by the device type of opencl:0)"}
+        return BackendStatus(
+            self.name, True, f"pyopencl {cl.VERSION_TEXT}, {len(self._devices)} device(s), "
+            f"opencl:0 is {first.name} ({first.type})", self.device_type, labels,
+            cl.VERSION_TEXT, details)
+
+    def device_infos(self) -> list[DeviceInfo]:
+        """The limits of each visible device, ``opencl:i`` at index i."""
+        self.status()
+        return [info for _, _, info in self._devices]
+
+    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+        infos = self.device_infos()
+        return RULES[infos[0].style if infos else "gpu"]
+
+    def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
+        if device.type != "opencl":
+            return f"the opencl backend computes on OpenCL devices, not on {device}"
+        infos = self.device_infos()
+        if device.index >= len(infos):
+            return (f"device {device} does not exist: {len(infos)} OpenCL device(s) are visible "
+                    f"(CONVFLOW_OPENCL_DEVICE selects them)")
+        info = infos[device.index]
+        if problem.dtype == "float64" and not info.fp64:
+            return (f"{info.name!r} does not support float64 (no cl_khr_fp64); convert the "
+                    f"operands to float32 or use another backend")
+        return None
+
+    def available_memory(self, device: Device) -> int:
+        return self._info(device).global_mem_size
+
+    def device_identity(self, device: Device) -> str:
+        info = self._info(device)
+        return (f"{info.name} ({info.type}), {info.platform} {info.version}, driver {info.driver}, "
+                f"{info.compute_units} compute units")
+
+    def synchronize(self, device: Device) -> None:
+        self._default_state(device.index).queue.finish()
+
+    def _info(self, device: Device) -> DeviceInfo:
+        infos = self.device_infos()
+        if device.type != "opencl" or not 0 <= device.index < len(infos):
+            raise DeviceError(f"device {device} does not exist: {len(infos)} OpenCL device(s) "
+                              f"are visible; choose one of "
+                              f"{', '.join(f'opencl:{i}' for i in range(len(infos)))}")
+        return infos[device.index]
+
+    # Contexts ----------------------------------------------------------------------------
+    def _default_state(self, index: int) -> ContextState:
+        self._info(Device("opencl", index))
+        with self._lock:
+            state = self._default_states.get(index)
+            if state is None:
+                cl = self._cl
+                _, device, info = self._devices[index]
+                with pocl_cache_scope():
+                    context = cl.Context([device])
+                state = ContextState(cl, context, device, info)
+                self._default_states[index] = state
+                self._states[context.int_ptr] = state
+            return state
+
+    def _state_for(self, array: Any) -> ContextState:
+        context = array.context
+        with self._lock:
+            state = self._states.get(context.int_ptr)
+            if state is not None:
+                return state
+            device = self._device_of(array)
+            index = self._index_of(device)
+            info = self._devices[index][2]
+            state = ContextState(self._cl, context, device, info)
+            self._states[context.int_ptr] = state
+            return state
+
+    def _index_of(self, device: Any) -> int:
+        for index, (_, known, _) in enumerate(self._devices):
+            if known.int_ptr == device.int_ptr:
+                return index
+        raise DeviceError(f"the pyopencl array lives on {device.name.strip()!r}, which is not "
+                          f"among convflow's OpenCL devices "
+                          f"({', '.join(info.name for info in self.device_infos())}); check "
+                          f"CONVFLOW_OPENCL_DEVICE")
+
+    def state(self, device: Device) -> ContextState:
+        """The context convflow uses for tensors it creates on *device*."""
+        return self._default_state(device.index)
+
+    # Storage -----------------------------------------------------------------------------
+    def adopt(self, obj: Any) -> Tensor:
+        import pyopencl.array as cl_array
+
+        if not isinstance(obj, cl_array.Array):
+            raise ArgumentTypeError(f"expected a pyopencl.array.Array, got {type(obj).__name__}")
+        self.status()
+        return Tensor(obj, Device("opencl", self._index_of(self._device_of(obj))))
+
+    @staticmethod
+    def _device_of(array: Any) -> Any:
+        if array.queue is not None:
+            return array.queue.device
+        return array.context.devices[0]
+
+    def upload(self, host: np.ndarray, device: Device) -> Tensor:
+        state = self._default_state(device.index)
+        return Tensor(state.to_device(state.queue, host), device)
+
+    def download(self, t: Tensor) -> np.ndarray:
+        array = self._contiguous(t.data)
+        return array.get(queue=array.queue or self._state_for(array).queue)  # type: ignore[no-any-return]
+
+    def copy(self, t: Tensor) -> Tensor:
+        array = t.data
+        if array.flags.c_contiguous:
+            copied = array.copy(queue=array.queue or self._state_for(array).queue)
+        else:
+            copied = self._contiguous(array)
+        return Tensor(copied, t.device)
+
+    def _contiguous(self, array: Any, queue: Any = None) -> Any:
+        """*array* itself if C-contiguous with no offset, else a contiguous device copy."""
+        if array.flags.c_contiguous and array.offset == 0:
+            return array
+        state = self._state_for(array)
+        queue = queue or array.queue or state.queue
+        out = state.empty(queue, array.shape, array.dtype)
+        if out.size:
+            itemsize = array.dtype.itemsize
+            shape, strides = self._five_dims(array)
+            kernel = state.kernel(("opencl/layout.cl",),
+                                  f"copy_strided_{_ELEMENT_KERNELS[itemsize]}", {})
+            state.launch(queue, kernel, (out.size,), (64,), array.base_data,
+                         np.int64(array.offset // itemsize), *shape,
+                         *(np.int64(s) for s in strides), out.data)
+        return out
+
+    @staticmethod
+    def _five_dims(array: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if array.ndim > 5:
+            raise ArgumentTypeError(f"non-contiguous pyopencl arrays of more than 5 dims are not "
+                                    f"supported (got shape {array.shape}); make it contiguous")
+        itemsize = array.dtype.itemsize
+        missing = 5 - array.ndim
+        shape = (1,) * missing + tuple(int(s) for s in array.shape)
+        strides = (0,) * missing + tuple(int(s) // itemsize for s in array.strides)
+        return shape, strides
+
+    # Math --------------------------------------------------------------------------------
+    def _on_device(self, t: Tensor) -> Tensor:
+        """Host tensors (e.g. the bias gradient's dy when no other pass ran) go to opencl:0."""
+        return t if t.device.type == "opencl" else self.upload(np.asarray(t.data), Device("opencl"))
+
+    def _call(self, tensors: Sequence[Tensor | None], dtype: np.dtype) -> Call:
+        first = next(t for t in tensors if t is not None)
+        state = self._state_for(first.data)
+        queue = first.data.queue or state.queue
+        compute = np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+        budget = min(config.get("CONVFLOW_WORKSPACE_MB") << 20, state.info.max_mem_alloc_size)
+        return Call(state, queue, compute, budget)
+
+    def _operand(self, call: Call, t: Tensor) -> Any:
+        """*t* as a contiguous array in the compute dtype, in the call's context."""
+        array = t.data
+        state = call.state
+        if array.context.int_ptr != state.context.int_ptr:
+            array = state.to_device(call.queue, self.download(t))
+        elif array.queue is not None and array.queue is not call.queue:
+            array.queue.finish()
+        if array.dtype == np.float16:
+            out = call.tensor(array.shape)
+            if out.size:
+                shape, strides = self._five_dims(array)
+                kernel = state.kernel(("opencl/convert.cl",), "half_to_float", {})
+                call.launch(kernel, (out.size,), (64,), array.base_data,
+                            np.int64(array.offset // 2), *shape,
+                            *(np.int64(s) for s in strides), out.data)
+            return out
+        return self._contiguous(array, call.queue)
+
+    def _result(self, call: Call, out: Any, dtype: np.dtype, device: Device) -> Tensor:
+        if dtype == np.float16:
+            half = call.state.empty(call.queue, out.shape, np.float16)
+            if out.size:
+                kernel = call.state.kernel(("opencl/convert.cl",), "float_to_half", {})
+                call.launch(kernel, (out.size,), (64,), out.data, half.data,
+                            np.int64(out.size))
+            out = half
+        return Tensor(out, device)
+
+    def _solve(self, problem: ConvProblem, algorithm: str, call: Call, a: Any, b: Any,
+               out: Any) -> None:
+        """Run *algorithm*; on a build failure or a device limit, warn and try the next
+        solver whose rule applies (``naive`` last), so a call never crashes on one kernel."""
+        geometry = Geom.of(problem)
+        rules = [r for r in self.algorithm_rules() if problem.direction in r.directions]
+        tried: list[str] = []
+        name = algorithm
+        while True:
+            solver = SOLVERS[name]
+            try:
+                solver.pass_for(problem.direction)(call, geometry, a, b, out)
+                return
+            except (KernelBuildError, SolverUnavailable) as exc:
+                tried.append(name)
+                following = [r.name for r in rules if r.name not in tried and r.applies(problem)[0]
+                             and not excluded_reason(r)]
+                if not following:
+                    if isinstance(exc, KernelBuildError):
+                        raise
+                    raise BackendUnavailableError(
+                        f"no opencl solver can run {problem.describe()} on "
+                        f"{call.state.info.name!r}: {exc}; use another backend") from exc
+                what = "failed to build" if isinstance(exc, KernelBuildError) else "cannot run here"
+                warnings.warn(SolverFallbackWarning(
+                    f"opencl solver {name!r} {what} ({exc}); falling back to {following[0]!r} "
+                    f"for {problem.describe()}"), stacklevel=4)
+                name = following[0]
+
+    def _pass(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
+              bias: Tensor | None, out_shape: tuple[int, ...]) -> Tensor:
+        a, b = self._on_device(a), self._on_device(b)
+        bias = None if bias is None else self._on_device(bias)
+        dtype = a.dtype
+        call = self._call((a, b, bias), dtype)
+        a_arr, b_arr = self._operand(call, a), self._operand(call, b)
+        out = call.tensor(out_shape)
+        self._solve(problem, algorithm, call, a_arr, b_arr, out)
+        if bias is not None:
+            bias_arr = self._operand(call, bias)
+            inner = int(np.prod(out_shape[2:], dtype=np.int64))
+            call.flat("util", "bias_add", out.size, out.data, bias_arr.data, out_shape[1],
+                      np.int64(inner), np.int64(out.size))
+        return self._result(call, out, dtype, a.device)
+
+    def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                algorithm: str) -> Tensor:
+        return self._pass(problem, algorithm, x, w, b, problem.y_shape)
+
+    def backward_data(self, dy: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
+                      algorithm: str) -> Tensor:
+        return self._pass(problem, algorithm, dy, w, b, problem.x_shape)
+
+    def backward_weight(self, x: Tensor, dy: Tensor, problem: ConvProblem,
+                        algorithm: str) -> Tensor:
+        return self._pass(problem, algorithm, x, dy, None, problem.w_shape)
+
+    def bias_grad(self, dy: Tensor) -> Tensor:
+        dy = self._on_device(dy)
+        call = self._call((dy,), dy.dtype)
+        grad = self._operand(call, dy)
+        channels = dy.shape[1]
+        out = call.tensor((channels,))
+        inner = int(np.prod(dy.shape[2:], dtype=np.int64))
+        if dy.shape[0] == 0 or inner == 0:
+            call.zero(out)
+        elif channels:
+            group = call.state.reduction_group()
+            kernel = call.kernel("util", "bias_grad", RED_WG=group)
+            call.launch(kernel, (channels * group,), (group,), grad.data, out.data, dy.shape[0],
+                        channels, np.int64(inner), fixed=True)
+        return self._result(call, out, dy.dtype, dy.device)
+
+    def pad(self, x: Tensor, padding: Sequence[tuple[int, int]], mode: str) -> Tensor:
+        x = self._on_device(x)
+        call = self._call((x,), x.dtype)
+        array = self._contiguous(x.data, call.queue)
+        lifted = (1,) * (3 - len(padding)) + tuple(int(s) for s in x.shape[2:])
+        lows = (0,) * (3 - len(padding)) + tuple(lo for lo, _ in padding)
+        highs = (0,) * (3 - len(padding)) + tuple(hi for _, hi in padding)
+        padded = tuple(s + lo + hi for s, lo, hi in zip(lifted, lows, highs))
+        out_shape = (*x.shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x.shape[2:], padding)))
+        out = call.state.empty(call.queue, out_shape, x.dtype)
+        if out.size:
+            kernel = call.state.kernel(("opencl/layout.cl",),
+                                       f"pad_{_ELEMENT_KERNELS[x.dtype.itemsize]}", {})
+            call.launch(kernel, (out.size,), (64,), array.data, out.data,
+                        x.shape[0] * x.shape[1], *lifted, *padded, *lows, _PAD_MODES[mode])
+        return Tensor(out, x.device)

@@ -1,0 +1,696 @@
+"""The opencl backend's solvers: host code that sizes workspaces and launches kernels.
+
+Every solver works on contiguous device arrays in the compute dtype (float32 or float64)
+and 5-D geometry (1-D and 2-D problems lifted, :class:`Geom`). A solver that cannot run on
+this device (local memory, work-group limits, buffer sizes) raises
+:class:`~.runtime.SolverUnavailable`; one whose kernel fails to build raises
+:class:`~convflow.errors.KernelBuildError`; the backend then falls back to the next solver.
+
+GPU-style solvers (``tiled_direct``, ``gemm_1x1``, ``im2col_gemm``, ``winograd``,
+``direct_wrw``) use local-memory tiles and barriers; CPU-style ones (``vec_gemm_1x1``,
+``vec_im2col_gemm``, ``vec_winograd``) use explicit vectors and no local memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ...params import ConvProblem, Direction
+from .runtime import ContextState, SolverUnavailable
+
+Array = Any  # pyopencl.array.Array
+
+COMMON = "opencl/common.h"
+PROGRAMS: dict[str, tuple[str, ...]] = {
+    "naive": (COMMON, "opencl/naive.cl"),
+    "util": (COMMON, "opencl/util.cl"),
+    "gemm": (COMMON, "opencl/gemm.cl"),
+    "vgemm": (COMMON, "opencl/vgemm.cl"),
+    "depthwise": (COMMON, "opencl/depthwise.cl"),
+    "winograd": (COMMON, "opencl/winograd.cl"),
+    "direct_tiled": (COMMON, "opencl/direct_tiled.cl"),
+    "direct_wrw": (COMMON, "opencl/direct_wrw.cl"),
+}
+
+# Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
+FLAT_GROUP = 64          # 1-D element-wise kernels
+VGEMM_GROUP = 8          # CPU-style GEMMs: 8 row panels share one B strip in cache
+MR = 6                   # rows of a vgemm_n micro-tile
+NRJ = 6                  # columns of a vgemm_m micro-tile
+NT_RM, NT_RJ = 4, 3      # vgemm_nt micro-tile
+RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
+PACK_RUN = 16            # k values one pack_panels work-item copies
+NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
+WINO_RUN = 8             # tiles (channels) one Winograd transform work-item handles
+INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
+
+
+@dataclass(frozen=True)
+class Geom:
+    """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
+    y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups."""
+
+    x: tuple[int, int, int, int, int]
+    w: tuple[int, int, int, int, int]
+    y: tuple[int, int, int, int, int]
+    stride: tuple[int, int, int]
+    pad: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    groups: int
+
+    @classmethod
+    def of(cls, problem: ConvProblem) -> Geom:
+        missing = 3 - problem.ndim
+
+        def lift(shape: tuple[int, ...]) -> Any:
+            return shape[:2] + (1,) * missing + shape[2:]
+
+        return cls(lift(problem.x_shape), lift(problem.w_shape), lift(problem.y_shape),
+                   (1,) * missing + problem.stride,  # type: ignore[arg-type]
+                   (0,) * missing + tuple(lo for lo, _ in problem.padding),  # type: ignore[arg-type]
+                   (1,) * missing + problem.dilation,  # type: ignore[arg-type]
+                   problem.groups)
+
+    @property
+    def args(self) -> tuple[int, ...]:
+        return (*self.x, *self.w, *self.y[2:], *self.stride, *self.pad, *self.dilation,
+                self.groups)
+
+    @property
+    def taps(self) -> int:
+        return self.w[2] * self.w[3] * self.w[4]
+
+    @property
+    def positions(self) -> int:
+        return self.y[2] * self.y[3] * self.y[4]
+
+    @property
+    def plane(self) -> int:
+        return self.x[2] * self.x[3] * self.x[4]
+
+    @property
+    def out_per_group(self) -> int:
+        return self.w[0] // self.groups
+
+    def unit_stride(self) -> bool:
+        return self.stride == (1, 1, 1)
+
+    def flipped(self) -> Geom:
+        """The data gradient of a stride-1 pass as a forward convolution of dy with the
+        flipped, channel-swapped weights (util.cl flip_weights) and padding
+        ``dilation * (k - 1) - pad`` (negative values crop)."""
+        assert self.unit_stride()
+        k, c = self.w[0], self.x[1]
+        pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
+        return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
+                       pad=pad)  # type: ignore[arg-type]
+
+
+@dataclass
+class Call:
+    """What one backend call computes with: the context, queue, compute dtype, budget."""
+
+    state: ContextState
+    queue: Any
+    dtype: np.dtype
+    budget: int
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.itemsize)
+
+    def defines(self, **extra: Any) -> dict[str, Any]:
+        defines: dict[str, Any] = {"USE_DOUBLE": True} if self.dtype == np.float64 else {}
+        defines.update(extra)
+        return defines
+
+    def kernel(self, program: str, name: str, **extra: Any) -> Any:
+        return self.state.kernel(PROGRAMS[program], name, self.defines(**extra))
+
+    def empty(self, shape: Sequence[int]) -> Array:
+        """Solver scratch in the compute dtype (too large: SolverUnavailable)."""
+        return self.state.empty(self.queue, shape, self.dtype, scratch=True)
+
+    def tensor(self, shape: Sequence[int]) -> Array:
+        """A result tensor in the compute dtype (too large: WorkspaceTooLargeError)."""
+        return self.state.empty(self.queue, shape, self.dtype)
+
+    def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
+               *args: Any, fixed: bool = False) -> None:
+        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed)
+
+    def flat(self, program: str, name: str, count: int, *args: Any, **extra: Any) -> None:
+        """Launch a 1-D element-wise kernel over *count* items."""
+        if count:
+            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args)
+
+    def zero(self, a: Array) -> None:
+        self.flat("util", "fill_zero", a.size, a.data, np.int64(a.size))
+
+
+def L(value: int) -> np.int64:
+    """A 64-bit (``long``) kernel argument: element offsets and strides."""
+    return np.int64(value)
+
+
+# Shared steps ------------------------------------------------------------------------------
+def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: int, sk: int,
+                sb1: int = 0, sb2: int = 0, nb1: int = 1, nb2: int = 1) -> tuple[Array, int]:
+    """Pack ``A_b(m, k) = src[s0 + b1*sb1 + b2*sb2 + m*sm + k*sk]`` into panels of *r* rows
+    for the vgemm kernels; returns the buffer and the elements per batch entry."""
+    mpad = -(-m // r) * r
+    per_batch = mpad * k
+    out = call.empty((nb1 * nb2 * per_batch,))
+    call.launch(call.kernel("util", "pack_panels"), (-(-k // PACK_RUN), mpad, nb1 * nb2),
+                (1, FLAT_GROUP // 8, 1), src.data, out.data, m, k, r, mpad, L(s0), sm, sk,
+                L(sb1), L(sb2), nb2)
+    return out, per_batch
+
+
+def flip_weights(call: Call, g: Geom, w: Array) -> Array:
+    k, cg = g.w[0], g.w[1]
+    out = call.empty((g.x[1], k // g.groups, *g.w[2:]))
+    call.flat("util", "flip_weights", out.size, w.data, out.data, k, cg, g.groups, g.taps)
+    return out
+
+
+def _vgemm_rows(kind: str, call: Call) -> int:
+    vw = 16 if call.dtype == np.float32 else 8
+    return MR if kind == "vgemm_n" else vw
+
+
+def vgemm_kind(call: Call, pcount: int) -> str:
+    """vgemm_n (vectors along positions) unless an image has too few positions to fill the
+    vectors, then vgemm_m (vectors along output channels)."""
+    vw = 16 if call.dtype == np.float32 else 8
+    if pcount % vw == 0 or pcount >= 8 * vw:
+        return "vgemm_n"
+    return "vgemm_m"
+
+
+@dataclass(frozen=True)
+class VOperand:
+    """Addressing of a vgemm B or C operand: element (k or m, img, p) at
+    ``base + b1*s_b1 + b2*s_b2 + img*s_img + row*ld + p``."""
+
+    base: int
+    s_img: int
+    ld: int
+    s_b1: int = 0
+    s_b2: int = 0
+
+
+def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int, m: int,
+          k: int, nimg: int, pcount: int, b: Array, bo: VOperand, c: Array, co: VOperand,
+          nb1: int = 1, nb2: int = 1, accumulate: bool = False) -> None:
+    """C(m, (img, p)) (+)= sum_k A(m, k) B(k, (img, p)) with A packed for *kind*."""
+    kernel = call.kernel("vgemm", kind, MR=MR, NRJ=NRJ)
+    vw = 16 if call.dtype == np.float32 else 8
+    if kind == "vgemm_n":
+        columns, rows = nimg * -(-pcount // vw), -(-m // MR)
+    else:
+        columns, rows = -(-(nimg * pcount) // NRJ), -(-m // vw)
+    call.launch(kernel, (rows, columns, nb1 * nb2), (VGEMM_GROUP, 1, 1),
+                m, k, nimg, pcount, packed.data, L(ap0), L(ap_b1), L(ap_b2),
+                b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
+                c.data, L(co.base), L(co.s_img), co.ld, L(co.s_b1), L(co.s_b2), nb2,
+                accumulate)
+
+
+def vgemm_nt(call: Call, m: int, nj: int, nimg: int, pcount: int, a: Array, ao: VOperand,
+             b: Array, bo: VOperand, c: Array, c0: int, ldc: int, c_img: int = 0,
+             cp: int = 0, c_b1: int = 0, c_b2: int = 0, nb1: int = 1, nb2: int = 1,
+             accumulate: bool = False) -> None:
+    """C(m, j) (+)= sum_{img, p} A(m, (img, p)) B(j, (img, p)): reductions along memory;
+    column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``."""
+    kernel = call.kernel("vgemm", "vgemm_nt", MR=MR, NRJ=NRJ)
+    call.launch(kernel, (-(-nj // NT_RJ), -(-m // NT_RM), nb1 * nb2), (VGEMM_GROUP, 1, 1),
+                m, nj, nimg, pcount, a.data, L(ao.base), L(ao.s_img), ao.ld, L(ao.s_b1),
+                L(ao.s_b2), b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
+                c.data, L(c0), L(c_img), cp or nj, ldc, L(c_b1), L(c_b2), nb2, accumulate)
+
+
+@dataclass(frozen=True)
+class GOperand:
+    """gemm_tiled addressing (see gemm.cl): offsets and strides of one operand."""
+
+    base: int = 0
+    s_m: int = 0      # A: per row m; C: per row m
+    s_kimg: int = 0   # A, B: per image of the reduction index
+    s_k: int = 0      # A, B: per reduction position
+    s_jimg: int = 0   # B, C: per image of the column index
+    s_j: int = 0      # B, C: per column position
+    s_b1: int = 0
+    s_b2: int = 0
+
+
+def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, ao: GOperand,
+               b: Array, bo: GOperand, c: Array, co: GOperand, nb1: int = 1, nb2: int = 1,
+               accumulate: bool = False) -> None:
+    """The GPU-style local-memory tiled GEMM (gemm.cl) with its work-group size chosen
+    from the device's limits: 16x16 items on 64x64 tiles, else 8x8 on 32x32."""
+    kernel, why = None, ""
+    for ts in (64, 32):
+        threads = (ts // 4) ** 2
+        if threads > call.state.info.max_work_group_size:
+            why = (f"the tiled GEMM needs work-groups of at least 64 items; "
+                   f"{call.state.info.name!r} allows {call.state.info.max_work_group_size}")
+            continue
+        candidate = call.kernel("gemm", "gemm_tiled", TS=ts)
+        try:
+            call.state.check_local(candidate, 0, f"the {ts}x{ts} tiled GEMM")
+        except SolverUnavailable as exc:
+            why = str(exc)
+            continue
+        if threads <= call.state.max_group(candidate):
+            kernel = candidate
+            break
+        why = (f"the tiled GEMM needs work-groups of at least 64 items; {call.state.info.name!r} "
+               f"allows {call.state.max_group(candidate)} for it")
+    if kernel is None:
+        raise SolverUnavailable(why)
+    rt = ts // 4
+    call.launch(kernel, (-(-n // ts) * rt, -(-m // ts) * rt, nb1 * nb2), (rt, rt, 1),
+                m, n, k, max(kp, 1), max(np_, 1),
+                a.data, L(ao.base), L(ao.s_m), L(ao.s_kimg), L(ao.s_k), L(ao.s_b1), L(ao.s_b2),
+                b.data, L(bo.base), L(bo.s_kimg), L(bo.s_k), L(bo.s_jimg), L(bo.s_j),
+                L(bo.s_b1), L(bo.s_b2),
+                c.data, L(co.base), L(co.s_m), L(co.s_jimg), L(co.s_j), L(co.s_b1), L(co.s_b2),
+                nb2, accumulate, fixed=True)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Output positions ``p_start .. p_start + pcount`` of images ``n0 .. n0 + nimg``."""
+
+    n0: int
+    nimg: int
+    p_start: int
+    pcount: int
+
+    @property
+    def columns(self) -> int:
+        return self.nimg * self.pcount
+
+
+def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int,
+               min_columns: int = 16) -> list[Tile]:
+    """Split (image, position) columns into tiles whose scratch fits *budget*: whole
+    images when one fits (several per tile), else ranges of one image's positions."""
+    max_columns = max(min_columns, budget // max(1, bytes_per_column))
+    if positions <= max_columns:
+        per = max(1, max_columns // positions)
+        return [Tile(n, min(per, n_images - n), 0, positions) for n in range(0, n_images, per)]
+    return [Tile(n, 1, p, min(max_columns, positions - p))
+            for n in range(n_images) for p in range(0, positions, max_columns)]
+
+
+# Solvers -----------------------------------------------------------------------------------
+Pass = Callable[[Call, Geom, Array, Array, Array], None]
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One named solver: its passes (None where it has none) and the device style it suits."""
+
+    name: str
+    style: str            # "any", "gpu" or "cpu"
+    summary: str
+    forward: Pass | None
+    backward_data: Pass | None
+    backward_weight: Pass | None
+
+    @property
+    def directions(self) -> frozenset[Direction]:
+        present = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
+                   Direction.BACKWARD_WEIGHT: self.backward_weight}
+        return frozenset(d for d, f in present.items() if f is not None)
+
+    def pass_for(self, direction: Direction) -> Pass:
+        run = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
+               Direction.BACKWARD_WEIGHT: self.backward_weight}[direction]
+        assert run is not None, (self.name, direction)
+        return run
+
+
+# naive -------------------------------------------------------------------------------------
+def _naive(kernel_name: str) -> Pass:
+    def run(call: Call, g: Geom, a: Array, b: Array, out: Array) -> None:
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args)
+
+    return run
+
+
+# depthwise ---------------------------------------------------------------------------------
+DW_OPI = 4
+
+
+def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+    n, k, od, oh, ow = g.y
+    call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
+                (8, 8, 1), x.data, w.data, y.data, *g.args)
+
+
+def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+    n, c, d, h, wd = g.x
+    call.launch(call.kernel("depthwise", "depthwise_bwd_data"),
+                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *g.args)
+
+
+def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+    group = call.state.reduction_group(RED_GROUP)
+    kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=group)
+    call.state.check_local(kernel, 0, "direct_wrw")
+    total = dw.size
+    rows = -(-total // 65535)
+    cols = min(total, 65535)
+    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
+                fixed=True)
+
+
+# tiled direct ------------------------------------------------------------------------------
+OWPI, OCPI, CIC = 2, 4, 4
+
+
+def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+    info = call.state.info
+    shape = next(((tw, th) for tw, th in ((16, 8), (8, 8), (8, 4))
+                  if tw * th <= info.max_work_group_size), None)
+    if shape is None:
+        raise SolverUnavailable(f"tiled_direct needs work-groups of 32 items; {info.name!r} "
+                                f"allows {info.max_work_group_size}")
+    tw, th = shape
+    kernel = call.kernel("direct_tiled", "direct_tiled_fwd", TW=tw, TH=th)
+    sh, sw = g.stride[1:]
+    dh, dw = g.dilation[1:]
+    kh, kw = g.w[3:]
+    in_tw = (tw * OWPI - 1) * sw + (kw - 1) * dw + 1
+    in_th = (th - 1) * sh + (kh - 1) * dh + 1
+    x_bytes = CIC * in_th * in_tw * call.itemsize
+    w_bytes = OCPI * CIC * kh * kw * call.itemsize
+    call.state.check_local(kernel, x_bytes + w_bytes,
+                           f"tiled_direct's input tile ({in_th}x{in_tw} per channel) and weights")
+    import pyopencl as cl
+
+    n, _, od, oh, ow = g.y
+    co_blocks = -(-g.out_per_group // OCPI)
+    call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
+                         n * g.groups * co_blocks * od), (tw, th, 1),
+                x.data, w.data, y.data, *g.args, in_tw, in_th, co_blocks,
+                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
+
+
+def via_flipped_forward(forward: Pass) -> Pass:
+    """The data gradient of a stride-1 problem as a forward pass with flipped weights."""
+
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+        forward(call, g.flipped(), dy, flip_weights(call, g, w), dx)
+
+    return run
+
+
+# 1x1 and im2col GEMMs ----------------------------------------------------------------------
+def _pointwise_in_place(g: Geom) -> bool:
+    return g.unit_stride() and g.x[2:] == g.y[2:] and g.taps == 1 and g.pad == (0, 0, 0)
+
+
+def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS):
+            fallback(call, g, x, w, y)
+            return
+        n, c = g.x[:2]
+        k, cg = g.w[:2]
+        kg, p, groups = g.out_per_group, g.positions, g.groups
+        if style == "gpu":
+            gemm_tiled(call, kg, n * p, cg, cg, p,
+                       w, GOperand(s_m=cg, s_k=1, s_b1=kg * cg),
+                       x, GOperand(s_k=p, s_jimg=c * p, s_j=1, s_b1=cg * p),
+                       y, GOperand(s_m=p, s_jimg=k * p, s_j=1, s_b1=kg * p), nb1=groups)
+            return
+        kind = vgemm_kind(call, p)
+        packed, per = pack_panels(call, w, kg, cg, _vgemm_rows(kind, call), s0=0, sm=cg, sk=1,
+                                  sb1=kg * cg, nb1=groups)
+        vgemm(call, kind, packed, 0, per, 0, kg, cg, n, p,
+              x, VOperand(0, c * p, p, s_b1=cg * p), y, VOperand(0, k * p, p, s_b1=kg * p),
+              nb1=groups)
+
+    return run
+
+
+def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+        if not _pointwise_in_place(g):
+            fallback(call, g, dy, w, dx)
+            return
+        n, c = g.x[:2]
+        k, cg = g.w[:2]
+        kg, p, groups = g.out_per_group, g.positions, g.groups
+        if style == "gpu":
+            gemm_tiled(call, cg, n * p, kg, kg, p,
+                       w, GOperand(s_m=1, s_k=cg, s_b1=kg * cg),
+                       dy, GOperand(s_k=p, s_jimg=k * p, s_j=1, s_b1=kg * p),
+                       dx, GOperand(s_m=p, s_jimg=c * p, s_j=1, s_b1=cg * p), nb1=groups)
+            return
+        kind = vgemm_kind(call, p)
+        packed, per = pack_panels(call, w, cg, kg, _vgemm_rows(kind, call), s0=0, sm=1, sk=cg,
+                                  sb1=kg * cg, nb1=groups)
+        vgemm(call, kind, packed, 0, per, 0, cg, kg, n, p,
+              dy, VOperand(0, k * p, p, s_b1=kg * p), dx, VOperand(0, c * p, p, s_b1=cg * p),
+              nb1=groups)
+
+    return run
+
+
+def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
+    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+        if not _pointwise_in_place(g):
+            fallback(call, g, x, dy, dw)
+            return
+        n, c = g.x[:2]
+        k, cg = g.w[:2]
+        kg, p, groups = g.out_per_group, g.positions, g.groups
+        if style == "gpu":
+            gemm_tiled(call, kg, cg, n * p, p, cg,
+                       dy, GOperand(s_m=p, s_kimg=k * p, s_k=1, s_b1=kg * p),
+                       x, GOperand(s_kimg=c * p, s_k=1, s_j=p, s_b1=cg * p),
+                       dw, GOperand(s_m=cg, s_j=1, s_b1=kg * cg), nb1=groups)
+            return
+        vgemm_nt(call, kg, cg, n, p, dy, VOperand(0, k * p, p, s_b1=kg * p),
+                 x, VOperand(0, c * p, p, s_b1=cg * p), dw, 0, cg, c_b1=kg * cg, nb1=groups)
+
+    return run
+
+
+def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
+            transposed: bool = False) -> None:
+    rows = g.w[1] * g.taps
+    ow = g.y[4]
+    line0 = tile.p_start // ow
+    lines = (tile.p_start + tile.pcount - 1) // ow - line0 + 1
+    grid = (rows, tile.nimg * lines) if transposed else (tile.nimg * lines, rows)
+    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *g.args,
+                tile.n0, group, tile.p_start, tile.pcount, tile.nimg, line0, lines, transposed)
+
+
+def _col2im(call: Call, g: Geom, col: Array, dx: Array, group: int, tile: Tile,
+            accumulate: bool) -> None:
+    count = tile.nimg * g.w[1] * g.plane
+    call.flat("util", "col2im", count, col.data, dx.data, *g.args, tile.n0, group,
+              tile.p_start, tile.pcount, tile.nimg, accumulate)
+
+
+def _tiles(call: Call, g: Geom, rows: int) -> list[Tile]:
+    return plan_tiles(g.x[0], g.positions, rows * call.itemsize, call.budget)
+
+
+def _col_buffer(call: Call, rows: int, tiles: list[Tile]) -> Array:
+    return call.empty((rows * max(t.columns for t in tiles),))
+
+
+def _im2col_forward(style: str) -> Pass:
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+        k, cg = g.w[:2]
+        kg, p = g.out_per_group, g.positions
+        rows = cg * g.taps
+        tiles = _tiles(call, g, rows)
+        col = _col_buffer(call, rows, tiles)
+        kind = vgemm_kind(call, tiles[0].pcount)
+        # Few positions per image: B is small, so transpose it (im2col's transposed layout)
+        # and read the weights as they are instead of packing them.
+        nt = style == "cpu" and p < NT_MAX_POSITIONS
+        if style == "cpu" and not nt:
+            packed, per = pack_panels(call, w, kg, rows, _vgemm_rows(kind, call), s0=0,
+                                      sm=rows, sk=1, sb1=kg * rows, nb1=g.groups)
+        for group in range(g.groups):
+            for tile in tiles:
+                _im2col(call, g, x, col, group, tile, transposed=nt)
+                y0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                if style == "gpu":
+                    gemm_tiled(call, kg, tile.columns, rows, rows, tile.pcount,
+                               w, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
+                               col, GOperand(s_k=tile.columns, s_jimg=tile.pcount, s_j=1),
+                               y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1))
+                    continue
+                if nt:
+                    vgemm_nt(call, kg, tile.columns, 1, rows, w,
+                             VOperand(group * kg * rows, 0, rows), col, VOperand(0, 0, rows),
+                             y, y0, p, c_img=k * p, cp=tile.pcount)
+                    continue
+                vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.nimg, tile.pcount,
+                      col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p))
+
+    return run
+
+
+def _im2col_backward_data(style: str) -> Pass:
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+        k, cg = g.w[:2]
+        kg, p = g.out_per_group, g.positions
+        rows = cg * g.taps
+        tiles = _tiles(call, g, rows)
+        col = _col_buffer(call, rows, tiles)
+        kind = vgemm_kind(call, tiles[0].pcount)
+        if style == "cpu":
+            packed, per = pack_panels(call, w, rows, kg, _vgemm_rows(kind, call), s0=0, sm=1,
+                                      sk=rows, sb1=kg * rows, nb1=g.groups)
+        for group in range(g.groups):
+            first_of_image: set[int] = set()
+            for tile in tiles:
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                if style == "gpu":
+                    gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
+                               w, GOperand(base=group * kg * rows, s_m=1, s_k=rows),
+                               dy, GOperand(base=dy0, s_k=p, s_jimg=k * p, s_j=1),
+                               col, GOperand(s_m=tile.columns, s_jimg=tile.pcount, s_j=1))
+                else:
+                    vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.nimg,
+                          tile.pcount, dy, VOperand(dy0, k * p, p),
+                          col, VOperand(0, tile.pcount, tile.columns))
+                accumulate = tile.n0 in first_of_image
+                first_of_image.add(tile.n0)
+                _col2im(call, g, col, dx, group, tile, accumulate)
+
+    return run
+
+
+def _im2col_backward_weight(style: str) -> Pass:
+    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+        k, cg = g.w[:2]
+        kg, p = g.out_per_group, g.positions
+        rows = cg * g.taps
+        tiles = _tiles(call, g, rows)
+        col = _col_buffer(call, rows, tiles)
+        for group in range(g.groups):
+            for index, tile in enumerate(tiles):
+                _im2col(call, g, x, col, group, tile)
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                dw0 = group * kg * rows
+                if style == "gpu":
+                    gemm_tiled(call, kg, rows, tile.columns, tile.pcount, rows,
+                               dy, GOperand(base=dy0, s_m=p, s_kimg=k * p, s_k=1),
+                               col, GOperand(s_kimg=tile.pcount, s_k=1, s_j=tile.columns),
+                               dw, GOperand(base=dw0, s_m=rows, s_j=1), accumulate=index > 0)
+                else:
+                    vgemm_nt(call, kg, rows, tile.nimg, tile.pcount, dy, VOperand(dy0, k * p, p),
+                             col, VOperand(0, tile.pcount, tile.columns), dw, dw0, rows,
+                             accumulate=index > 0)
+
+    return run
+
+
+# Winograd F(2x2, 3x3) ----------------------------------------------------------------------
+def _winograd_forward(style: str) -> Pass:
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+        n, c = g.x[:2]
+        k, cg = g.w[:2]
+        kg, groups = g.out_per_group, g.groups
+        oh, ow = g.y[3:]
+        tiles_h, tiles_w = -(-oh // 2), -(-ow // 2)
+        per_image = tiles_h * tiles_w
+        per_entry = 16 * (c + k) * per_image
+        images = max(1, min(n, call.budget // max(1, per_entry * call.itemsize),
+                            INT_LIMIT // per_entry))
+        if per_entry * images > INT_LIMIT:
+            raise SolverUnavailable(f"one image's Winograd workspace ({per_entry} elements) "
+                                    f"exceeds the kernels' 32-bit indexing")
+        v = call.empty((16 * c * per_image * images,))
+        m = call.empty((16 * k * per_image * images,))
+        kind = vgemm_kind(call, min(n, images) * per_image)
+        # The filter transform writes U plain for the tiled GEMM, in vgemm panels otherwise.
+        r = 0 if style == "gpu" else _vgemm_rows(kind, call)
+        mpad = kg if r == 0 else -(-kg // r) * r
+        u = call.empty((16 * groups * mpad * cg,))
+        blocks = k if r == 0 else groups * (mpad // r)
+        call.launch(call.kernel("winograd", "wino_filter"), (-(-cg // WINO_RUN), blocks), (8, 8),
+                    w.data, u.data, k, cg, groups, r, mpad)
+        packed, per = u, mpad * cg
+        for n0 in range(0, n, images):
+            nimg = min(images, n - n0)
+            t = nimg * per_image
+            grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
+            call.launch(call.kernel("winograd", "wino_input"), (*grid, c), (1, 8, 1),
+                        x.data, v.data, *g.args, n0, nimg, tiles_h, tiles_w)
+            if style == "gpu":
+                gemm_tiled(call, kg, t, cg, cg, t,
+                           u, GOperand(s_m=cg, s_k=1, s_b1=k * cg, s_b2=kg * cg),
+                           v, GOperand(s_k=t, s_j=1, s_b1=c * t, s_b2=cg * t),
+                           m, GOperand(s_m=t, s_j=1, s_b1=k * t, s_b2=kg * t),
+                           nb1=16, nb2=groups)
+            else:
+                vgemm(call, kind, packed, 0, groups * per, per, kg, cg, 1, t,
+                      v, VOperand(0, 0, t, s_b1=c * t, s_b2=cg * t),
+                      m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
+            call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
+                        m.data, y.data, x.data, w.data, *g.args, n0, nimg, tiles_h, tiles_w)
+
+    return run
+
+
+# The solver table --------------------------------------------------------------------------
+def _build_solvers() -> dict[str, Solver]:
+    naive = Solver("naive", "any", "one work-item per output element; handles every problem",
+                   _naive("naive_fwd"), _naive("naive_bwd_data"),
+                   _naive("naive_bwd_weight"))
+    solvers = [
+        naive,
+        Solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
+               "work-item (weight gradient by direct_wrw's reduction)",
+               depthwise_forward, depthwise_backward_data, direct_wrw),
+        Solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
+               "tiled GEMM", _winograd_forward("gpu"),
+               via_flipped_forward(_winograd_forward("gpu")), None),
+        Solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
+               "GEMM", _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
+               _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
+               _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu"))),
+        Solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
+               "8 outputs per work-item (MIOpen ConvOclDirectFwd)",
+               tiled_direct_forward, via_flipped_forward(tiled_direct_forward), None),
+        Solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
+               "the data gradient)", _im2col_forward("gpu"), _im2col_backward_data("gpu"),
+               _im2col_backward_weight("gpu")),
+        Solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
+               "reduction in __local memory (deterministic, no atomics)", None, None,
+               direct_wrw),
+        Solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
+               "vector GEMM", _winograd_forward("cpu"),
+               via_flipped_forward(_winograd_forward("cpu")), None),
+        Solver("vec_gemm_1x1", "cpu", "1x1 convolution as a CPU-style vector GEMM (packed "
+               "weights, float16 vectors, no local memory)",
+               _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
+               _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
+               _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu"))),
+        Solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
+               _im2col_forward("cpu"), _im2col_backward_data("cpu"),
+               _im2col_backward_weight("cpu")),
+    ]
+    return {s.name: s for s in solvers}
+
+
+SOLVERS: dict[str, Solver] = _build_solvers()
+

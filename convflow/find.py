@@ -1,0 +1,132 @@
+"""Find mode: refine the rules' choice of algorithm by measurement, through the perf-db.
+
+With ``CONVFLOW_FIND_MODE=autotune``, the first time a problem is seen every candidate
+algorithm (the runnable ones left after ``CONVFLOW_DISABLE_ALGOS`` and
+``CONVFLOW_DETERMINISTIC``) is timed on operands of the problem's real shapes: a warm-up call
+(first-call compiles are not timed), then runs until its share of
+``CONVFLOW_TUNE_BUDGET_MS`` is spent (at least one, at most nine), summarized by the median.
+Candidates that fail or run out of memory are skipped, not fatal; candidates not reached
+within the budget are skipped, the rules' own choice being timed first. The fastest is
+recorded in the perf-db, where later calls, in any process, find it without timing anything.
+The selector itself stays pure: this step runs after it, while a call is planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from . import config, perfdb
+from .backends.base import Backend, run_pass
+from .params import Direction
+from .selector import Decision
+from .tensor import Tensor
+
+logger = logging.getLogger("convflow")
+
+_MAX_RUNS = 9
+_MIN_RUNS = 3
+
+
+def problem_fields(decision: Decision, backend: Backend) -> dict[str, Any]:
+    """Everything that changes which algorithm is fastest for a decision's problem."""
+    from . import __version__
+
+    p = decision.problem
+    return {
+        "backend": decision.backend, "device": backend.device_identity(decision.device),
+        "convflow": __version__, "dtype": p.dtype, "layout": "channels-first",
+        "direction": p.direction.value, "x": list(p.x_shape), "w": list(p.w_shape),
+        "y": list(p.y_shape), "stride": list(p.stride), "padding": [list(q) for q in p.padding],
+        "dilation": list(p.dilation), "groups": p.groups,
+        "deterministic": bool(config.get("CONVFLOW_DETERMINISTIC")),
+        "tf32": bool(config.get("CONVFLOW_ALLOW_TF32")),
+        "candidates": sorted(decision.candidates),
+    }
+
+
+def refine(decision: Decision, backend: Backend) -> Decision:
+    """The decision, with its algorithm found by the perf-db or by timing in autotune mode."""
+    if (config.get("CONVFLOW_FIND_MODE") != "autotune" or decision.source == "forced"
+            or len(decision.candidates) < 2):
+        return decision
+    db = perfdb.current()
+    key = perfdb.problem_key(problem_fields(decision, backend))
+    entry = db.lookup(key)
+    if entry is not None and entry.algorithm in decision.candidates:
+        when = datetime.datetime.fromtimestamp(entry.created).isoformat(timespec="seconds")
+        return dataclasses.replace(
+            decision, algorithm=entry.algorithm, source="cache", timings=dict(entry.timings),
+            reason=f"the perf-db ({db.path}) records {entry.algorithm} as the fastest of "
+                   f"{len(decision.candidates)} candidates, timed {when}")
+    order = [decision.algorithm] + [c for c in decision.candidates if c != decision.algorithm]
+    timings = time_candidates(backend, decision, order)
+    measured = {name: value for name, value in timings.items() if isinstance(value, float)}
+    if not measured:
+        logger.warning("convflow: autotune could time no candidate for %s (%s); keeping %s",
+                       decision.problem.describe(), timings, decision.algorithm)
+        return dataclasses.replace(decision, timings=timings)
+    best = min(measured, key=lambda name: measured[name])
+    db.store(key, perfdb.Entry(best, timings, time.time()))
+    return dataclasses.replace(
+        decision, algorithm=best, source="autotune", timings=timings,
+        reason=f"the fastest of {len(measured)} candidates timed now ({measured[best]:.3f} ms); "
+               f"recorded in the perf-db {db.path}")
+
+
+def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:
+    """Random operands of the pass's shapes on its device (values do not change times)."""
+    p = decision.problem
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(p.dtype)
+
+    def make(shape: tuple[int, ...]) -> Tensor:
+        return backend.upload(rng.standard_normal(shape).astype(dtype), decision.device)
+
+    if p.direction == Direction.FORWARD:
+        return make(p.x_shape), make(p.w_shape)
+    if p.direction == Direction.BACKWARD_DATA:
+        return make(p.y_shape), make(p.w_shape)
+    return make(p.x_shape), make(p.y_shape)
+
+
+def time_candidates(backend: Backend, decision: Decision,
+                    order: list[str]) -> dict[str, float | str]:
+    """Median milliseconds per candidate, or why it was skipped."""
+    budget = config.get("CONVFLOW_TUNE_BUDGET_MS") / 1e3
+    share = budget / len(order)
+    start = time.perf_counter()
+    results: dict[str, float | str] = {}
+    try:
+        a, b = _operands(backend, decision)
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        return {name: f"skipped: operands could not be made ({exc})" for name in order}
+    for name in order:
+        if results and time.perf_counter() - start > budget:
+            results[name] = "skipped: tuning budget spent"
+            continue
+        try:
+            run_pass(backend, decision.problem, name, a, b)  # warm-up: compiles are not timed
+            backend.synchronize(decision.device)
+            times: list[float] = []
+            began = time.perf_counter()
+            while len(times) < _MAX_RUNS:
+                t0 = time.perf_counter()
+                run_pass(backend, decision.problem, name, a, b)
+                backend.synchronize(decision.device)
+                times.append(time.perf_counter() - t0)
+                spent = time.perf_counter() - began
+                if len(times) >= _MIN_RUNS and spent > share:
+                    break
+                if time.perf_counter() - start > budget:
+                    break
+            results[name] = statistics.median(times) * 1e3
+        except Exception as exc:  # a failing candidate is skipped, not fatal
+            results[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+    return results

@@ -1,0 +1,89 @@
+/* Depthwise convolution (groups == C, any channel multiplier K / C): each work-item computes
+ * DW_OPI consecutive outputs along W of one channel, so the input row it reads is shared by
+ * its outputs and no reduction over channels is needed. The weight gradient uses
+ * direct_wrw.cl. w has shape (K, 1, KD, KH, KW). */
+#define DW_OPI 4
+
+__kernel void depthwise_fwd(__global const T* restrict x, __global const T* restrict w,
+                            __global T* restrict y, GEOM_PARAMS)
+{
+    const int ow0 = get_global_id(0) * DW_OPI;
+    const int oh = get_global_id(1);
+    const long z = get_global_id(2);
+    if (ow0 >= OW || oh >= OH || z >= (long)N * K * OD) return;
+    const int od = (int)(z % OD);
+    const long r = z / OD;
+    const int k = (int)(r % K);
+    const int n = (int)(r / K);
+    const int c = k / (K / C);
+    const __global T* xp = x + ((long)n * C + c) * D * H * W;
+    const __global T* wp = w + (long)k * KD * KH * KW;
+    T acc[DW_OPI];
+    for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int id = od * SD - PD + kd * DD;
+        if (id < 0 || id >= D) continue;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = oh * SH - PH + kh * DH;
+            if (ih < 0 || ih >= H) continue;
+            const __global T* row = xp + ((long)id * H + ih) * W;
+            for (int kw = 0; kw < KW; ++kw) {
+                const T wv = wp[(kd * KH + kh) * KW + kw];
+                for (int j = 0; j < DW_OPI; ++j) {
+                    const int iw = (ow0 + j) * SW - PW + kw * DW;
+                    if (iw >= 0 && iw < W) acc[j] += wv * row[iw];
+                }
+            }
+        }
+    }
+    __global T* out = y + (((long)n * K + k) * OD + od) * OH * OW + (long)oh * OW;
+    for (int j = 0; j < DW_OPI; ++j)
+        if (ow0 + j < OW) out[ow0 + j] = acc[j];
+}
+
+/* dx[n, c, id, ih, iw] = sum over the channel's K / C outputs and the taps that read it. */
+__kernel void depthwise_bwd_data(__global const T* restrict dy, __global const T* restrict w,
+                                 __global T* restrict dx, GEOM_PARAMS)
+{
+    const int iw0 = get_global_id(0) * DW_OPI;
+    const int ih = get_global_id(1);
+    const long z = get_global_id(2);
+    if (iw0 >= W || ih >= H || z >= (long)N * C * D) return;
+    const int id = (int)(z % D);
+    const long r = z / D;
+    const int c = (int)(r % C);
+    const int n = (int)(r / C);
+    const int mult = K / C;
+    T acc[DW_OPI];
+    for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
+    for (int m = 0; m < mult; ++m) {
+        const int k = c * mult + m;
+        const __global T* gp = dy + ((long)n * K + k) * OD * OH * OW;
+        const __global T* wp = w + (long)k * KD * KH * KW;
+        for (int kd = 0; kd < KD; ++kd) {
+            const int td = id + PD - kd * DD;
+            if (td < 0 || td % SD) continue;
+            const int od = td / SD;
+            if (od >= OD) continue;
+            for (int kh = 0; kh < KH; ++kh) {
+                const int th = ih + PH - kh * DH;
+                if (th < 0 || th % SH) continue;
+                const int oh = th / SH;
+                if (oh >= OH) continue;
+                const __global T* row = gp + ((long)od * OH + oh) * OW;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const T wv = wp[(kd * KH + kh) * KW + kw];
+                    for (int j = 0; j < DW_OPI; ++j) {
+                        const int tw = iw0 + j + PW - kw * DW;
+                        if (tw < 0 || tw % SW) continue;
+                        const int ow = tw / SW;
+                        if (ow < OW) acc[j] += wv * row[ow];
+                    }
+                }
+            }
+        }
+    }
+    __global T* out = dx + (((long)n * C + c) * D + id) * H * W + (long)ih * W;
+    for (int j = 0; j < DW_OPI; ++j)
+        if (iw0 + j < W) out[iw0 + j] = acc[j];
+}

@@ -1,0 +1,103 @@
+"""`convflow bench`: its layer tables, its measurements and its output (never its speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from convflow import bench
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NETWORKS = ("resnet50", "vgg19", "densenet121", "inception_v1", "inception_v2", "shufflenet",
+            "squeezenet", "alexnet", "zfnet512", "mobilenet_v2_depthwise")
+
+
+def test_layer_tables():
+    tables = bench.load_networks()
+    assert set(NETWORKS) | {"tiny"} == set(tables)
+    total = {name: sum(layer.count for layer in layers) for name, layers in tables.items()}
+    assert total["resnet50"] == 53 and total["vgg19"] == 16 and total["alexnet"] == 5
+    assert {layer.kind for layer in tables["mobilenet_v2_depthwise"]} == {"depthwise"}
+    assert {layer.kind for layer in tables["resnet50"]} == {"1x1", "3x3", "other"}
+    assert "grouped" in {layer.kind for layer in tables["shufflenet"]}
+    stem = tables["resnet50"][0]
+    assert stem.describe() == "3x224x224 -> 64 k7x7 s2 p3"
+    assert stem.output_hw() == (112, 112)
+    assert stem.flops(2) == 2 * 2 * 64 * 3 * 49 * 112 * 112
+    for layers in tables.values():
+        for layer in layers:
+            assert all(o > 0 for o in layer.output_hw())
+
+
+def test_layer_tables_match_the_onnx_models():
+    pytest.importorskip("onnx", reason="the onnx package holds the models the tables come from")
+    sys.path.insert(0, str(ROOT / "ci"))
+    import extract_layers
+
+    stored = json.loads((ROOT / "convflow" / "data" / "networks.json").read_text("utf-8"))
+    assert stored == json.loads(json.dumps(extract_layers.build()))
+
+
+def run_bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "convflow", "bench", "--no-progress", *args],
+                          capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+
+
+def test_bench_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench("--net", "tiny", "--batch", "1,2", "--repeats", "3", "--warmup", "1",
+                       "--backend", "numba,numba:direct", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "numpy sgemm peak" in text and "tiny, batch 1" in text and "tiny, batch 2" in text
+    assert "geomean time numba/numba:direct" in text
+    data = json.loads(out.read_text())
+    assert set(data) == {"meta", "rows", "summary"}
+    assert list(data["meta"]["contenders"]) == ["numba", "numba:direct"]
+    assert data["meta"]["sgemm_gflops"] > 0
+    assert data["meta"]["command"].startswith("convflow bench --no-progress --net tiny")
+    assert len(data["rows"]) == 2
+    for row in data["rows"]:
+        for name in ("numba", "numba:direct"):
+            measured = row["results"][name]
+            assert measured["median_ms"] > 0 and len(measured["times_ms"]) >= 3
+            assert measured["gflops"] == pytest.approx(row["flops"] / measured["median_ms"] / 1e6)
+
+
+def test_bench_layer_selection_and_errors():
+    result = run_bench("--net", "resnet50", "--layers", "0:23:11", "--batch", "1", "--repeats", "3",
+                       "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()
+            if line.strip()[:2].strip().isdigit()] == ["0", "11", "22"]
+    bad = run_bench("--net", "resnet5")
+    assert bad.returncode == 2 and "unknown network 'resnet5' (did you mean 'resnet50'?)" in bad.stderr
+    bad = run_bench("--net", "tiny", "--backend", "numbba")
+    assert bad.returncode == 2 and "unknown backend 'numbba'" in bad.stderr
+
+
+def test_compare_torch_without_torch_is_a_clear_error():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from convflow.cli import main\n"
+            "sys.exit(main(['bench', '--net', 'tiny', '--compare', 'torch', '--no-progress']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--compare torch needs PyTorch" in result.stderr
+    assert "pip install torch==2.13.0" in result.stderr
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots are an optional extra")
+    result = {"meta": {"contenders": {"numba": "", "numba:direct": ""}, "date": "now", "host": "here"},
+              "rows": [{"results": {"numba": {"median_ms": 1.0}, "numba:direct": {"median_ms": 2.0}}}]}
+    bench.plot(result, str(tmp_path / "out.png"))
+    assert (tmp_path / "out.png").stat().st_size > 1000
+
+
+def test_geomean():
+    assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
