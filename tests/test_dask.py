@@ -82,8 +82,7 @@ TRANSPOSED = transposed_cases()
 @contextlib.contextmanager
 def local_cluster(memory_limit: str, **config: Any) -> Iterator[Client]:
     """Two worker processes (one thread each) on 127.0.0.1, no dashboard."""
-    settings = {"distributed.worker.daemon": False, **config}
-    with dask.config.set(settings), \
+    with dask.config.set(config), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address=None, memory_limit=memory_limit,
                          env=WORKER_ENV) as cluster, \
@@ -251,8 +250,21 @@ def test_large_output_chunk_counts_and_padding_only_chunks(client):
     w = np.ones((2, 3, 1))
     b = np.array([0.5, -1.0])
     y = cdask.conv1d(da.from_array(x, chunks=(1, 3, 1)), w, b, stride=5, padding=((4, 0),))
+    assert _bias_only_chunks(y) == 2  # output 0 of each of the two batch chunks
     np.testing.assert_allclose(y.compute(), convflow.conv1d(x, w, b, stride=5,
                                                             padding=((4, 0),)))
+    # Transposed: stride 4, a 1-tap kernel and 2 cropped leave outputs between contributions.
+    t = cdask.conv_transpose1d(da.from_array(x[:, :, :2], chunks=(2, 3, 1)), w.transpose(1, 0, 2),
+                               b, stride=4, padding=((2, 0),))
+    assert _bias_only_chunks(t) == 1
+    np.testing.assert_allclose(t.compute(), convflow.conv_transpose1d(
+        x[:, :, :2], w.transpose(1, 0, 2), b, stride=4, padding=((2, 0),)))
+
+
+def _bias_only_chunks(y) -> int:
+    layer = y.__dask_graph__().layers[y.name]
+    return sum(1 for task in layer.values()
+               if isinstance(task, tuple) and task[0] is cdask._conv_chunk and task[1] is None)
 
 
 # --- the graph ---------------------------------------------------------------------------------
@@ -429,14 +441,14 @@ def test_input_larger_than_each_workers_memory(capsys):
     w = np.full((1, 1, 3, 3), 1 / 9, np.float32)
     # Compile (or load from numba's cache) the chunk kernel here first, so the workers load
     # it from the cache instead of compiling it under their memory limit.
-    convflow.conv2d(np.ones((1, 1, 64, 64), np.float32), w, padding=1)
+    convflow.conv2d(np.ones((1, 1, 64, 64), np.float32), w, padding="same")
     memory = {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
     with local_cluster(f"{limit}B", **memory) as client:
         workers = set(client.scheduler_info()["workers"])
         x = da.random.default_rng(42).random((1, 1, height, width), dtype=np.float32,
                                              chunks=chunks)
         assert x.nbytes >= 4 * limit
-        y = cdask.conv2d(x, w, padding=1)
+        y = cdask.conv2d(x, w, padding="same")
         start = time.perf_counter()
         mean = float(client.compute(y.mean()).result(timeout=300))
         seconds = time.perf_counter() - start
