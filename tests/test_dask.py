@@ -83,10 +83,11 @@ TRANSPOSED = transposed_cases()
 
 @contextlib.contextmanager
 def local_cluster(memory_limit: str, **config: Any) -> Iterator[Client]:
-    """Two worker processes (one thread each) on 127.0.0.1, no dashboard."""
+    """Two worker processes (one thread each) on 127.0.0.1; the scheduler's HTTP server on a
+    free loopback port."""
     with dask.config.set(config), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None, memory_limit=memory_limit,
+                         dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                          env=WORKER_ENV) as cluster, \
             Client(cluster) as client:
         yield client
@@ -332,6 +333,16 @@ def test_metadata_needs_no_call(monkeypatch):
     assert sum(y.chunks[2]) == 20 and sum(y.chunks[3]) == 16
     t = cdask.conv_transpose2d(x, np.zeros((3, 2, 4, 4), np.float32), stride=2, padding=1)
     assert t.shape == (5, 2, 80, 62) and t.dtype == np.float32
+
+
+def test_empty_batch():
+    x = np.zeros((0, 3, 10, 9), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    y = cdask.conv2d(da.from_array(x, chunks=(1, 3, 4, 4)), w, padding=1, padding_mode="reflect")
+    assert y.compute(scheduler="sync").shape == (0, 4, 10, 9)
+    t = cdask.conv_transpose2d(da.from_array(x, chunks=(1, 3, 4, 4)), w.transpose(1, 0, 2, 3),
+                               stride=2)
+    assert t.compute(scheduler="sync").shape == (0, 3, 21, 19)
 
 
 def test_import_convflow_does_not_import_dask():
