@@ -342,7 +342,7 @@ def test_empty_batch():
     assert y.compute(scheduler="sync").shape == (0, 4, 10, 9)
     t = cdask.conv_transpose2d(da.from_array(x, chunks=(1, 3, 4, 4)), w.transpose(1, 0, 2, 3),
                                stride=2)
-    assert t.compute(scheduler="sync").shape == (0, 3, 21, 19)
+    assert t.compute(scheduler="sync").shape == (0, 4, 21, 19)
 
 
 def test_import_convflow_does_not_import_dask():
