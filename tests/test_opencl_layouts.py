@@ -343,3 +343,39 @@ def test_a_fallback_from_a_native_to_a_converting_solver(opencl, monkeypatch):
     want = reference.activate(reference.conv(x, w, b, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
                               "relu")
     assert_close(first(y), want)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_conversions_are_exact_and_round_to_nearest_even(opencl, dtype):
+    """Every 16-bit pattern widens exactly; float32 values (halfway cases, subnormal halves,
+    overflow, non-finite) round to nearest even as numpy / ml_dtypes round them."""
+    import pyopencl.array as cl_array
+
+    from convflow.backends.opencl.solvers import Call
+
+    half = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16)
+    state = opencl.state(convflow.Device("opencl", 0))
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(half)
+    call = Call(state, state.queue, np.dtype(np.float32), 1 << 20)
+    widened = opencl._operand(call, convflow.Tensor(cl_array.to_device(state.queue, every),
+                                                    convflow.Device("opencl", 0))).get()
+    np.testing.assert_array_equal(widened, every.astype(np.float32))
+    wide = every.astype(np.float32)
+    finite = wide[np.isfinite(wide)]
+    with np.errstate(over="ignore"):
+        step = np.spacing(finite.astype(half)).astype(np.float64)
+    ties = (finite.astype(np.float64) + step / 2).astype(np.float32)
+    rng = np.random.default_rng(8)
+    values = np.concatenate([finite, ties[np.isfinite(ties)],
+                             rng.standard_normal(50000).astype(np.float32) * 1e3,
+                             rng.standard_normal(50000).astype(np.float32) * 1e-6,
+                             np.array([7e4, 3e38, -3.4e38, 1e-40, np.inf, -np.inf, -0.0],
+                                      np.float32)])
+    rounded = opencl._result(call, cl_array.to_device(state.queue, values), half,
+                             convflow.Device("opencl", 0)).data.get()
+    with np.errstate(over="ignore"):
+        expected = values.astype(half)
+    np.testing.assert_array_equal(rounded.view(np.uint16), expected.view(np.uint16))
+    nan = opencl._result(call, cl_array.to_device(state.queue, np.float32([np.nan])), half,
+                         convflow.Device("opencl", 0)).data.get()
+    assert np.isnan(nan[0].astype(np.float32))

@@ -489,7 +489,11 @@ class OpenCLBackend(Backend):
         if half is not None:
             # Only the buffer reaches the kernel (never a float16 / bfloat16 pyopencl array).
             out = call.tensor(array.shape)
-            if out.size:
+            if out.size and array.flags.c_contiguous:
+                kernel = state.kernel(("opencl/convert.cl",), f"{half}_to_float_flat", {})
+                call.launch(kernel, (out.size,), (64,), array.base_data,
+                            np.int64(array.offset // 2), out.data, np.int64(out.size))
+            elif out.size:
                 shape, strides = self._five_dims(array)
                 kernel = state.kernel(("opencl/convert.cl",), f"{half}_to_float", {})
                 call.launch(kernel, (out.size,), (64,), array.base_data,
