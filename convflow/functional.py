@@ -147,6 +147,15 @@ def _channels_first_view(t: Tensor, channels_last: bool) -> Tensor:
     return t.permute((0, t.ndim - 1, *range(1, t.ndim - 1)))
 
 
+def _moved(t: Tensor, device: Device, channels_last: bool) -> Tensor:
+    """*t* on *device*; a channels-first view of channels-last data moves as the data it
+    views (so no transpose happens on the way) and is viewed channels-first again."""
+    if not channels_last or t.device == device:
+        return _to(t, device) or t
+    data = t.permute((0, *range(2, t.ndim), 1))
+    return _channels_first_view(_to(data, device) or data, True)
+
+
 def _to_user_layout(y: Tensor, plan: _ConvPlan, backend: Backend) -> Tensor:
     """A pass result (channels-first axis order) back in the caller's layout and rank."""
     if plan.channels_last:
@@ -280,9 +289,10 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     device = decision.device
     problem = decision.problem
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
-    x = _channels_first_view(x, plan.channels_last)
-    x, w, b = _to(x, device) or x, _to(operands.w, device) or operands.w, (
-        _to(operands.b, device) or operands.b)
+    # Moved in the caller's layout, then viewed channels-first: channels-last data reaches
+    # the device still channels-last (no transpose on the way).
+    x = _channels_first_view(_to(x, device) or x, plan.channels_last)
+    w, b = _to(operands.w, device) or operands.w, _to(operands.b, device) or operands.b
     if problem.is_empty():
         y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
     else:
@@ -671,7 +681,8 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
     plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
                           transposed, output_padding, output_mask, backend, algorithm, layout)
     device = plan.device
-    dy, x, w = (_to(t, device) or t for t in (plan.dy, plan.x, plan.w))
+    dy, x = (_moved(t, device, plan.channels_last) for t in (plan.dy, plan.x))
+    w = _to(plan.w, device) or plan.w
     results: list[Any] = [None, None, None]
     for index, step in ((0, plan.grad_input), (1, plan.grad_weight)):
         if step is None:

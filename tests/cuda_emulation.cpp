@@ -4,7 +4,7 @@
 // function below runs one kernel's grid-stride loop sequentially, calling exactly the
 // functions the __global__ kernel calls, and the reduction kernels' fixed pairwise order
 // (cf_block_sum) over CF_BLOCK lanes. Built with a C++ compiler once per dtype:
-//   c++ -O1 -std=c++14 -shared -fPIC -DCF_DTYPE=<16|32|64> -DCF_BLOCK=<n> -I kernels/cuda
+//   c++ -O1 -std=c++14 -shared -fPIC -DCF_DTYPE=<16|116|32|64> -DCF_BLOCK=<n> -I kernels/cuda
 #include <vector>
 
 #include "depthwise.cuh"
@@ -35,20 +35,25 @@ int emu_block() { return CF_BLOCK; }
 
 unsigned short emu_float_to_half(float f) { return cf_float_to_half(f); }
 float emu_half_to_float(unsigned short h) { return cf_half_to_float(h); }
+unsigned short emu_float_to_bf16(float f) { return cf_float_to_bf16(f); }
+float emu_bf16_to_float(unsigned short b) { return cf_bf16_to_float(b); }
 
-void emu_fprop_direct(const void* x, const void* w, const void* bias, int has_bias, void* y,
+// The epilogue's activation in the accumulator type, widened to double for ctypes.
+double emu_activate(double v, int activation) { return cf_activate((cf_acc)v, activation); }
+
+void emu_fprop_direct(const void* x, const void* w, const void* bias, int ep_mode, void* y,
                       const int* geom) {
     const cf_geom g = geometry(geom);
     for (cf_i64 i = 0; i < cf_y_total(g); ++i)
-        cf_fprop_direct_element((const cf_t*)x, (const cf_t*)w, (const cf_t*)bias, has_bias,
+        cf_fprop_direct_element((const cf_t*)x, (const cf_t*)w, (const cf_t*)bias, ep_mode,
                                 (cf_t*)y, g, i);
 }
 
-void emu_dgrad_direct(const void* dy, const void* w, const void* bias, int has_bias, void* dx,
+void emu_dgrad_direct(const void* dy, const void* w, const void* bias, int ep_mode, void* dx,
                       const int* geom) {
     const cf_geom g = geometry(geom);
     for (cf_i64 i = 0; i < cf_x_total(g); ++i)
-        cf_dgrad_direct_element((const cf_t*)dy, (const cf_t*)w, (const cf_t*)bias, has_bias,
+        cf_dgrad_direct_element((const cf_t*)dy, (const cf_t*)w, (const cf_t*)bias, ep_mode,
                                 (cf_t*)dx, g, i);
 }
 
@@ -63,20 +68,20 @@ void emu_wgrad_direct(const void* x, const void* dy, void* dw, const int* geom) 
     }
 }
 
-void emu_fprop_depthwise(const void* x, const void* w, const void* bias, int has_bias, void* y,
+void emu_fprop_depthwise(const void* x, const void* w, const void* bias, int ep_mode, void* y,
                          const int* geom) {
     const cf_geom g = geometry(geom);
     for (cf_i64 i = 0; i < cf_y_total(g); ++i)
-        cf_fprop_depthwise_element((const cf_t*)x, (const cf_t*)w, (const cf_t*)bias, has_bias,
+        cf_fprop_depthwise_element((const cf_t*)x, (const cf_t*)w, (const cf_t*)bias, ep_mode,
                                    (cf_t*)y, g, i);
 }
 
-void emu_dgrad_depthwise(const void* dy, const void* w, const void* bias, int has_bias,
+void emu_dgrad_depthwise(const void* dy, const void* w, const void* bias, int ep_mode,
                          void* dx, const int* geom) {
     const cf_geom g = geometry(geom);
     for (cf_i64 i = 0; i < cf_x_total(g); ++i)
         cf_dgrad_depthwise_element((const cf_t*)dy, (const cf_t*)w, (const cf_t*)bias,
-                                   has_bias, (cf_t*)dx, g, i);
+                                   ep_mode, (cf_t*)dx, g, i);
 }
 
 void emu_wgrad_depthwise(const void* x, const void* dy, void* dw, const int* geom) {
@@ -104,9 +109,10 @@ void emu_col2im(const void* col, void* dx, int count, long long p0, long long wi
         cf_col2im_element((const cf_t*)col, (cf_acc*)dx, g, p0, width, accumulate, i);
 }
 
-void emu_add_bias(void* y, const void* bias, int channels, long long inner, long long total) {
+void emu_bias_activation(void* y, const void* bias, int ep_mode, int channels, long long inner,
+                         long long total) {
     for (cf_i64 i = 0; i < total; ++i)
-        cf_add_bias_element((cf_t*)y, (const cf_t*)bias, channels, inner, i);
+        cf_bias_activation_element((cf_t*)y, (const cf_t*)bias, ep_mode, channels, inner, i);
 }
 
 }  // extern "C"

@@ -13,10 +13,12 @@ import pathlib
 import shutil
 import subprocess
 
+import ml_dtypes  # noqa: F401  (registers the dtype name "bfloat16")
 import numpy as np
 
 from convflow.backends.cupy import algorithms
 from convflow.backends.cupy.geometry import REDUCTION_BLOCK, KernelGeometry, Tile
+from convflow.backends.cupy.kernels import epilogue_mode
 from convflow.backends.cupy.sources import DTYPE_CODES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,11 +64,14 @@ def _load(path: pathlib.Path) -> ctypes.CDLL:
         getattr(lib, name).argtypes = [_void_p, _void_p, _void_p, _void_p]
     lib.emu_im2col.argtypes = [_void_p, _void_p, _int, _int, _i64, _i64, _int, _void_p]
     lib.emu_col2im.argtypes = [_void_p, _void_p, _int, _i64, _i64, _int, _void_p]
-    lib.emu_add_bias.argtypes = [_void_p, _void_p, _int, _i64, _i64]
-    lib.emu_float_to_half.argtypes = [ctypes.c_float]
-    lib.emu_float_to_half.restype = ctypes.c_ushort
-    lib.emu_half_to_float.argtypes = [ctypes.c_ushort]
-    lib.emu_half_to_float.restype = ctypes.c_float
+    lib.emu_bias_activation.argtypes = [_void_p, _void_p, _int, _int, _i64, _i64]
+    for kind in ("half", "bf16"):
+        getattr(lib, f"emu_float_to_{kind}").argtypes = [ctypes.c_float]
+        getattr(lib, f"emu_float_to_{kind}").restype = ctypes.c_ushort
+        getattr(lib, f"emu_{kind}_to_float").argtypes = [ctypes.c_ushort]
+        getattr(lib, f"emu_{kind}_to_float").restype = ctypes.c_float
+    lib.emu_activate.argtypes = [ctypes.c_double, _int]
+    lib.emu_activate.restype = ctypes.c_double
     return lib
 
 
@@ -76,7 +81,7 @@ class HostKernels:
     def __init__(self, library: pathlib.Path, dtype: str) -> None:
         self.lib = _load(library)
         self.dtype = np.dtype(dtype)
-        self.acc = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
+        self.acc = np.dtype(np.float32) if self.dtype.itemsize == 2 else self.dtype
         assert self.lib.emu_dtype() == DTYPE_CODES[dtype]
         self.calls: list[str] = []
 
@@ -91,12 +96,14 @@ class HostKernels:
     def _geometry(geometry: KernelGeometry) -> np.ndarray:
         return np.array(geometry.args(), dtype=np.int32)
 
-    def _with_bias(self, name: str, a, w, bias, out, geometry: KernelGeometry) -> None:
+    def _with_bias(self, name: str, a, w, bias, out, geometry: KernelGeometry,
+                   activation: int) -> None:
         self.calls.append(name)
         geom = self._geometry(geometry)
         bias_ptr = self._ptr(out if bias is None else bias)
         getattr(self.lib, f"emu_{name}")(self._ptr(a), self._ptr(w), bias_ptr,
-                                         int(bias is not None), self._ptr(out), geom.ctypes.data)
+                                         epilogue_mode(bias, activation), self._ptr(out),
+                                         geom.ctypes.data)
 
     def _reduce(self, name: str, a, b, out, geometry: KernelGeometry) -> None:
         self.calls.append(name)
@@ -104,21 +111,21 @@ class HostKernels:
         getattr(self.lib, f"emu_{name}")(self._ptr(a), self._ptr(b), self._ptr(out),
                                          geom.ctypes.data)
 
-    def fprop_direct(self, x, w, bias, y, geometry):
+    def fprop_direct(self, x, w, bias, y, geometry, activation=0):
         assert y.shape[0] == geometry.n
-        self._with_bias("fprop_direct", x, w, bias, y, geometry)
+        self._with_bias("fprop_direct", x, w, bias, y, geometry, activation)
 
-    def dgrad_direct(self, dy, w, bias, dx, geometry):
-        self._with_bias("dgrad_direct", dy, w, bias, dx, geometry)
+    def dgrad_direct(self, dy, w, bias, dx, geometry, activation=0):
+        self._with_bias("dgrad_direct", dy, w, bias, dx, geometry, activation)
 
     def wgrad_direct(self, x, dy, dw, geometry):
         self._reduce("wgrad_direct", x, dy, dw, geometry)
 
-    def fprop_depthwise(self, x, w, bias, y, geometry):
-        self._with_bias("fprop_depthwise", x, w, bias, y, geometry)
+    def fprop_depthwise(self, x, w, bias, y, geometry, activation=0):
+        self._with_bias("fprop_depthwise", x, w, bias, y, geometry, activation)
 
-    def dgrad_depthwise(self, dy, w, bias, dx, geometry):
-        self._with_bias("dgrad_depthwise", dy, w, bias, dx, geometry)
+    def dgrad_depthwise(self, dy, w, bias, dx, geometry, activation=0):
+        self._with_bias("dgrad_depthwise", dy, w, bias, dx, geometry, activation)
 
     def wgrad_depthwise(self, x, dy, dw, geometry):
         self._reduce("wgrad_depthwise", x, dy, dw, geometry)
@@ -138,17 +145,21 @@ class HostKernels:
         self.lib.emu_col2im(self._ptr(col), self._ptr(out, self.acc), tile.count, tile.p0,
                             tile.width, int(accumulate), geom.ctypes.data)
 
-    def add_bias(self, y, bias) -> None:
-        self.calls.append("add_bias")
-        inner = int(np.prod(y.shape[2:], dtype=np.int64))
-        self.lib.emu_add_bias(self._ptr(y), self._ptr(bias), y.shape[1], inner, y.size)
+    def bias_activation(self, y, bias, activation, channels_last=False) -> None:
+        self.calls.append("bias_activation")
+        channels = y.shape[-1] if channels_last else y.shape[1]
+        inner = 1 if channels_last else int(np.prod(y.shape[2:], dtype=np.int64))
+        self.lib.emu_bias_activation(self._ptr(y), self._ptr(y if bias is None else bias),
+                                     epilogue_mode(bias, activation), channels, inner, y.size)
 
 
 def host_matmul(a, b, out=None):
-    """numpy's matmul with what cuBLAS does for float16 through CuPy: float32 accumulation."""
+    """numpy's matmul with what cuBLAS does for 16-bit types through CuPy: float32
+    accumulation (bfloat16 through algorithms.matmul_wide)."""
     if a.dtype == np.float16:
         result = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
     else:
+        assert a.dtype.name != "bfloat16", "bfloat16 products go through matmul_wide"
         result = np.matmul(a, b)
     if out is None:
         return result
@@ -158,4 +169,6 @@ def host_matmul(a, b, out=None):
 
 
 def host_context(kernels: HostKernels, workspace_bytes: int = 64 << 20) -> algorithms.Context:
-    return algorithms.Context(np, kernels, host_matmul, workspace_bytes)
+    """What CupyBackend._context builds, with numpy and the host kernels."""
+    return algorithms.Context(np, kernels, algorithms.matmul_wide(np, host_matmul),
+                              workspace_bytes)

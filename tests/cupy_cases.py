@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 
+import ml_dtypes  # noqa: F401  (registers the dtype name "bfloat16")
 import numpy as np
 
 import convflow
@@ -52,13 +53,21 @@ def pass_operands(problem: ConvProblem, dtype: str, seed: str):
               Direction.BACKWARD_WEIGHT: (problem.x_shape, problem.y_shape, None)}
     a_shape, b_shape, bias_size = shapes[problem.direction]
     a = rng.standard_normal(a_shape).astype(dtype)
-    b = rng.standard_normal(b_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)  # "bfloat16" is known once ml_dtypes is
     bias = None if bias_size is None else rng.standard_normal(bias_size).astype(dtype)
     return a, b, bias
 
 
 def expected_pass(problem: ConvProblem, a, b, bias):
-    """The pass computed from its definition with the float64 reference."""
+    """The pass computed from its definition with the float64 reference (forward and
+    data-gradient passes end with the bias and ``problem.activation``)."""
+    out = _expected_linear(problem, a, b, bias)
+    if problem.direction == Direction.BACKWARD_WEIGHT or not problem.activation:
+        return out
+    return reference.activate(out, problem.activation)
+
+
+def _expected_linear(problem: ConvProblem, a, b, bias):
     args = (problem.stride, problem.padding, problem.dilation, problem.groups)
     listed = (slice(None), slice(None), *(slice(0, s) for s in problem.y_spatial))
     full_y = reference.conv(np.zeros((1, *problem.x_shape[1:])), np.zeros(problem.w_shape),

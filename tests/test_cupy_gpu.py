@@ -186,3 +186,36 @@ def test_available_memory_and_status(backend):
     status = convflow.available_backends()["cupy"]
     assert status.available and status.devices and status.details["cupy"]
     assert backend.available_memory(convflow.Device("cuda", 0)) > 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_channels_last_and_fused_epilogue_on_the_gpu(cupy, backend, dtype, activation):
+    """Channels-last CuPy data through cuDNN (described, not transposed) with the bias and
+    activation fused or in one pass after it, and through every own algorithm (converted):
+    results lie channels-last and match the reference. Not yet run on a GPU."""
+    import ml_dtypes
+
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    problem_dtype = convflow.explain(np.zeros((1, 1, 3, 3), np_dtype),
+                                     np.zeros((1, 1, 1, 1), np_dtype)).problem
+    if backend.unsupported_reason(problem_dtype, convflow.Device("cuda", 0)):
+        pytest.skip(backend.unsupported_reason(problem_dtype, convflow.Device("cuda", 0)))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 9, 10)).astype(np_dtype)
+    w = (rng.standard_normal((16, 8, 3, 3)) / 3).astype(np_dtype)
+    b = rng.standard_normal(16).astype(np_dtype)
+    want = reference.activate(reference.conv(x.astype(np.float64), w.astype(np.float64),
+                                             b.astype(np.float64), (1, 1), ((1, 1), (1, 1)),
+                                             (1, 1), 1), activation)
+    xg = cupy.asarray(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    wg, bg = cupy.asarray(w), cupy.asarray(b)
+    problem = convflow.explain(xg, wg, bg, padding=1, layout="NHWC",
+                               activation=activation).problem
+    for rule in backend.algorithm_rules():
+        if not rule.can_run(problem)[0]:
+            continue
+        y = convflow.conv2d(xg, wg, bg, padding=1, layout="NHWC", activation=activation,
+                            algorithm=rule.name)
+        assert y.shape == (2, 9, 10, 16) and y.flags.c_contiguous and y.dtype == xg.dtype
+        assert_close(np.moveaxis(cupy.asnumpy(y), -1, 1), want, dtype)

@@ -1,9 +1,10 @@
 """Host logic of the cupy backend, tested without CuPy, CUDA or a GPU.
 
-Descriptors, the mapping of padding onto cuDNN's pre/post padding, plan-cache keys, launch
-geometry and tiles, the status reasons, the algorithm rules (with cuDNN refusing), the use
-of the cuDNN frontend's graph API (against a stand-in module that records every call and
-computes with the float64 reference), the extras, and imports.
+Descriptors (channels-first and channels-last strides), the mapping of padding onto cuDNN's
+pre/post padding, plan-cache keys, launch geometry and tiles, the status reasons, the
+algorithm rules (with cuDNN refusing), the use of the cuDNN frontend's graph API (against a
+stand-in module that records every call and computes with the float64 reference), fused
+bias-activation graphs and their fallback, bfloat16 graphs, the extras, and imports.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from convflow.backends.cupy.geometry import (
     KernelGeometry,
     PlanKey,
     Tile,
+    channels_last_strides,
     cudnn_mapping,
     descriptor,
     elementwise_launch,
@@ -238,6 +240,8 @@ def test_every_field_that_changes_a_plan_changes_the_key():
         "deterministic": _key(problem(), deterministic=True),
         "tf32": _key(problem(), allow_tf32=True),
         "workspace": _key(problem(), workspace_limit=1 << 20),
+        "channels last": _key(dataclasses.replace(problem(), channels_last=True)),
+        "epilogue": _key(problem(), fused=True),
     }
     keys = [base, *variants.values()]
     assert len(set(keys)) == len(keys), "two different plans share a key"
@@ -301,11 +305,16 @@ class FakeGraph:
 
     def __init__(self, module, **kwargs):
         self.module, self.kwargs, self.calls, self.op = module, kwargs, [], None
+        self.tensors, self.epilogue, self.output = [], [], None
         module.graphs.append(self)
 
     def tensor(self, name, dim, stride, data_type):
-        assert list(stride) == list(packed_strides(tuple(dim)))
-        return FakeTensor(name, list(dim), list(stride), data_type)
+        dim = tuple(dim)
+        assert list(stride) in (list(packed_strides(dim)), list(channels_last_strides(dim))), (
+            name, dim, stride)
+        tensor = FakeTensor(name, list(dim), list(stride), data_type)
+        self.tensors.append(tensor)
+        return tensor
 
     def _conv(self, kind, a, b, name, pre_padding, post_padding, stride, dilation,
               compute_data_type):
@@ -323,6 +332,24 @@ class FakeGraph:
     def conv_wgrad(self, image, loss, **kwargs):
         return self._conv("wgrad", image, loss, **kwargs)
 
+    def _pointwise(self, kind, value, **attributes):
+        out = FakeTensor(attributes.get("name", kind))
+        self.epilogue.append((kind, value, out, attributes))
+        return out
+
+    def bias(self, input, bias, **attributes):
+        assert input is (self.epilogue[-1][2] if self.epilogue else self.op["out"])
+        return self._pointwise("bias", input, bias=bias, **attributes)
+
+    def relu(self, input, **attributes):
+        return self._pointwise("relu", input, **attributes)
+
+    def swish(self, input, **attributes):
+        return self._pointwise("swish", input, **attributes)
+
+    def gelu(self, input, **attributes):
+        return self._pointwise("gelu", input, **attributes)
+
     def __getattr__(self, name):
         if name in ("validate", "build_operation_graph", "create_execution_plans",
                     "deselect_numeric_notes", "deselect_workspace_greater_than", "build_plans"):
@@ -331,7 +358,7 @@ class FakeGraph:
 
     def check_support(self):
         self.calls.append(("check_support",))
-        reason = self.module.refuse(self.op)
+        reason = self.module.refuse(dict(self.op, epilogue=[k for k, *_ in self.epilogue]))
         if reason:
             raise RuntimeError(f"{reason}\nsecond line of the frontend's message")
 
@@ -340,10 +367,33 @@ class FakeGraph:
 
     def execute(self, variant_pack, workspace, handle):
         self.module.executed.append((self, handle, workspace.size))
+        self.module.packs.append(variant_pack)
         op = self.op
-        a, b, out = variant_pack[op["a"]], variant_pack[op["b"]], variant_pack[op["out"]]
-        assert list(a.shape) == op["a"].dims and list(b.shape) == op["b"].dims
-        assert list(out.shape) == op["out"].dims and op["out"].is_output
+        final = self.epilogue[-1][2] if self.epilogue else op["out"]
+        a, b, out = variant_pack[op["a"]], variant_pack[op["b"]], variant_pack[final]
+        for tensor in (op["a"], op["b"], final):  # every buffer as its descriptor says
+            array = variant_pack[tensor]
+            assert list(array.shape) == tensor.dims, (tensor.name, array.shape, tensor.dims)
+            strides = [s // array.itemsize for s in array.strides]
+            assert all(got == want for got, want, size in zip(strides, tensor.strides,
+                                                              tensor.dims) if size > 1), (
+                tensor.name, strides, tensor.strides)
+        assert final.is_output and not (self.epilogue and op["out"].is_output)
+        self._convolve(op, a, b, out)
+        for kind, _, _, attributes in self.epilogue:
+            if kind == "bias":
+                bias = variant_pack[attributes["bias"]]
+                assert list(bias.shape) == attributes["bias"].dims
+                out[...] = out + bias
+            elif kind == "relu":
+                assert attributes["lower_clip"] == 0.0
+                upper = attributes.get("upper_clip")
+                out[...] = reference.activate(out, "relu6" if upper == 6.0 else "relu")
+                assert upper in (None, 6.0)
+            else:
+                out[...] = reference.activate(out, {"swish": "silu", "gelu": "gelu"}[kind])
+
+    def _convolve(self, op, a, b, out):
         pads = list(zip(op["pre"], op["post"]))
         if op["kind"] == "fprop":
             groups = a.shape[1] // b.shape[1]
@@ -362,9 +412,10 @@ class FakeGraph:
 
 
 def fake_cudnn(refuse=lambda op: ""):
-    module = types.SimpleNamespace(graphs=[], executed=[], streams=[], refuse=refuse)
+    module = types.SimpleNamespace(graphs=[], executed=[], streams=[], packs=[], refuse=refuse)
     module.pygraph = lambda **kwargs: FakeGraph(module, **kwargs)
-    module.data_type = types.SimpleNamespace(HALF="HALF", FLOAT="FLOAT", DOUBLE="DOUBLE")
+    module.data_type = types.SimpleNamespace(HALF="HALF", BFLOAT16="BFLOAT16", FLOAT="FLOAT",
+                                             DOUBLE="DOUBLE")
     module.heur_mode = types.SimpleNamespace(A="A", B="B", FALLBACK="FALLBACK")
     module.numerical_note = types.SimpleNamespace(**{n: n for n in (
         "TENSOR_CORE", "DOWN_CONVERT_INPUTS", "REDUCED_PRECISION_REDUCTION", "NONDETERMINISTIC",
@@ -484,8 +535,8 @@ def test_every_pass_through_the_stand_in_cudnn_matches_the_reference(refuse_asym
         copies = (a.copy(), b.copy())
         got = plans_module.run_pass(
             np, p, resolution.mapping, resolution.plan.key,
-            lambda first, second, out, plan=resolution.plan: plans.execute(plan, first, second,
-                                                                            out), a, b)
+            lambda first, second, out, bias, plan=resolution.plan: plans.execute(
+                plan, first, second, out, bias), a, b)
         want = expected_pass(p, a, b, None)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE["float64"] * max(
@@ -504,7 +555,8 @@ def test_the_installed_cudnn_frontend_accepts_the_graph_description(direction):
     p = problem(direction, x=(2, 4, 9, 9), w=(6, 2, 3, 3), y=(2, 6, 5, 9), dtype="float16",
                 stride=(2, 1), padding=((1, 0), (1, 1)), groups=2)
     key = _key(p)
-    graph, a, b, out = plans_module.describe_graph(cudnn, key, None)
+    graph, a, b, out, bias = plans_module.describe_graph(cudnn, key, None)
+    assert bias is None
     assert all(hasattr(graph, step) for step in (
         "validate", "build_operation_graph", "create_execution_plans", "deselect_numeric_notes",
         "deselect_workspace_greater_than", "check_support", "build_plans",
@@ -515,6 +567,232 @@ def test_the_installed_cudnn_frontend_accepts_the_graph_description(direction):
     for name in excluded_notes("float32", dataclasses.replace(POLICY, deterministic=True)):
         assert hasattr(cudnn.numerical_note, name)
     assert callable(cudnn.create_handle) and callable(cudnn.set_stream)
+
+
+# Layouts, bfloat16 and the fused epilogue ----------------------------------------------------
+
+def test_channels_last_descriptors_keep_cudnn_dims_and_describe_the_memory():
+    assert descriptor((2, 3, 4, 5), channels_last=True) == ((2, 3, 4, 5), (60, 1, 15, 3))
+    assert descriptor((2, 3, 5), channels_last=True) == ((2, 3, 1, 5), (15, 1, 15, 3))
+    assert descriptor((2, 3, 4, 5, 6), True) == ((2, 3, 4, 5, 6), (360, 1, 90, 18, 3))
+    assert descriptor((6, 4, 3, 3), True) == ((6, 4, 3, 3), (36, 1, 12, 4))  # KRSC weights
+    x = np.zeros((2, 4, 5, 3)).transpose(0, 3, 1, 2)          # NHWC memory, NCHW axes
+    assert [s // 8 for s in x.strides] == list(channels_last_strides(x.shape))
+    cl = dataclasses.replace(problem(), channels_last=True)
+    key = _key(cl)
+    assert key.channels_last and key.x_strides == (324, 1, 36, 4)
+    assert key.w_strides == (36, 1, 12, 4) and key.y_strides == (486, 1, 54, 6)
+
+
+ACTIVATION_NODES = {"relu": ("relu", {"lower_clip": 0.0}),
+                    "relu6": ("relu", {"lower_clip": 0.0, "upper_clip": 6.0}),
+                    "silu": ("swish", {}), "gelu": ("gelu", {})}
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu", "gelu"])
+@pytest.mark.parametrize("direction", [Direction.FORWARD, Direction.BACKWARD_DATA])
+def test_fused_graphs_are_conv_bias_activation(activation, direction):
+    """As the frontend's conv-bias-relu samples: the convolution's (virtual) result feeds
+    bias, then the activation's pointwise node, whose result is the only output."""
+    p = dataclasses.replace(problem(direction), activation=activation or "")
+    key = _key(p, fused=True)
+    assert key.epilogue == (f"bias+{activation}" if activation else "bias")
+    cudnn = fake_cudnn()
+    *_, out, bias = plans_module.describe_graph(cudnn, key, "handle")
+    graph = cudnn.graphs[0]
+    kinds = [kind for kind, *_ in graph.epilogue]
+    expected = ["bias"] + ([ACTIVATION_NODES[activation][0]] if activation else [])
+    assert kinds == expected
+    channels = 6 if direction == Direction.FORWARD else 4
+    assert bias.dims == [1, channels, 1, 1] and bias.strides == [channels, 1, 1, 1]
+    assert graph.epilogue[0][1] is graph.op["out"] and not graph.op["out"].is_output
+    assert out is graph.epilogue[-1][2] and out.is_output
+    if activation:
+        attributes = graph.epilogue[-1][3]
+        assert attributes["compute_data_type"] == "FLOAT"
+        for name, value in ACTIVATION_NODES[activation][1].items():
+            assert attributes[name] == value
+    assert _key(p) != key and not _key(p).epilogue
+
+
+def test_bfloat16_graphs_compute_in_float32():
+    cudnn = fake_cudnn()
+    plans = CudnnPlans(fake_cupy(), cudnn)
+    plan = plans.plan(_key(problem(dtype="bfloat16")), POLICY)
+    assert not isinstance(plan, str)
+    graph = cudnn.graphs[0]
+    assert graph.kwargs["io_data_type"] == "BFLOAT16"
+    assert graph.kwargs["compute_data_type"] == "FLOAT"
+    assert graph.op["compute"] == "FLOAT" and graph.op["out"].data_type == "BFLOAT16"
+    assert "REDUCED_PRECISION_REDUCTION" in graph.calls[3][1]
+    assert "TENSOR_CORE" not in graph.calls[3][1]
+    assert "float32 accumulation" in describe_policy(problem(dtype="bfloat16"), POLICY)
+
+
+def test_a_data_gradient_that_is_cropped_after_cudnn_is_not_fused():
+    cropped = problem(Direction.BACKWARD_DATA, x=(1, 2, 9, 9), y=(1, 6, 2, 7),
+                      padding=((0, 0), (0, 0)))
+    mapping = cudnn_mapping(cropped, symmetric=False)
+    assert "epilogue runs after" in plans_module.fuses_into(cropped, mapping)
+    assert plans_module.fuses_into(dataclasses.replace(cropped, direction=Direction.FORWARD),
+                                   mapping) == ""
+    resolution = CudnnPlans(fake_cupy(), fake_cudnn()).resolve(cropped, 0, POLICY, fused=True)
+    assert resolution.supported and not resolution.fused
+    assert "epilogue runs after" in resolution.fusion
+
+
+def _numpy_epilogue(calls):
+    def epilogue(out, bias, activation, channels_last):
+        calls.append((out.shape, activation, channels_last))
+        if bias is not None:
+            out += bias.reshape((1,) * (out.ndim - 1) + (-1,) if channels_last
+                                else (1, -1) + (1,) * (out.ndim - 2))
+        if activation:
+            out[...] = reference.activate(out, activation)
+    return epilogue
+
+
+def _channels_last(a):
+    """A channels-first view of packed channels-last memory holding *a*."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)).transpose(0, a.ndim - 1,
+                                                                  *range(1, a.ndim - 1))
+
+
+@pytest.mark.parametrize("refuse_fused", [False, True])
+def test_channels_last_fused_passes_through_the_stand_in_cudnn(refuse_fused):
+    """Every pass in channels-last with bias and activation: the operands reach cuDNN where
+    they lie (no copy unless the padding mapping needs one), the result lies channels-last,
+    and the epilogue is in the graph or, where cuDNN refuses fused graphs, one pass after."""
+    cudnn = fake_cudnn(refuse=lambda op: "no fused engine" if refuse_fused and op["epilogue"]
+                       else "")
+    plans = CudnnPlans(fake_cupy(), cudnn)
+    activations = itertools.cycle(["relu", "relu6", "silu", "gelu", ""])
+    ran = set()
+    for name, base in PROBLEMS[::5]:
+        weight = base.direction == Direction.BACKWARD_WEIGHT
+        p = dataclasses.replace(base, channels_last=True,
+                                activation="" if weight else next(activations))
+        resolution = plans.resolve(p, 0, POLICY, fused=not weight)
+        if not resolution.supported:
+            assert "only zero padding" in resolution.reason
+            continue
+        a, b, bias = pass_operands(p, "float64", name)
+        a_cl = _channels_last(a)
+        b_cl = _channels_last(b) if weight else b
+        calls: list = []
+        cudnn.packs.clear()
+        got = plans_module.run_cudnn(np, plans, resolution, p, a_cl, b_cl, bias,
+                                     _numpy_epilogue(calls))
+        want = expected_pass(p, a, b, bias)
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE["float64"] * max(
+            1, np.abs(want).max()), err_msg=f"{name}: {p.describe()}")
+        if not weight:
+            assert plans_module.lies_channels_last(got), name
+            wanted_fused = not refuse_fused and not plans_module.fuses_into(p, resolution.mapping)
+            assert resolution.fused == wanted_fused, (name, resolution)
+            assert len(calls) == (0 if resolution.fused else 1), name
+        else:
+            assert got.flags.c_contiguous and not calls
+        pack = cudnn.packs[0]
+        first = pack[resolution.plan.inputs[0]]
+        if not resolution.mapping.needs_input_copy(p.x_spatial) or p.direction == (
+                Direction.BACKWARD_DATA):
+            assert np.shares_memory(first, a_cl), f"{name}: the input was copied"
+        ran.add((p.direction, resolution.fused))
+    assert {d for d, _ in ran} == set(Direction)
+    assert any(fused for _, fused in ran) != refuse_fused
+
+
+def _cupy_on_numpy():
+    """numpy standing in for the CuPy calls CupyBackend._run makes."""
+    fake = fake_cupy()
+    for name in ("ascontiguousarray", "zeros", "pad", "float32", "dtype", "matmul"):
+        setattr(fake, name, getattr(np, name))
+    fake.cuda.runtime.getDeviceCount = lambda: 1
+    return fake
+
+
+class _NumpyKernels:
+    def __init__(self):
+        self.calls = []
+
+    def bias_activation(self, y, bias, activation, channels_last=False):
+        names = {0: "", 1: "relu", 2: "relu6", 3: "silu", 4: "gelu"}
+        _numpy_epilogue(self.calls)(y, bias, names[activation], channels_last)
+
+
+@pytest.mark.parametrize("refuse_fused", [False, True])
+def test_the_backend_runs_cudnn_in_channels_last_with_its_epilogue(refuse_fused):
+    cudnn = fake_cudnn(refuse=lambda op: "no fused engine" if refuse_fused and op["epilogue"]
+                       else "")
+    backend = CupyBackend()
+    backend._probe = status_module.Probe(True, "stub", ("cuda:0",), "14.0.0", {"cudnn": "9.7.0"},
+                                         _cupy_on_numpy(), cudnn)
+    backend._plans = CudnnPlans(backend._probe.cupy, cudnn)
+    backend._kernels = _NumpyKernels()
+    assert backend.fuses_activation
+    rules = {r.name: r.channels_last for r in backend.algorithm_rules()}
+    assert rules == {"cudnn": True, "depthwise": False, "gemm_1x1": False,
+                     "im2col_gemm": False, "direct": False}
+    p = dataclasses.replace(problem(), channels_last=True, activation="silu")
+    ok, reason = backend.algorithm_rules()[0].applies(p)
+    assert ok and "channels-last descriptors" in reason
+    assert ("bias and silu fused into the graph" in reason) != refuse_fused
+    assert ("in one pass after the plan" in reason) == refuse_fused
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(p.x_shape)
+    w = rng.standard_normal(p.w_shape)
+    b = rng.standard_normal(6)
+    cuda = Device("cuda", 0)
+    got = backend.forward(convflow.Tensor(_channels_last(x), cuda), convflow.Tensor(w, cuda),
+                          convflow.Tensor(b, cuda), p, "cudnn").data
+    want = reference.activate(reference.conv(x, w, b, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+                              "silu")
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert plans_module.lies_channels_last(got)
+    assert len(backend._kernels.calls) == (1 if refuse_fused else 0)
+
+
+def test_bfloat16_needs_a_cupy_that_holds_it():
+    import ml_dtypes
+
+    backend = CupyBackend()
+    cupy = _cupy_on_numpy()
+    backend._probe = status_module.Probe(True, "stub", ("cuda:0",), "13.6.0", cupy=cupy)
+    bf16 = problem(dtype="bfloat16")
+
+    def no_bfloat16(shape, dtype=None):
+        if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
+            raise TypeError("Unsupported dtype bfloat16")
+        return np.empty(shape, dtype)
+
+    cupy.empty = no_bfloat16
+    reason = backend.unsupported_reason(bf16, Device("cuda", 0))
+    assert reason and "CuPy 13.6.0 cannot hold bfloat16 arrays" in reason
+    assert backend.unsupported_reason(problem(), Device("cuda", 0)) is None
+    cupy.empty = np.empty
+    assert backend.unsupported_reason(bf16, Device("cuda", 0)) is None
+
+
+def test_bfloat16_gemms_accumulate_in_float32():
+    import ml_dtypes
+
+    from convflow.backends.cupy import algorithms
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 40)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal((40, 5)).astype(ml_dtypes.bfloat16)
+    seen = []
+
+    def matmul(x, y, out=None):
+        seen.append(x.dtype)
+        return np.matmul(x, y, out=out)
+
+    out = np.empty((3, 5), ml_dtypes.bfloat16)
+    algorithms.matmul_wide(np, matmul)(a, b, out=out)
+    assert seen == [np.float32]
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_array_equal(out, exact.astype(np.float32).astype(ml_dtypes.bfloat16))
 
 
 # Status --------------------------------------------------------------------------------------
@@ -614,8 +892,8 @@ class _StubPlans:
         self.resolution = resolution
         self.asked = []
 
-    def resolve(self, p, device, policy):
-        self.asked.append((p, device, policy))
+    def resolve(self, p, device, policy, fused=False):
+        self.asked.append((p, device, policy, fused))
         return self.resolution
 
 

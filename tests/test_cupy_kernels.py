@@ -3,19 +3,22 @@
 * every ``kernels/cuda/*.cu`` compiles with ``nvcc`` for several architectures, with the
   options the backend gives NVRTC;
 * the kernels' per-element functions, built for the host (tests/cuda_emulation.cpp), run
-  the backend's own algorithms (tiles, groups, GEMMs, col2im, bias) on numpy arrays and are
-  compared with the float64 reference for forward, backward-data and backward-weight passes;
+  the backend's own algorithms (tiles, groups, GEMMs, col2im, the fused epilogue of bias and
+  activation) on numpy arrays and are compared with the float64 reference for forward,
+  backward-data and backward-weight passes, in float16, bfloat16, float32 and float64;
 * the kernel names and the geometry argument order agree between Python and CUDA.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -24,12 +27,13 @@ from convflow.backends.cupy import OWN_RULES, algorithms, sources
 from convflow.backends.cupy.geometry import GEOMETRY_FIELDS
 from convflow.params import ConvProblem
 
+import reference
 from conftest import TOLERANCE
 from cuda_host import HostKernels, build, compiler, host_context
 from cupy_cases import PROBLEMS, expected_pass, pass_operands
 
 CUDA_SOURCES = kernels.list_sources(".cu")
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 # nvcc 13 supports sm_75 and newer; CI compiles for Turing, Ampere and Hopper.
 ARCHITECTURES = ("sm_75", "sm_80", "sm_90")
 
@@ -122,6 +126,7 @@ def test_expanded_sources_inline_each_header_once():
 def test_compile_options():
     assert sources.compile_options("float16") == ("-std=c++14", "-DCF_DTYPE=16", "-DCF_BLOCK=256")
     assert sources.compile_options("float64")[1] == "-DCF_DTYPE=64"
+    assert sources.compile_options("bfloat16")[1] == "-DCF_DTYPE=116"
 
 
 # Host builds of the kernels ------------------------------------------------------------------
@@ -157,6 +162,53 @@ def test_half_conversions_match_numpy(host_kernels):
         rounded = values.astype(np.float16)
     np.testing.assert_array_equal(half, rounded.view(np.uint16))
     assert np.isnan(np.uint16(lib.emu_float_to_half(float("nan"))).view(np.float16))
+
+
+def test_bfloat16_conversions_match_ml_dtypes(host_kernels):
+    lib = host_kernels["bfloat16"].lib
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    expected = bits.view(ml_dtypes.bfloat16).astype(np.float32)
+    got = np.array([lib.emu_bf16_to_float(int(b)) for b in bits], dtype=np.float32)
+    np.testing.assert_array_equal(got, expected)
+    rng = np.random.default_rng(2)
+    exact = expected[np.isfinite(expected)]
+    ties = (exact.astype(np.float64) + np.spacing(exact.astype(ml_dtypes.bfloat16)).astype(
+        np.float64) / 2).astype(np.float32)
+    values = np.concatenate([
+        rng.standard_normal(20000).astype(np.float32) * np.float32(1e3),
+        rng.standard_normal(20000).astype(np.float32) * np.float32(1e-39),  # subnormal floats
+        exact[::7], ties[::7],
+        np.array([3.4e38, 3.3961e38, -3.4e38, np.inf, -np.inf, -0.0, 0.0, 1e-45], np.float32),
+    ])
+    with np.errstate(over="ignore"):
+        rounded = values.astype(ml_dtypes.bfloat16)
+    got_bits = np.array([lib.emu_float_to_bf16(float(v)) for v in values], dtype=np.uint16)
+    np.testing.assert_array_equal(got_bits, rounded.view(np.uint16))
+    assert np.isnan(np.uint16(lib.emu_float_to_bf16(float("nan"))).view(ml_dtypes.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_epilogue_activations_keep_ieee_semantics(host_kernels, dtype):
+    """cf_activate against the reference's definitions, non-finite values included."""
+    lib = host_kernels[dtype].lib
+    values = np.array([np.nan, np.inf, -np.inf, -30.0, -6.5, -3.0, -1e-3, -0.0, 0.0, 0.5, 3.0,
+                       6.0, 8.0, 30.0, 100.0, -100.0, -1000.0])
+    # float32: rounding x / sqrt 2 perturbs erfc's argument by 2**-24 relative, which its
+    # slope in the tail (gelu(-7) ~ -3e-10) amplifies about x**2 times. atol: where the
+    # values are tiny the reference itself is off (its 1 + erf(x / sqrt 2) cancels: it gives
+    # gelu(-30) = -0 for -1.5e-196) and x / (1 + exp(-x)) underflows to -0 (silu(-100)).
+    rtol = 2e-5 if dtype == "float32" else 1e-6
+    for name, code in (("relu", 1), ("relu6", 2), ("silu", 3), ("gelu", 4)):
+        got = np.array([lib.emu_activate(float(v), code) for v in values])
+        with np.errstate(invalid="ignore"):
+            want = reference.activate(values, name)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=name)
+        np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)], err_msg=name)
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=1e-9,
+                                   err_msg=name)
+    assert [lib.emu_activate(v, 2) for v in (np.inf, -np.inf, 7.0)] == [6.0, 0.0, 6.0]
+    assert lib.emu_activate(-2.5, 0) == -2.5
 
 
 def _runnable(problem: ConvProblem) -> list[str]:
@@ -195,6 +247,29 @@ def test_own_algorithms_match_the_reference(host_kernels, name, problem):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_own_algorithms_in_single_and_half_precision(host_kernels, name, problem, dtype):
     _check(host_kernels, problem, dtype, name)
+
+
+@pytest.mark.parametrize(("name", "problem"), PROBLEMS[2::12], ids=[n for n, _ in PROBLEMS[2::12]])
+def test_own_algorithms_in_bfloat16(host_kernels, name, problem):
+    _check(host_kernels, problem, "bfloat16", name)
+
+
+ACTIVATED = [(f"{name}-{activation}", dataclasses.replace(problem, activation=activation))
+             for (name, problem), activation in zip(
+                 (p for p in PROBLEMS[3::7] if p[1].direction.value != "backward_weight"),
+                 itertools.cycle(("relu", "relu6", "silu", "gelu")))]
+
+
+@pytest.mark.parametrize(("name", "problem"), ACTIVATED, ids=[n for n, _ in ACTIVATED])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_fused_epilogue_of_every_own_algorithm(host_kernels, name, problem, dtype):
+    """Bias and activation: in the direct and depthwise kernels' write-back, in one
+    bias_activation pass after cuBLAS / col2im, against reference.activate."""
+    kernels_ = host_kernels[dtype]
+    kernels_.calls.clear()
+    ran = _check(host_kernels, problem, dtype, name)
+    gemm = {"gemm_1x1", "im2col_gemm"} & set(ran)
+    assert kernels_.calls.count("bias_activation") == len(gemm), (ran, kernels_.calls)
 
 
 @pytest.mark.parametrize(("name", "problem"), PROBLEMS[1::9], ids=[n for n, _ in PROBLEMS[1::9]])

@@ -1,8 +1,10 @@
 // Shared definitions of convflow's CUDA kernels: storage and accumulator types, the
-// convolution geometry, float16 conversions and index helpers.
+// convolution geometry, float16 and bfloat16 conversions, the fused epilogue (bias and
+// activation) and index helpers.
 //
 // Every .cu file is compiled once per storage dtype with
-//   -DCF_DTYPE=16 | 32 | 64   (float16, float32, float64; float16 accumulates in float32)
+//   -DCF_DTYPE=16 | 116 | 32 | 64   (float16, bfloat16, float32, float64; the 16-bit types
+//                                     accumulate in float32)
 //   -DCF_BLOCK=<n>            (threads of a reduction block, a power of two)
 // and the backend inlines the headers it includes before handing the source to NVRTC, so
 // CuPy's compile cache is keyed by everything that is compiled.
@@ -19,7 +21,7 @@
 #endif
 
 #ifndef CF_DTYPE
-#error "compile with -DCF_DTYPE=16, 32 or 64"
+#error "compile with -DCF_DTYPE=16, 116, 32 or 64"
 #endif
 #ifndef CF_BLOCK
 #error "compile with -DCF_BLOCK=<threads per reduction block>"
@@ -29,6 +31,10 @@
 #endif
 
 typedef long long cf_i64;
+
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#include <math.h>  // the host build; NVRTC and nvcc provide the math functions themselves
+#endif
 
 // float16 storage: the bits only, so neither cuda_fp16.h nor NVRTC's include paths are needed.
 struct cf_half {
@@ -115,11 +121,43 @@ CF_HD unsigned short cf_float_to_half(float f) {
 #endif
 }
 
+// bfloat16 storage: the upper 16 bits of a float32, so widening is a shift.
+struct cf_bf16 {
+    unsigned short bits;
+};
+
+CF_HD float cf_bf16_to_float(unsigned short b) {
+    union {
+        unsigned int u;
+        float f;
+    } value;
+    value.u = (unsigned int)b << 16;
+    return value.f;
+}
+
+// float -> bfloat16, rounding to nearest even (as ml_dtypes); NaN stays a (quiet) NaN.
+CF_HD unsigned short cf_float_to_bf16(float f) {
+    union {
+        float f;
+        unsigned int u;
+    } value;
+    value.f = f;
+    if ((value.u & 0x7fffffffu) > 0x7f800000u) {
+        return (unsigned short)((value.u >> 16) | 0x40u);
+    }
+    return (unsigned short)((value.u + 0x7fffu + ((value.u >> 16) & 1u)) >> 16);
+}
+
 #if CF_DTYPE == 16
 typedef cf_half cf_t;
 typedef float cf_acc;
 CF_HD cf_acc cf_load(const cf_t* p, cf_i64 i) { return cf_half_to_float(p[i].bits); }
 CF_HD void cf_store(cf_t* p, cf_i64 i, cf_acc v) { p[i].bits = cf_float_to_half(v); }
+#elif CF_DTYPE == 116
+typedef cf_bf16 cf_t;
+typedef float cf_acc;
+CF_HD cf_acc cf_load(const cf_t* p, cf_i64 i) { return cf_bf16_to_float(p[i].bits); }
+CF_HD void cf_store(cf_t* p, cf_i64 i, cf_acc v) { p[i].bits = cf_float_to_bf16(v); }
 #elif CF_DTYPE == 32
 typedef float cf_t;
 typedef float cf_acc;
@@ -131,8 +169,36 @@ typedef double cf_acc;
 CF_HD cf_acc cf_load(const cf_t* p, cf_i64 i) { return p[i]; }
 CF_HD void cf_store(cf_t* p, cf_i64 i, cf_acc v) { p[i] = v; }
 #else
-#error "CF_DTYPE must be 16, 32 or 64"
+#error "CF_DTYPE must be 16, 116, 32 or 64"
 #endif
+
+// The fused epilogue of the kernels writing a forward or data-gradient result (the same as
+// the opencl backend's): ep_mode bit 0 = add bias[channel], bits 1-3 = the activation (0
+// none, 1 relu, 2 relu6, 3 silu, 4 gelu: convflow/activations.py ACTIVATION_CODES), in the
+// accumulator type, before the one rounding to the storage type. IEEE semantics as in
+// PyTorch: NaN stays NaN, relu(-inf) = 0, silu(x) = x * sigmoid(x) and gelu(x) = x * Phi(x)
+// with Phi(x) = erfc(-x / sqrt 2) / 2 (exact, and accurate where 1 + erf(x / sqrt 2)
+// cancels), so silu(-inf) = gelu(-inf) = -inf * 0 = NaN.
+#if CF_DTYPE == 64
+CF_HD cf_acc cf_exp(cf_acc v) { return exp(v); }
+CF_HD cf_acc cf_erfc(cf_acc v) { return erfc(v); }
+#else
+CF_HD cf_acc cf_exp(cf_acc v) { return expf(v); }
+CF_HD cf_acc cf_erfc(cf_acc v) { return erfcf(v); }
+#endif
+
+CF_HD cf_acc cf_activate(cf_acc v, int activation) {
+    if (activation == 1) return v < (cf_acc)0 ? (cf_acc)0 : v;
+    if (activation == 2) return v < (cf_acc)0 ? (cf_acc)0 : (v > (cf_acc)6 ? (cf_acc)6 : v);
+    if (activation == 3) return v / ((cf_acc)1 + cf_exp(-v));
+    if (activation == 4) return (cf_acc)0.5 * v * cf_erfc(-v * (cf_acc)0.70710678118654752440);
+    return v;
+}
+
+CF_HD cf_acc cf_epilogue(cf_acc v, const cf_t* bias, int ep_mode, cf_i64 channel) {
+    if (ep_mode & 1) v += cf_load(bias, channel);
+    return cf_activate(v, (ep_mode >> 1) & 7);
+}
 
 // One plain convolution in cuDNN's geometry, 1-D and 2-D problems lifted to 3-D: input x
 // (n, c, id, ih, iw), weight (k, c / groups, kd, kh, kw), output y (n, k, od, oh, ow),

@@ -6,18 +6,18 @@
 #include "depthwise.cuh"
 
 extern "C" __global__ void cf_fprop_depthwise(const cf_t* x, const cf_t* w, const cf_t* bias,
-                                              int has_bias, cf_t* y, CF_GEOM_PARAMS) {
+                                              int ep_mode, cf_t* y, CF_GEOM_PARAMS) {
     const cf_geom g = CF_GEOM_MAKE;
     CF_FOR_EACH(index, cf_y_total(g)) {
-        cf_fprop_depthwise_element(x, w, bias, has_bias, y, g, index);
+        cf_fprop_depthwise_element(x, w, bias, ep_mode, y, g, index);
     }
 }
 
 extern "C" __global__ void cf_dgrad_depthwise(const cf_t* dy, const cf_t* w, const cf_t* bias,
-                                              int has_bias, cf_t* dx, CF_GEOM_PARAMS) {
+                                              int ep_mode, cf_t* dx, CF_GEOM_PARAMS) {
     const cf_geom g = CF_GEOM_MAKE;
     CF_FOR_EACH(index, cf_x_total(g)) {
-        cf_dgrad_depthwise_element(dy, w, bias, has_bias, dx, g, index);
+        cf_dgrad_depthwise_element(dy, w, bias, ep_mode, dx, g, index);
     }
 }
 

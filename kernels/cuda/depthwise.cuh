@@ -93,16 +93,15 @@ CF_HD cf_acc cf_wgrad_depthwise_part(const cf_t* x, const cf_t* dy, const cf_geo
     return acc;
 }
 
+// One output element written through the fused epilogue (bias, activation).
 CF_HD void cf_fprop_depthwise_element(const cf_t* x, const cf_t* w, const cf_t* bias,
-                                      int has_bias, cf_t* y, const cf_geom& g, cf_i64 index) {
-    cf_acc acc = cf_fprop_depthwise_at(x, w, g, index);
-    if (has_bias) acc += cf_load(bias, (index / cf_out_plane(g)) % g.k);
-    cf_store(y, index, acc);
+                                      int ep_mode, cf_t* y, const cf_geom& g, cf_i64 index) {
+    const cf_acc acc = cf_fprop_depthwise_at(x, w, g, index);
+    cf_store(y, index, cf_epilogue(acc, bias, ep_mode, (index / cf_out_plane(g)) % g.k));
 }
 
 CF_HD void cf_dgrad_depthwise_element(const cf_t* dy, const cf_t* w, const cf_t* bias,
-                                      int has_bias, cf_t* dx, const cf_geom& g, cf_i64 index) {
-    cf_acc acc = cf_dgrad_depthwise_at(dy, w, g, index);
-    if (has_bias) acc += cf_load(bias, (index / cf_in_plane(g)) % g.c);
-    cf_store(dx, index, acc);
+                                      int ep_mode, cf_t* dx, const cf_geom& g, cf_i64 index) {
+    const cf_acc acc = cf_dgrad_depthwise_at(dy, w, g, index);
+    cf_store(dx, index, cf_epilogue(acc, bias, ep_mode, (index / cf_in_plane(g)) % g.c));
 }

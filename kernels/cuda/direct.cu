@@ -1,24 +1,24 @@
 // Direct convolution kernels: the always-applicable baseline of the cupy backend.
 //
-//   cf_fprop_direct  one thread per output element, bias fused
-//   cf_dgrad_direct  one thread per input-gradient element (gather form), bias fused
+//   cf_fprop_direct  one thread per output element, bias and activation fused
+//   cf_dgrad_direct  one thread per input-gradient element (gather form), bias and activation fused
 //   cf_wgrad_direct  one CF_BLOCK-thread block per weight-gradient element, summed in a
 //                    fixed pairwise order: deterministic, no atomics
 #include "direct.cuh"
 
 extern "C" __global__ void cf_fprop_direct(const cf_t* x, const cf_t* w, const cf_t* bias,
-                                           int has_bias, cf_t* y, CF_GEOM_PARAMS) {
+                                           int ep_mode, cf_t* y, CF_GEOM_PARAMS) {
     const cf_geom g = CF_GEOM_MAKE;
     CF_FOR_EACH(index, cf_y_total(g)) {
-        cf_fprop_direct_element(x, w, bias, has_bias, y, g, index);
+        cf_fprop_direct_element(x, w, bias, ep_mode, y, g, index);
     }
 }
 
 extern "C" __global__ void cf_dgrad_direct(const cf_t* dy, const cf_t* w, const cf_t* bias,
-                                           int has_bias, cf_t* dx, CF_GEOM_PARAMS) {
+                                           int ep_mode, cf_t* dx, CF_GEOM_PARAMS) {
     const cf_geom g = CF_GEOM_MAKE;
     CF_FOR_EACH(index, cf_x_total(g)) {
-        cf_dgrad_direct_element(dy, w, bias, has_bias, dx, g, index);
+        cf_dgrad_direct_element(dy, w, bias, ep_mode, dx, g, index);
     }
 }
 

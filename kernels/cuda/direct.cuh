@@ -107,17 +107,16 @@ CF_HD cf_i64 cf_w_total(const cf_geom& g) {
     return (cf_i64)g.k * cf_in_per_group(g) * cf_taps(g);
 }
 
-// One output element of each pass with its epilogue, as the kernels (and the host tests) run it.
-CF_HD void cf_fprop_direct_element(const cf_t* x, const cf_t* w, const cf_t* bias, int has_bias,
+// One output element of each pass written through the fused epilogue (bias, activation), as
+// the kernels (and the host tests) run it.
+CF_HD void cf_fprop_direct_element(const cf_t* x, const cf_t* w, const cf_t* bias, int ep_mode,
                                    cf_t* y, const cf_geom& g, cf_i64 index) {
-    cf_acc acc = cf_fprop_direct_at(x, w, g, index);
-    if (has_bias) acc += cf_load(bias, (index / cf_out_plane(g)) % g.k);
-    cf_store(y, index, acc);
+    const cf_acc acc = cf_fprop_direct_at(x, w, g, index);
+    cf_store(y, index, cf_epilogue(acc, bias, ep_mode, (index / cf_out_plane(g)) % g.k));
 }
 
 CF_HD void cf_dgrad_direct_element(const cf_t* dy, const cf_t* w, const cf_t* bias,
-                                   int has_bias, cf_t* dx, const cf_geom& g, cf_i64 index) {
-    cf_acc acc = cf_dgrad_direct_at(dy, w, g, index);
-    if (has_bias) acc += cf_load(bias, (index / cf_in_plane(g)) % g.c);
-    cf_store(dx, index, acc);
+                                   int ep_mode, cf_t* dx, const cf_geom& g, cf_i64 index) {
+    const cf_acc acc = cf_dgrad_direct_at(dy, w, g, index);
+    cf_store(dx, index, cf_epilogue(acc, bias, ep_mode, (index / cf_in_plane(g)) % g.c));
 }

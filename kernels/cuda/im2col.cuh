@@ -1,6 +1,7 @@
 // Per-element work of im2col (gather the input patches of a tile of output positions into a
 // matrix, so cuBLAS computes the convolution as a matrix product), col2im (the adjoint: sum
-// the patches back into the input gradient) and the bias epilogue.
+// the patches back into the input gradient) and the epilogue pass (bias and activation in one
+// pass over a result cuBLAS or cuDNN wrote).
 //
 // A tile covers images n0 .. n0 + count - 1 and output positions p0 .. p0 + width - 1 of each
 // (position = (od * oh + oh_) * ow + ow_). Rows of the matrix are (c, tap), c major:
@@ -70,10 +71,11 @@ CF_HD cf_acc cf_col2im_at(const cf_t* col, const cf_geom& g, cf_i64 p0, cf_i64 w
     return acc;
 }
 
-// y[index] + bias[channel] for y of shape (n, channels, inner), in the accumulator type.
-CF_HD cf_acc cf_bias_at(const cf_t* y, const cf_t* bias, int channels, cf_i64 inner,
-                        cf_i64 index) {
-    return cf_load(y, index) + cf_load(bias, (index / inner) % channels);
+// The epilogue of y[index] for y of shape (n, channels, inner) (inner = 1: channels-last),
+// in the accumulator type.
+CF_HD cf_acc cf_bias_activation_at(const cf_t* y, const cf_t* bias, int ep_mode, int channels,
+                                   cf_i64 inner, cf_i64 index) {
+    return cf_epilogue(cf_load(y, index), bias, ep_mode, (index / inner) % channels);
 }
 
 // The kernels' per-element statements (shared with the host tests).
@@ -92,7 +94,7 @@ CF_HD void cf_col2im_element(const cf_t* col, cf_acc* dx, const cf_geom& g, cf_i
     dx[index] = accumulate ? dx[index] + value : value;
 }
 
-CF_HD void cf_add_bias_element(cf_t* y, const cf_t* bias, int channels, cf_i64 inner,
-                               cf_i64 index) {
-    cf_store(y, index, cf_bias_at(y, bias, channels, inner, index));
+CF_HD void cf_bias_activation_element(cf_t* y, const cf_t* bias, int ep_mode, int channels,
+                                      cf_i64 inner, cf_i64 index) {
+    cf_store(y, index, cf_bias_activation_at(y, bias, ep_mode, channels, inner, index));
 }

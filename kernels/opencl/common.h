@@ -1,8 +1,8 @@
 /* Shared definitions of convflow's OpenCL kernels (prepended to each program's source).
  *
  * T is the compute type: float, or double with -DUSE_DOUBLE (needs cl_khr_fp64). float16
- * tensors are converted to float on the device first (convert.cl), so no kernel needs
- * cl_khr_fp16.
+ * and bfloat16 tensors are converted to float on the device first (convert.cl), so no
+ * kernel needs cl_khr_fp16.
  *
  * Every convolution kernel sees 5-D tensors (N, C, D, H, W): 1-D and 2-D problems are lifted
  * with singleton leading spatial dims. The geometry is passed at run time (GEOM_PARAMS), so
@@ -27,6 +27,43 @@ typedef float T;
     const int DD, const int DH, const int DW, const int G
 
 #define GEOM_ARGS N, C, D, H, W, K, CG, KD, KH, KW, OD, OH, OW, SD, SH, SW, PD, PH, PW, DD, DH, DW, G
+
+/* The fused epilogue of the kernels that write a forward or data-gradient result: as a
+ * value v of channel ch is stored it becomes activation(v + bias[ep_base + ch]). ep_mode:
+ * bit 0 = there is a bias, bits 1-3 = the activation (0 none, 1 relu, 2 relu6, 3 silu,
+ * 4 gelu: convflow/activations.py ACTIVATION_CODES), bit 4 = the channel follows the
+ * column index of a GEMM instead of its row index. Batched GEMMs add ep_b1 per batch b1.
+ * IEEE semantics as in PyTorch: NaN stays NaN, relu(-inf) = 0, silu(x) = x * sigmoid(x) and
+ * gelu(x) = x * Phi(x) (exact form; Phi(x) = erfc(-x / sqrt 2) / 2, which keeps its relative
+ * accuracy for negative x where 1 + erf(x / sqrt 2) cancels), so silu(-inf) = gelu(-inf) =
+ * -inf * 0 = NaN. */
+#define EPILOGUE_PARAMS \
+    __global const T* ep_bias, const long ep_base, const long ep_b1, const int ep_mode
+#define EP_BIAS 1
+#define EP_BY_COLUMN 16
+#define EP_ACTIVATION(mode) (((mode) >> 1) & 7)
+
+#ifdef USE_DOUBLE
+#define SQRT1_2 0.70710678118654752440
+#else
+#define SQRT1_2 0.70710678118654752440f
+#endif
+
+/* activation(v) for a scalar or vector type: a comparison of vectors selects per lane. */
+#define DEFINE_ACTIVATE(NAME, TYPE)                                                         \
+inline TYPE NAME(const TYPE v, const int act) {                                             \
+    if (act == 1) return v < (TYPE)(0) ? (TYPE)(0) : v;                                     \
+    if (act == 2) return v < (TYPE)(0) ? (TYPE)(0) : (v > (TYPE)(6) ? (TYPE)(6) : v);       \
+    if (act == 3) return v / ((TYPE)(1) + exp(-v));                                         \
+    if (act == 4) return (TYPE)(0.5) * v * erfc(-v * (TYPE)(SQRT1_2));                      \
+    return v;                                                                               \
+}
+DEFINE_ACTIVATE(activate, T)
+
+inline T epilogue(T v, __global const T* bias, const long channel, const int mode) {
+    if (mode & EP_BIAS) v += bias[channel];
+    return activate(v, EP_ACTIVATION(mode));
+}
 
 /* Floor division for any signs of a (b > 0). */
 inline int floor_div(int a, int b) {

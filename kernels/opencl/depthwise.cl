@@ -1,11 +1,16 @@
 /* Depthwise convolution (groups == C, any channel multiplier K / C): each work-item computes
  * DW_OPI consecutive outputs along W of one channel, so the input row it reads is shared by
  * its outputs and no reduction over channels is needed. The weight gradient uses
- * direct_wrw.cl. w has shape (K, 1, KD, KH, KW). */
+ * direct_wrw.cl. w has shape (K, 1, KD, KH, KW). Outputs are written through the epilogue
+ * (bias, activation; common.h).
+ *
+ * The *_nhwc kernels read and write channels-last tensors (N, D, H, W, C) in place: the
+ * channel is work-item dimension 0, so neighbouring work-items touch neighbouring
+ * addresses (coalesced on GPUs, vectorized across work-items by PoCL). */
 #define DW_OPI 4
 
 __kernel void depthwise_fwd(__global const T* restrict x, __global const T* restrict w,
-                            __global T* restrict y, GEOM_PARAMS)
+                            __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
 {
     const int ow0 = get_global_id(0) * DW_OPI;
     const int oh = get_global_id(1);
@@ -38,12 +43,12 @@ __kernel void depthwise_fwd(__global const T* restrict x, __global const T* rest
     }
     __global T* out = y + (((long)n * K + k) * OD + od) * OH * OW + (long)oh * OW;
     for (int j = 0; j < DW_OPI; ++j)
-        if (ow0 + j < OW) out[ow0 + j] = acc[j];
+        if (ow0 + j < OW) out[ow0 + j] = epilogue(acc[j], ep_bias, ep_base + k, ep_mode);
 }
 
 /* dx[n, c, id, ih, iw] = sum over the channel's K / C outputs and the taps that read it. */
 __kernel void depthwise_bwd_data(__global const T* restrict dy, __global const T* restrict w,
-                                 __global T* restrict dx, GEOM_PARAMS)
+                                 __global T* restrict dx, GEOM_PARAMS, EPILOGUE_PARAMS)
 {
     const int iw0 = get_global_id(0) * DW_OPI;
     const int ih = get_global_id(1);
@@ -85,5 +90,91 @@ __kernel void depthwise_bwd_data(__global const T* restrict dy, __global const T
     }
     __global T* out = dx + (((long)n * C + c) * D + id) * H * W + (long)ih * W;
     for (int j = 0; j < DW_OPI; ++j)
-        if (iw0 + j < W) out[iw0 + j] = acc[j];
+        if (iw0 + j < W) out[iw0 + j] = epilogue(acc[j], ep_bias, ep_base + c, ep_mode);
+}
+
+/* Channels-last forward: work-item (k, block of DW_OPI outputs along W, (n, od, oh)). */
+__kernel void depthwise_fwd_nhwc(__global const T* restrict x, __global const T* restrict w,
+                                 __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
+{
+    const int k = get_global_id(0);
+    const int ow0 = get_global_id(1) * DW_OPI;
+    const long z = get_global_id(2);
+    if (k >= K || ow0 >= OW || z >= (long)N * OD * OH) return;
+    const int oh = (int)(z % OH);
+    const long r = z / OH;
+    const int od = (int)(r % OD);
+    const int n = (int)(r / OD);
+    const int c = k / (K / C);
+    const __global T* wp = w + (long)k * KD * KH * KW;
+    T acc[DW_OPI];
+    for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int id = od * SD - PD + kd * DD;
+        if (id < 0 || id >= D) continue;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = oh * SH - PH + kh * DH;
+            if (ih < 0 || ih >= H) continue;
+            const __global T* row = x + (((long)n * D + id) * H + ih) * W * C + c;
+            for (int kw = 0; kw < KW; ++kw) {
+                const T wv = wp[(kd * KH + kh) * KW + kw];
+                for (int j = 0; j < DW_OPI; ++j) {
+                    const int iw = (ow0 + j) * SW - PW + kw * DW;
+                    if (iw >= 0 && iw < W) acc[j] += wv * row[(long)iw * C];
+                }
+            }
+        }
+    }
+    __global T* out = y + (((long)n * OD + od) * OH + oh) * OW * K + k;
+    for (int j = 0; j < DW_OPI; ++j)
+        if (ow0 + j < OW)
+            out[(long)(ow0 + j) * K] = epilogue(acc[j], ep_bias, ep_base + k, ep_mode);
+}
+
+/* Channels-last data gradient: work-item (c, block of DW_OPI inputs along W, (n, id, ih)). */
+__kernel void depthwise_bwd_data_nhwc(__global const T* restrict dy,
+                                      __global const T* restrict w, __global T* restrict dx,
+                                      GEOM_PARAMS, EPILOGUE_PARAMS)
+{
+    const int c = get_global_id(0);
+    const int iw0 = get_global_id(1) * DW_OPI;
+    const long z = get_global_id(2);
+    if (c >= C || iw0 >= W || z >= (long)N * D * H) return;
+    const int ih = (int)(z % H);
+    const long r = z / H;
+    const int id = (int)(r % D);
+    const int n = (int)(r / D);
+    const int mult = K / C;
+    T acc[DW_OPI];
+    for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
+    for (int m = 0; m < mult; ++m) {
+        const int k = c * mult + m;
+        const __global T* wp = w + (long)k * KD * KH * KW;
+        for (int kd = 0; kd < KD; ++kd) {
+            const int td = id + PD - kd * DD;
+            if (td < 0 || td % SD) continue;
+            const int od = td / SD;
+            if (od >= OD) continue;
+            for (int kh = 0; kh < KH; ++kh) {
+                const int th = ih + PH - kh * DH;
+                if (th < 0 || th % SH) continue;
+                const int oh = th / SH;
+                if (oh >= OH) continue;
+                const __global T* row = dy + (((long)n * OD + od) * OH + oh) * OW * K + k;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const T wv = wp[(kd * KH + kh) * KW + kw];
+                    for (int j = 0; j < DW_OPI; ++j) {
+                        const int tw = iw0 + j + PW - kw * DW;
+                        if (tw < 0 || tw % SW) continue;
+                        const int ow = tw / SW;
+                        if (ow < OW) acc[j] += wv * row[(long)ow * K];
+                    }
+                }
+            }
+        }
+    }
+    __global T* out = dx + (((long)n * D + id) * H + ih) * W * C + c;
+    for (int j = 0; j < DW_OPI; ++j)
+        if (iw0 + j < W)
+            out[(long)(iw0 + j) * C] = epilogue(acc[j], ep_bias, ep_base + c, ep_mode);
 }

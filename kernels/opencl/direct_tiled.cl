@@ -6,7 +6,8 @@
  * memory; every work-item then computes OWPI x OCPI outputs in private accumulators from
  * local memory only. The tile's size depends on stride, dilation and kernel size, which are
  * run-time values, so the host sizes the two __local buffers (in_th x in_tw per channel)
- * and falls back to another solver when they exceed the device's local memory.
+ * and falls back to another solver when they exceed the device's local memory. Outputs are
+ * written through the epilogue (bias, activation; common.h).
  */
 #ifndef TW
 #define TW 16
@@ -20,8 +21,8 @@
 
 __kernel __attribute__((reqd_work_group_size(TW, TH, 1)))
 void direct_tiled_fwd(__global const T* restrict x, __global const T* restrict w,
-                      __global T* restrict y, GEOM_PARAMS, const int in_tw, const int in_th,
-                      const int co_blocks, __local T* xs, __local T* ws)
+                      __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS, const int in_tw,
+                      const int in_th, const int co_blocks, __local T* xs, __local T* ws)
 {
     const int lx = get_local_id(0), ly = get_local_id(1);
     const int tid = ly * TW + lx;
@@ -94,7 +95,7 @@ void direct_tiled_fwd(__global const T* restrict x, __global const T* restrict w
         __global T* out = y + ((((long)n * K + g * KG + co) * OD + od) * OH + oh) * OW;
         for (int j = 0; j < OWPI; ++j) {
             const int ow = ow_base + lx + j * TW;
-            if (ow < OW) out[ow] = acc[o][j];
+            if (ow < OW) out[ow] = epilogue(acc[o][j], ep_bias, ep_base + g * KG + co, ep_mode);
         }
     }
 }

@@ -1,14 +1,15 @@
 /* GPU-style weight gradient without atomics (MIOpen's backward-weights idea, made
  * deterministic): one work-group per weight element; its WRW_WG work-items split the sum
  * over (n, od, oh, ow) and combine their partial sums by a tree in __local memory, in a
- * fixed order, so every run gives the same bits. */
+ * fixed order, so every run gives the same bits. With nhwc, x and dy are channels-last
+ * tensors (N, D, H, W, C), read in place. */
 #ifndef WRW_WG
 #define WRW_WG 64
 #endif
 
 __kernel __attribute__((reqd_work_group_size(WRW_WG, 1, 1)))
 void direct_wrw(__global const T* restrict x, __global const T* restrict dy,
-                __global T* restrict dw, GEOM_PARAMS)
+                __global T* restrict dw, GEOM_PARAMS, const int nhwc)
 {
     __local T part[WRW_WG];
     const long e = get_group_id(0) + (long)get_group_id(1) * get_num_groups(0);
@@ -38,8 +39,11 @@ void direct_wrw(__global const T* restrict x, __global const T* restrict dy,
             const int id = od * SD - PD + kd * DD;
             const int ih = oh * SH - PH + kh * DH;
             const int iw = ow * SW - PW + kw * DW;
-            acc += x[((((long)n * C + c) * D + id) * H + ih) * W + iw]
-                 * dy[((((long)n * K + k) * OD + od) * OH + oh) * OW + ow];
+            const long xi = nhwc ? ((((long)n * D + id) * H + ih) * W + iw) * C + c
+                                 : ((((long)n * C + c) * D + id) * H + ih) * W + iw;
+            const long yi = nhwc ? ((((long)n * OD + od) * OH + oh) * OW + ow) * K + k
+                                 : ((((long)n * K + k) * OD + od) * OH + oh) * OW + ow;
+            acc += x[xi] * dy[yi];
         }
     }
     part[lid] = acc;

@@ -9,6 +9,8 @@
  * several images). A work-group of (TS/WPT)^2 work-items computes a TS x TS tile of C; each
  * work-item keeps WPT x WPT accumulators in registers and walks K in steps of TK, staging
  * A and B tiles in __local memory. -D TS=64 gives 256-item groups, TS=32 64-item ones.
+ * C is written through the epilogue (common.h): the channel is the row m (or, with
+ * EP_BY_COLUMN, the column's position j % np), plus ep_b1 per batch b1.
  */
 #ifndef TS
 #define TS 64
@@ -25,7 +27,7 @@ void gemm_tiled(const int M, const int Nc, const int Kd, const int kp, const int
                 const long b_jimg, const long b_sj, const long b_b1, const long b_b2,
                 __global T* restrict Cm, const long c0, const long c_sm, const long c_jimg,
                 const long c_sj, const long c_b1, const long c_b2, const int nb2,
-                const int accumulate)
+                const int accumulate, EPILOGUE_PARAMS)
 {
     __local T As[TK][TS];
     __local T Bs[TK][TS];
@@ -71,7 +73,13 @@ void gemm_tiled(const int M, const int Nc, const int Kd, const int kp, const int
             const int col = j_base + tx + j * RT;
             if (col >= Nc) continue;
             __global T* p = c + m * c_sm + (long)(col / np) * c_jimg + (long)(col % np) * c_sj;
-            *p = accumulate ? *p + acc[i][j] : acc[i][j];
+            T v = accumulate ? *p + acc[i][j] : acc[i][j];
+            if (ep_mode) {
+                const long channel = ep_base + b1 * ep_b1
+                                   + ((ep_mode & EP_BY_COLUMN) ? col % np : m);
+                v = epilogue(v, ep_bias, channel, ep_mode);
+            }
+            *p = v;
         }
     }
 }

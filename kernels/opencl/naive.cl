@@ -5,9 +5,10 @@
  * sums its own output in a private accumulator, so the results are deterministic.
  */
 
-/* y[n, k, od, oh, ow] = sum_{c, kd, kh, kw} x[n, g*CG + c, ...] * w[k, c, kd, kh, kw] */
+/* y[n, k, od, oh, ow] = sum_{c, kd, kh, kw} x[n, g*CG + c, ...] * w[k, c, kd, kh, kw], then
+ * the epilogue of channel k. */
 __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict w,
-                        __global T* restrict y, GEOM_PARAMS)
+                        __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
 {
     const long gid = get_global_id(0);
     const long total = (long)N * K * OD * OH * OW;
@@ -39,13 +40,14 @@ __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict
             }
         }
     }
-    y[gid] = acc;
+    y[gid] = epilogue(acc, ep_bias, ep_base + k, ep_mode);
 }
 
 /* dx[n, c, id, ih, iw] = sum over (k in c's group, taps) with id = od*SD - PD + kd*DD, ...
- * of dy[n, k, od, oh, ow] * w[k, c % CG, kd, kh, kw]: the gather form, no atomics. */
+ * of dy[n, k, od, oh, ow] * w[k, c % CG, kd, kh, kw]: the gather form, no atomics; then the
+ * epilogue of channel c. */
 __kernel void naive_bwd_data(__global const T* restrict dy, __global const T* restrict w,
-                             __global T* restrict dx, GEOM_PARAMS)
+                             __global T* restrict dx, GEOM_PARAMS, EPILOGUE_PARAMS)
 {
     const long gid = get_global_id(0);
     const long total = (long)N * C * D * H * W;
@@ -86,7 +88,7 @@ __kernel void naive_bwd_data(__global const T* restrict dy, __global const T* re
             }
         }
     }
-    dx[gid] = acc;
+    dx[gid] = epilogue(acc, ep_bias, ep_base + c, ep_mode);
 }
 
 /* dw[k, c, kd, kh, kw] = sum_{n, od, oh, ow} x[n, g*CG + c, id, ih, iw] * dy[n, k, od, oh, ow]:

@@ -1,5 +1,6 @@
-/* Helpers shared by the solvers: bias, bias gradient, weight packing and flipping, im2col
- * and col2im. RED_WG (a -D macro) is the work-group size of the reductions. */
+/* Helpers shared by the solvers: bias gradient, weight packing and flipping, im2col and
+ * col2im (channels-first, and channels-last: *_nhwc). RED_WG (a -D macro) is the work-group
+ * size of the reductions. */
 
 #ifndef RED_WG
 #define RED_WG 64
@@ -9,14 +10,6 @@ __kernel void fill_zero(__global T* restrict y, const long count)
 {
     const long gid = get_global_id(0);
     if (gid < count) y[gid] = 0;
-}
-
-/* y[n, c, ...] += b[c]; inner = elements per (n, c). */
-__kernel void bias_add(__global T* restrict y, __global const T* restrict b, const int C,
-                       const long inner, const long total)
-{
-    const long gid = get_global_id(0);
-    if (gid < total) y[gid] += b[(gid / inner) % C];
 }
 
 /* out[c] = sum_{n, i} dy[n, c, i]: one work-group per channel, each work-item sums a
@@ -128,10 +121,11 @@ __kernel void im2col(__global const T* restrict x, __global T* restrict col, GEO
 
 /* The adjoint of im2col as a gather (no atomics): each input element of group g in images
  * n0 .. n0 + nimg - 1 sums the col entries that im2col would have read from it, restricted
- * to the tile's output positions [p_start, p_start + pcount). accumulate: dx += sum. */
+ * to the tile's output positions [p_start, p_start + pcount). accumulate: dx += sum; then
+ * the epilogue of channel g * CG + c (callers pass one with an image's last tile only). */
 __kernel void col2im(__global const T* restrict col, __global T* restrict dx, GEOM_PARAMS,
-                     const int n0, const int g, const int p_start, const int pcount,
-                     const int nimg, const int accumulate)
+                     EPILOGUE_PARAMS, const int n0, const int g, const int p_start,
+                     const int pcount, const int nimg, const int accumulate)
 {
     const long gid = get_global_id(0);
     const long plane = (long)D * H * W;
@@ -169,5 +163,110 @@ __kernel void col2im(__global const T* restrict col, __global T* restrict dx, GE
         }
     }
     __global T* out = dx + (((long)(n0 + img) * C + g * CG + c) * plane) + (gid % plane);
-    *out = accumulate ? *out + acc : acc;
+    const T v = accumulate ? *out + acc : acc;
+    *out = ep_mode ? epilogue(v, ep_bias, ep_base + g * CG + c, ep_mode) : v;
+}
+
+/* Channels-last im2col (x is (N, D, H, W, C)) for the input channels of group g and a tile
+ * of output positions: column j = img * pcount + q, row = tap * CG + c (channels innermost,
+ * so each (column, tap) is a run of CG contiguous values of x), at col[j * rows + row]: the
+ * layout of im2col's transposed form with the rows reordered (the weights are reordered to
+ * match, (K, taps, CG)). A work-item fills one column, tap by tap, a run at a time. */
+__kernel void im2col_nhwc(__global const T* restrict x, __global T* restrict col, GEOM_PARAMS,
+                          const int n0, const int g, const int p_start, const int pcount,
+                          const int nimg)
+{
+    const int j = get_global_id(0);
+    if (j >= nimg * pcount) return;
+    const int img = j / pcount;
+    const int p = p_start + (j - img * pcount);
+    const int ow = p % OW, oh = (p / OW) % OH, od = p / (OW * OH);
+    __global T* out = col + (long)j * (KD * KH * KW) * CG;
+    const __global T* xn = x + (long)(n0 + img) * D * H * W * C + g * CG;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int id = od * SD - PD + kd * DD;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = oh * SH - PH + kh * DH;
+            const int row_ok = id >= 0 && id < D && ih >= 0 && ih < H;
+            const __global T* xrow = xn + ((long)id * H + ih) * W * C;
+            for (int kw = 0; kw < KW; ++kw, out += CG) {
+                const int iw = ow * SW - PW + kw * DW;
+                if (row_ok && iw >= 0 && iw < W) {
+                    const __global T* in = xrow + (long)iw * C;
+                    for (int c = 0; c < CG; ++c) out[c] = in[c];
+                } else {
+                    for (int c = 0; c < CG; ++c) out[c] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* The adjoint of im2col_nhwc as a gather into channels-last dx: work-item (c, input element
+ * (img, id, ih, iw)) of group g; accumulate and the epilogue as in col2im. */
+__kernel void col2im_nhwc(__global const T* restrict col, __global T* restrict dx, GEOM_PARAMS,
+                          EPILOGUE_PARAMS, const int n0, const int g, const int p_start,
+                          const int pcount, const int nimg, const int accumulate)
+{
+    const int c = get_global_id(0);
+    const long e = get_global_id(1);
+    const long plane = (long)D * H * W;
+    if (c >= CG || e >= nimg * plane) return;
+    const int iw = (int)(e % W);
+    long r = e / W;
+    const int ih = (int)(r % H); r /= H;
+    const int id = (int)(r % D);
+    const int img = (int)(r / D);
+    const int rows = CG * KD * KH * KW;
+    T acc = 0;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int td = id + PD - kd * DD;
+        if (td < 0 || td % SD) continue;
+        const int od = td / SD;
+        if (od >= OD) continue;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int th = ih + PH - kh * DH;
+            if (th < 0 || th % SH) continue;
+            const int oh = th / SH;
+            if (oh >= OH) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int tw = iw + PW - kw * DW;
+                if (tw < 0 || tw % SW) continue;
+                const int ow = tw / SW;
+                if (ow >= OW) continue;
+                const int q = (od * OH + oh) * OW + ow - p_start;
+                if (q < 0 || q >= pcount) continue;
+                const int row = ((kd * KH + kh) * KW + kw) * CG + c;
+                acc += col[((long)img * pcount + q) * rows + row];
+            }
+        }
+    }
+    __global T* out = dx + ((long)(n0 + img) * plane + e % plane) * C + g * CG + c;
+    const T v = accumulate ? *out + acc : acc;
+    *out = ep_mode ? epilogue(v, ep_bias, ep_base + g * CG + c, ep_mode) : v;
+}
+
+/* Channels-last bias gradient, first step: part[chunk][c] = sum of dy[r, c] over the rows r
+ * (all of N, D, H, W) of chunk `chunk` of `chunks`; bias_grad_chunks sums them in order. */
+__kernel void bias_grad_nhwc(__global const T* restrict dy, __global T* restrict part,
+                             const int C, const long rows, const int chunks)
+{
+    const int c = get_global_id(0);
+    const int chunk = get_global_id(1);
+    if (c >= C || chunk >= chunks) return;
+    const long per = (rows + chunks - 1) / chunks;
+    const long r1 = min(rows, (chunk + 1) * per);
+    T acc = 0;
+    for (long r = chunk * per; r < r1; ++r) acc += dy[r * C + c];
+    part[(long)chunk * C + c] = acc;
+}
+
+__kernel void bias_grad_chunks(__global const T* restrict part, __global T* restrict out,
+                               const int C, const int chunks)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    T acc = 0;
+    for (int chunk = 0; chunk < chunks; ++chunk) acc += part[(long)chunk * C + c];
+    out[c] = acc;
 }

@@ -7,7 +7,9 @@
  * position p < pcount, so the batch folds into the columns without copies:
  *   B(k, j) = B[b0 + img*b_img + k*ldb + p]      C(m, j) = C[c0 + img*c_img + m*ldc + p]
  * A batch index b = b1 * nb2 + b2 (e.g. group, Winograd element) offsets every operand.
- * accumulate: C += A B instead of C = A B.
+ * accumulate: C += A B instead of C = A B. C is written through the epilogue (common.h;
+ * callers that accumulate pass none): the channel is the row m (vgemm_nt: or, with
+ * EP_BY_COLUMN, the column j % cp), plus ep_b1 per batch b1.
  */
 #ifdef USE_DOUBLE
 #define VW 8
@@ -26,6 +28,8 @@ typedef float16 VT;
 typedef float8 VT_NT;
 #define VLOAD_NT vload8
 #endif
+DEFINE_ACTIVATE(activate_v, VT)
+
 #ifndef MR
 #define MR 6
 #endif
@@ -47,7 +51,8 @@ __kernel void vgemm_n(const int M, const int Kd, const int nimg, const int pcoun
                       __global const T* restrict B, const long b0, const long b_img,
                       const int ldb, const long b_b1, const long b_b2,
                       __global T* restrict Cm, const long c0, const long c_img, const int ldc,
-                      const long c_b1, const long c_b2, const int nb2, const int accumulate)
+                      const long c_b1, const long c_b2, const int nb2, const int accumulate,
+                      EPILOGUE_PARAMS)
 {
     const int blocks = (pcount + VW - 1) / VW;
     const int mb = get_global_id(0);            /* row panels vary fastest: a B strip is */
@@ -85,30 +90,41 @@ __kernel void vgemm_n(const int M, const int Kd, const int nimg, const int pcoun
     }
     __global T* c = Cm + c0 + b1 * c_b1 + b2 * c_b2 + img * c_img + p0 + (long)mb * MR * ldc;
     const int rows = min(MR, M - mb * MR);
+    const long ch0 = ep_base + b1 * ep_b1 + mb * MR;
 #pragma unroll
     for (int i = 0; i < MR; ++i) {
         if (i >= rows) break;
         __global T* row = c + (long)i * ldc;
+        VT out = acc[i];
+        if (ep_mode) {
+            if (ep_mode & EP_BIAS) out += (VT)(ep_bias[ch0 + i]);
+            out = activate_v(out, EP_ACTIVATION(ep_mode));
+        }
         if (nvalid == VW) {
-            if (accumulate) VSTORE(VLOAD(0, row) + acc[i], 0, row);
-            else VSTORE(acc[i], 0, row);
+            if (accumulate) VSTORE(VLOAD(0, row) + out, 0, row);
+            else VSTORE(out, 0, row);
         } else {
             T tmp[VW];
-            VSTORE(acc[i], 0, tmp);
+            VSTORE(out, 0, tmp);
             for (int v = 0; v < nvalid; ++v) row[v] = accumulate ? row[v] + tmp[v] : tmp[v];
         }
     }
 }
 
 /* Vectors along the rows: a work-item computes VW rows x NRJ columns (which may straddle
- * images); A packed in panels of VW rows. Best when positions per image are few (7x7). */
+ * images); A packed in panels of VW rows. Best when positions per image are few (7x7), and
+ * for channels-last tensors, whose channels (the rows) are the contiguous index: column
+ * position p of an image is b_sj (B) and c_sj (C) elements from position p - 1, so
+ *   B(k, j) = B[b0 + img*b_img + k*ldb + p*b_sj]   C(m, j) = C[c0 + img*c_img + m*ldc + p*c_sj]
+ * (b_sj = c_sj = 1 for channels-first tensors). */
 __kernel void vgemm_m(const int M, const int Kd, const int nimg, const int pcount,
                       __global const T* restrict Ap, const long ap0, const long ap_b1,
                       const long ap_b2,
                       __global const T* restrict B, const long b0, const long b_img,
-                      const int ldb, const long b_b1, const long b_b2,
+                      const int ldb, const int b_sj, const long b_b1, const long b_b2,
                       __global T* restrict Cm, const long c0, const long c_img, const int ldc,
-                      const long c_b1, const long c_b2, const int nb2, const int accumulate)
+                      const int c_sj, const long c_b1, const long c_b2, const int nb2,
+                      const int accumulate, EPILOGUE_PARAMS)
 {
     const int mb = get_global_id(0);
     const int jb = get_global_id(1);
@@ -123,7 +139,7 @@ __kernel void vgemm_m(const int M, const int Kd, const int nimg, const int pcoun
     for (int i = 0; i < NRJ; ++i) {
         const int j = min(jb * NRJ + i, ncols - 1);
         const int img = j / pcount;
-        off[i] = img * b_img + (j - img * pcount);
+        off[i] = img * b_img + (long)(j - img * pcount) * b_sj;
     }
     VT acc[NRJ];
 #pragma unroll
@@ -138,12 +154,20 @@ __kernel void vgemm_m(const int M, const int Kd, const int nimg, const int pcoun
     }
     __global T* c = Cm + c0 + b1 * c_b1 + b2 * c_b2;
     const int rows = min(VW, M - mb * VW);
+    VT bias = (VT)(0);
+    if (ep_mode & EP_BIAS) {
+        const long ch0 = ep_base + b1 * ep_b1 + mb * VW;
+        T tmp[VW];
+        for (int r = 0; r < VW; ++r) tmp[r] = r < rows ? ep_bias[ch0 + r] : (T)0;
+        bias = VLOAD(0, tmp);
+    }
     for (int i = 0; i < NRJ; ++i) {
         const int j = jb * NRJ + i;
         if (j >= ncols) break;
         const int img = j / pcount;
-        __global T* col = c + img * c_img + (j - img * pcount) + (long)mb * VW * ldc;
+        __global T* col = c + img * c_img + (long)(j - img * pcount) * c_sj + (long)mb * VW * ldc;
         T tmp[VW];
+        if (ep_mode) acc[i] = activate_v(acc[i] + bias, EP_ACTIVATION(ep_mode));
         VSTORE(acc[i], 0, tmp);
         for (int r = 0; r < rows; ++r) {
             __global T* p = col + (long)r * ldc;
@@ -167,7 +191,7 @@ __kernel void vgemm_nt(const int M, const int Nj, const int nimg, const int pcou
                        const int ldb, const long b_b1, const long b_b2,
                        __global T* restrict Cm, const long c0, const long c_img, const int cp,
                        const int ldc, const long c_b1, const long c_b2, const int nb2,
-                       const int accumulate)
+                       const int accumulate, EPILOGUE_PARAMS)
 {
     const int jb = get_global_id(0);
     const int mb = get_global_id(1);
@@ -231,6 +255,11 @@ __kernel void vgemm_nt(const int M, const int Nj, const int nimg, const int pcou
             T sum = tail[i][j];
             for (int v = 0; v < NT_VW; ++v) sum += lanes[v];
             __global T* p = c + (n / cp) * c_img + (long)m * ldc + n % cp;
+            if (ep_mode) {
+                const long channel = ep_base + b1 * ep_b1
+                                   + ((ep_mode & EP_BY_COLUMN) ? n % cp : m);
+                sum = epilogue(sum, ep_bias, channel, ep_mode);
+            }
             *p = accumulate ? *p + sum : sum;
         }
     }

@@ -183,11 +183,11 @@ inline void direct_tile(__global const T* restrict x, __global const T* restrict
 
 /* A^T = [1 1 1 0; 0 1 -1 -1]. A work-item finishes tiles tw0 .. tw0 + RUN - 1 of one tile
  * row of output channel k as RUN-wide vectors and writes the outputs that exist (OH, OW may
- * be odd); tiles with a non-finite M value are recomputed directly. */
+ * be odd) through the epilogue; tiles with a non-finite M value are recomputed directly. */
 __kernel void wino_output(__global const T* restrict Mb, __global T* restrict y,
                           __global const T* restrict x, __global const T* restrict w,
-                          GEOM_PARAMS, const int n0, const int nimg, const int tiles_h,
-                          const int tiles_w)
+                          GEOM_PARAMS, EPILOGUE_PARAMS, const int n0, const int nimg,
+                          const int tiles_h, const int tiles_w)
 {
     const int tw0 = get_global_id(0) * RUN;
     const int row = get_global_id(1);           /* img * tiles_h + th */
@@ -236,6 +236,11 @@ __kernel void wino_output(__global const T* restrict Mb, __global T* restrict y,
     __global T* yp = y + ((long)(n0 + img) * K + k) * (OH * OW);
     const int ow0 = 2 * tw0;
     const int cols = min(2 * RUN, OW - ow0);
+    if (ep_mode) {
+        for (int i = 0; i < 2; ++i)
+            for (int q = 0; q < 2 * RUN; ++q)
+                outv[i][q] = epilogue(outv[i][q], ep_bias, ep_base + k, ep_mode);
+    }
     for (int i = 0; i < 2; ++i) {
         const int oh = 2 * th + i;
         if (oh >= OH) continue;

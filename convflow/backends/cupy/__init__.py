@@ -15,6 +15,14 @@ CuPy and the frontend are imported when the backend's status is first asked for,
 ``import convflow``. Results are CuPy arrays on the input's device, computed on the current
 CuPy stream; weight gradients of the own kernels are deterministic (no atomics).
 
+dtypes: float16, bfloat16 (cuDNN BFLOAT16; needs a CuPy that holds ``ml_dtypes.bfloat16``
+arrays), float32, float64; the 16-bit types compute in float32. Layouts: ``cudnn`` reads and
+writes channels-last data in place (descriptors with channels-last strides); the own
+kernels compute channels-first, so channels-last data is converted for them. Epilogue: the
+bias and activation are fused into the cuDNN graph (conv -> bias -> activation) where cuDNN
+accepts it, else applied in one pass after the plan; the direct and depthwise kernels apply
+them as they write, and results written by cuBLAS get them in one pass.
+
 This backend has not been run on a GPU yet: CI compiles its kernels with nvcc and checks
 their arithmetic and the algorithms' orchestration on the host (tests/test_cupy_*.py).
 """
@@ -31,11 +39,11 @@ import numpy as np
 
 from ... import config
 from ...errors import DeviceError
-from ...params import ConvProblem
+from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import AlgorithmRule, Backend, BackendStatus
 from . import algorithms
-from .cudnn_plans import CudnnPlans, Policy, Resolution, run_pass
+from .cudnn_plans import CudnnPlans, Policy, Resolution, as_channels_last, run_cudnn
 from .status import Probe, probe
 
 logger = logging.getLogger("convflow")
@@ -60,7 +68,7 @@ def describe_policy(problem: ConvProblem, policy: Policy) -> str:
     if problem.dtype == "float32":
         parts.append("TF32 allowed (CONVFLOW_ALLOW_TF32=1)" if policy.allow_tf32
                      else "no TF32 (CONVFLOW_ALLOW_TF32=0)")
-    elif problem.dtype == "float16":
+    elif problem.dtype in ("float16", "bfloat16"):
         parts.append("float32 accumulation")
     parts.append("deterministic engines only (CONVFLOW_DETERMINISTIC=1)" if policy.deterministic
                  else "any engine (CONVFLOW_DETERMINISTIC=0)")
@@ -129,6 +137,7 @@ class CupyBackend(Backend):
 
     name = "cupy"
     device_type = "cuda"
+    fuses_activation = True
 
     def __init__(self) -> None:
         self._probe: Probe | None = None
@@ -173,29 +182,40 @@ class CupyBackend(Backend):
             rules = OWN_RULES
             if self.plans is not None:
                 cudnn_rule = AlgorithmRule("cudnn", "cuDNN through the cuDNN frontend graph API",
-                                           self._cudnn_rule, self._cudnn_can_run)
+                                           self._cudnn_rule, self._cudnn_can_run,
+                                           channels_last=True)
                 rules = (cudnn_rule, *OWN_RULES)
             self._rules = rules
         return self._rules
 
-    def _resolve(self, problem: ConvProblem, device: int | None = None) -> Resolution:
+    def _resolve(self, problem: ConvProblem, device: int | None = None,
+                 fused: bool = False) -> Resolution:
         assert self._plans is not None
         if device is None:
             device = int(self._cupy.cuda.runtime.getDevice())
-        return self._plans.resolve(problem, device, policy_from_config())
+        return self._plans.resolve(problem, device, policy_from_config(), fused)
 
     def _cudnn_rule(self, problem: ConvProblem) -> tuple[bool, str]:
         if problem.is_empty():
             return False, "an empty batch: nothing for cuDNN to compute"
-        resolution = self._resolve(problem)
+        fused = bool(problem.activation) and problem.direction != Direction.BACKWARD_WEIGHT
+        resolution = self._resolve(problem, fused=fused)
         if not resolution.supported:
             return False, f"{resolution.reason}; convflow's own kernels run it instead"
         assert resolution.plan is not None and resolution.mapping is not None
         details = self._probed().details
         workspace = resolution.plan.workspace_size / 2**20
-        return True, (f"cuDNN {details.get('cudnn', '?')} built a plan (heuristics A, then "
-                      f"fallback; {describe_policy(problem, policy_from_config())}; workspace "
-                      f"{workspace:.1f} MiB; {resolution.mapping.describe()})")
+        text = (f"cuDNN {details.get('cudnn', '?')} built a plan (heuristics A, then fallback; "
+                f"{describe_policy(problem, policy_from_config())}; workspace "
+                f"{workspace:.1f} MiB; {resolution.mapping.describe()}")
+        if problem.channels_last:
+            text += "; channels-last descriptors: the data is read and written where it lies"
+        if resolution.fused:
+            text += f"; bias and {problem.activation} fused into the graph"
+        elif fused:
+            text += (f"; {resolution.fusion}: bias and {problem.activation} in one pass after "
+                     f"the plan")
+        return True, text + ")"
 
     def _cudnn_can_run(self, problem: ConvProblem) -> tuple[bool, str]:
         if problem.is_empty():
@@ -205,11 +225,25 @@ class CupyBackend(Backend):
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
         if device.type != "cuda":
             return f"cupy runs on CUDA devices, not on {device}"
+        if problem.dtype == "bfloat16" and not self._holds_bfloat16():
+            return (f"CuPy {self._probed().version} cannot hold bfloat16 arrays (it needs a "
+                    f"CuPy with ml_dtypes support); convert the operands to float16 or float32, "
+                    f"or use the numba or opencl backend")
         count = int(self._cupy.cuda.runtime.getDeviceCount())
         if device.index >= count:
             return (f"{device} does not exist: this machine has {count} CUDA device"
                     f"{'s' if count != 1 else ''}")
         return None
+
+    def _holds_bfloat16(self) -> bool:
+        """Whether this CuPy makes arrays of ``ml_dtypes.bfloat16`` (CuPy with ml_dtypes)."""
+        import ml_dtypes
+
+        try:
+            self._cupy.empty(1, dtype=ml_dtypes.bfloat16)
+        except Exception:
+            return False
+        return True
 
     def default_device(self) -> Device:
         return Device("cuda", int(self._cupy.cuda.runtime.getDevice()))
@@ -282,7 +316,8 @@ class CupyBackend(Backend):
                 linalg.set_compute_type(np.float32, current)
 
     def _context(self) -> algorithms.Context:
-        return algorithms.Context(self._cupy, self._kernels, self._cupy.matmul,
+        return algorithms.Context(self._cupy, self._kernels,
+                                  algorithms.matmul_wide(self._cupy, self._cupy.matmul),
                                   int(config.get("CONVFLOW_WORKSPACE_MB")) << 20)
 
     def _own_algorithm(self, problem: ConvProblem) -> str:
@@ -294,35 +329,48 @@ class CupyBackend(Backend):
         cupy = self._cupy
         device = a.device
         with cupy.cuda.Device(device.index):
-            a_data = cupy.ascontiguousarray(a.data)
-            b_data = cupy.ascontiguousarray(b.data)
             bias_data = None if bias is None else cupy.ascontiguousarray(bias.data)
             if algorithm == "cudnn":
-                resolution = self._resolve(problem, device.index)
+                wanted = problem.direction != Direction.BACKWARD_WEIGHT and (
+                    bias is not None or bool(problem.activation))
+                resolution = self._resolve(problem, device.index, fused=wanted)
                 if resolution.supported:
+                    a_data, b_data = self._cudnn_operands(problem, a.data, b.data)
                     return Tensor(self._run_cudnn(problem, resolution, a_data, b_data,
                                                   bias_data), device)
                 fallback = self._own_algorithm(problem)
                 logger.warning("cuDNN cannot run %s on %s (%s); running convflow's %s kernels",
                                problem.describe(), device, resolution.reason, fallback)
                 algorithm = fallback
+            # The own kernels compute packed channels-first arrays (channels-last data is
+            # converted here; explain() says so for these rules).
+            a_data = cupy.ascontiguousarray(a.data)
+            b_data = cupy.ascontiguousarray(b.data)
             with self._gemm_mode(problem):
                 out = algorithms.run(self._context(), algorithm, problem, a_data, b_data,
                                      bias_data)
             return Tensor(out, device)
 
+    def _cudnn_operands(self, problem: ConvProblem, a: Any, b: Any) -> tuple[Any, Any]:
+        """The activations as cuDNN's descriptors say they lie: packed channels-last
+        (channels-first views of it; a copy only when the caller's data is not so) or
+        packed channels-first."""
+        cupy = self._cupy
+        if not problem.channels_last:
+            return cupy.ascontiguousarray(a), cupy.ascontiguousarray(b)
+        if problem.direction == Direction.BACKWARD_WEIGHT:
+            return as_channels_last(cupy, a), as_channels_last(cupy, b)
+        return as_channels_last(cupy, a), cupy.ascontiguousarray(b)
+
     def _run_cudnn(self, problem: ConvProblem, resolution: Resolution, a: Any, b: Any,
                    bias: Any) -> Any:
-        plan, mapping, plans = resolution.plan, resolution.mapping, self._plans
-        assert plan is not None and mapping is not None and plans is not None
+        assert self._plans is not None
 
-        def execute(first: Any, second: Any, out: Any) -> None:
-            plans.execute(plan, first, second, out)
+        def epilogue(out: Any, bias: Any, activation: str, channels_last: bool) -> None:
+            self._kernels.bias_activation(out, bias, algorithms.ACTIVATION_CODES[activation],
+                                          channels_last)
 
-        out = run_pass(self._cupy, problem, mapping, plan.key, execute, a, b)
-        if bias is not None:
-            self._kernels.add_bias(out, bias)
-        return out
+        return run_cudnn(self._cupy, self._plans, resolution, problem, a, b, bias, epilogue)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                 algorithm: str) -> Tensor:

@@ -6,9 +6,14 @@ host build of the kernels' per-element functions, so the orchestration (tiles, g
 reshapes, GEMMs, accumulation) is checked without a GPU.
 
 Arrays are C-contiguous ``(N, C, *spatial)``; every pass allocates its output and never
-writes to its inputs. float16 accumulates in float32: the kernels sum in float32, cuBLAS
-GEMMs use a float32 compute type (CuPy's default for float16), and sums across tiles are
-kept in float32.
+writes to its inputs. float16 and bfloat16 accumulate in float32: the kernels sum in
+float32, cuBLAS GEMMs use a float32 compute type (CuPy's default for float16; bfloat16
+products are formed in float32, :func:`matmul_wide`), and sums across tiles are kept in
+float32.
+
+Epilogue: forward and data-gradient passes end with the bias and ``problem.activation``.
+The direct and depthwise kernels apply both as they write each output; a result written by
+cuBLAS (or col2im) gets both in one ``bias_activation`` pass.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ...activations import ACTIVATION_CODES
 from ...params import ConvProblem, Direction
 from .geometry import KernelGeometry, Tile, plan_tiles
 
@@ -28,18 +34,18 @@ class KernelLauncher(Protocol):
     """Runs the CUDA kernels (or, in tests, their host builds) on arrays of one dtype."""
 
     def fprop_direct(self, x: Array, w: Array, bias: Array | None, y: Array,
-                     geometry: KernelGeometry) -> None: ...
+                     geometry: KernelGeometry, activation: int = 0) -> None: ...
 
     def dgrad_direct(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                     geometry: KernelGeometry) -> None: ...
+                     geometry: KernelGeometry, activation: int = 0) -> None: ...
 
     def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: KernelGeometry) -> None: ...
 
     def fprop_depthwise(self, x: Array, w: Array, bias: Array | None, y: Array,
-                        geometry: KernelGeometry) -> None: ...
+                        geometry: KernelGeometry, activation: int = 0) -> None: ...
 
     def dgrad_depthwise(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                        geometry: KernelGeometry) -> None: ...
+                        geometry: KernelGeometry, activation: int = 0) -> None: ...
 
     def wgrad_depthwise(self, x: Array, dy: Array, dw: Array,
                         geometry: KernelGeometry) -> None: ...
@@ -50,7 +56,8 @@ class KernelLauncher(Protocol):
     def col2im(self, col: Array, out: Array, geometry: KernelGeometry, tile: Tile,
                accumulate: bool) -> None: ...
 
-    def add_bias(self, y: Array, bias: Array) -> None: ...
+    def bias_activation(self, y: Array, bias: Array | None, activation: int,
+                        channels_last: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,9 +70,35 @@ class Context:
     workspace_bytes: int
 
     def accumulator(self, dtype: Any) -> Any:
-        """float32 for float16 (the accumulation type), else the dtype itself."""
+        """float32 for the 16-bit types (the accumulation type), else the dtype itself."""
         dtype = self.xp.dtype(dtype)
-        return self.xp.dtype(self.xp.float32) if dtype == self.xp.float16 else dtype
+        return self.xp.dtype(self.xp.float32) if dtype.itemsize == 2 else dtype
+
+
+def activation_code(problem: ConvProblem) -> int:
+    return ACTIVATION_CODES[problem.activation]
+
+
+def _epilogue(ctx: Context, out: Array, b: Array | None, problem: ConvProblem) -> None:
+    """The bias and activation of a result cuBLAS or col2im wrote: one pass, or none."""
+    if b is not None or problem.activation:
+        ctx.launcher.bias_activation(out, b, activation_code(problem))
+
+
+def matmul_wide(xp: Any, matmul: Callable[..., Array]) -> Callable[..., Array]:
+    """*matmul* with bfloat16 products formed and summed in float32 and rounded once (as
+    cuBLAS does for float16 with CuPy's float32 compute type); other dtypes unchanged."""
+
+    def run(a: Array, b: Array, out: Array | None = None) -> Array:
+        if a.dtype.name != "bfloat16":
+            return matmul(a, b) if out is None else matmul(a, b, out=out)
+        result = matmul(a.astype(xp.float32), b.astype(xp.float32)).astype(a.dtype)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    return run
 
 
 def _groups_view(a: Array, groups: int) -> Array:
@@ -91,14 +124,16 @@ def _positions(shape: tuple[int, ...]) -> int:
 
 def fprop_direct(ctx: Context, x: Array, w: Array, b: Array | None, problem: ConvProblem) -> Array:
     y = ctx.xp.empty(problem.y_shape, dtype=x.dtype)
-    ctx.launcher.fprop_direct(x, w, b, y, KernelGeometry.from_problem(problem))
+    ctx.launcher.fprop_direct(x, w, b, y, KernelGeometry.from_problem(problem),
+                              activation_code(problem))
     return y
 
 
 def dgrad_direct(ctx: Context, dy: Array, w: Array, b: Array | None,
                  problem: ConvProblem) -> Array:
     dx = ctx.xp.empty(problem.x_shape, dtype=dy.dtype)
-    ctx.launcher.dgrad_direct(dy, w, b, dx, KernelGeometry.from_problem(problem))
+    ctx.launcher.dgrad_direct(dy, w, b, dx, KernelGeometry.from_problem(problem),
+                              activation_code(problem))
     return dx
 
 
@@ -111,14 +146,16 @@ def wgrad_direct(ctx: Context, x: Array, dy: Array, problem: ConvProblem) -> Arr
 def fprop_depthwise(ctx: Context, x: Array, w: Array, b: Array | None,
                     problem: ConvProblem) -> Array:
     y = ctx.xp.empty(problem.y_shape, dtype=x.dtype)
-    ctx.launcher.fprop_depthwise(x, w, b, y, KernelGeometry.from_problem(problem))
+    ctx.launcher.fprop_depthwise(x, w, b, y, KernelGeometry.from_problem(problem),
+                                 activation_code(problem))
     return y
 
 
 def dgrad_depthwise(ctx: Context, dy: Array, w: Array, b: Array | None,
                     problem: ConvProblem) -> Array:
     dx = ctx.xp.empty(problem.x_shape, dtype=dy.dtype)
-    ctx.launcher.dgrad_depthwise(dy, w, b, dx, KernelGeometry.from_problem(problem))
+    ctx.launcher.dgrad_depthwise(dy, w, b, dx, KernelGeometry.from_problem(problem),
+                                 activation_code(problem))
     return dx
 
 
@@ -161,8 +198,7 @@ def fprop_im2col(ctx: Context, x: Array, w: Array, b: Array | None,
             product = ctx.matmul(w_mat, col_g)
             y_flat[tile.n0:tile.n0 + tile.count, :, tile.p0:tile.p0 + tile.width] = (
                 product.reshape(tile.count, problem.out_channels, tile.width))
-    if b is not None:
-        ctx.launcher.add_bias(y, b)
+    _epilogue(ctx, y, b, problem)
     return y
 
 
@@ -178,7 +214,7 @@ def dgrad_im2col(ctx: Context, dy: Array, w: Array, b: Array | None,
     tiles = _tiles(ctx, geometry, geometry.rows + geometry.k, dy.dtype.itemsize)
     widest = max(t.columns for t in tiles)
     scratch = xp.empty(geometry.rows * widest, dtype=dy.dtype)
-    # float16 sums in a float32 buffer, rounded to float16 once an image range is complete.
+    # 16-bit types sum in a float32 buffer, rounded once an image range is complete.
     buffer = None
     if acc_dtype != dy.dtype:
         largest = max(t.count for t in tiles)
@@ -196,8 +232,7 @@ def dgrad_im2col(ctx: Context, dy: Array, w: Array, b: Array | None,
         last_of_images = index + 1 == len(tiles) or tiles[index + 1].n0 != tile.n0
         if buffer is not None and last_of_images:
             dx[tile.n0:tile.n0 + tile.count] = buffer[:tile.count].astype(dx.dtype)
-    if b is not None:
-        ctx.launcher.add_bias(dx, b)
+    _epilogue(ctx, dx, b, problem)
     return dx
 
 
@@ -243,8 +278,7 @@ def fprop_pointwise(ctx: Context, x: Array, w: Array, b: Array | None,
     y = ctx.xp.empty(problem.y_shape, dtype=x.dtype)
     ctx.matmul(_weight_matrix(w, problem.groups), _groups_view(x, problem.groups),
                out=_groups_view(y, problem.groups))
-    if b is not None:
-        ctx.launcher.add_bias(y, b)
+    _epilogue(ctx, y, b, problem)
     return y
 
 
@@ -255,8 +289,7 @@ def dgrad_pointwise(ctx: Context, dy: Array, w: Array, b: Array | None,
     dx = ctx.xp.empty(problem.x_shape, dtype=dy.dtype)
     ctx.matmul(_weight_matrix_t(ctx, w, problem.groups), _groups_view(dy, problem.groups),
                out=_groups_view(dx, problem.groups))
-    if b is not None:
-        ctx.launcher.add_bias(dx, b)
+    _epilogue(ctx, dx, b, problem)
     return dx
 
 

@@ -8,7 +8,8 @@
   padding and outputs that may be fewer than the convolution gives become cuDNN's pre/post
   padding, cropping the input where needed, or, for engines that refuse asymmetric padding,
   symmetric padding plus explicit zeros;
-* tensor descriptors (:func:`descriptor`) and the plan-cache key (:class:`PlanKey`).
+* tensor descriptors (:func:`descriptor`: channels-first or channels-last strides) and the
+  plan-cache key (:class:`PlanKey`, with the fused epilogue the graph carries).
 
 Everything here is unit-tested on machines without a GPU.
 """
@@ -252,8 +253,18 @@ def packed_strides(dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def descriptor(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """cuDNN dims and strides of a contiguous ``(N, C, *spatial)`` array.
+def channels_last_strides(dims: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of ``(N, C, *spatial)`` dims whose memory is channels-last,
+    ``(N, *spatial, C)`` packed (NHWC, NDHWC; for weights KRSC)."""
+    memory = packed_strides((dims[0], *dims[2:], dims[1]))
+    return (memory[0], memory[-1], *memory[1:-1])
+
+
+def descriptor(shape: tuple[int, ...],
+               channels_last: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """cuDNN dims and strides of an ``(N, C, *spatial)`` array, packed channels-first or,
+    with *channels_last*, packed channels-last: the dims stay in cuDNN's NCHW order and the
+    strides say where the data lies, so channels-last data is described, not transposed.
 
     cuDNN's convolutions take 4-D or 5-D tensors, so a 1-D problem gets a unit height:
     ``(N, C, W)`` is described as ``(N, C, 1, W)``.
@@ -261,7 +272,7 @@ def descriptor(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]
     dims = tuple(shape)
     if len(dims) == 3:
         dims = (dims[0], dims[1], 1, dims[2])
-    return dims, packed_strides(dims)
+    return dims, channels_last_strides(dims) if channels_last else packed_strides(dims)
 
 
 def lift_conv_params(values: tuple[int, ...], fill: int) -> tuple[int, ...]:
@@ -290,23 +301,42 @@ class PlanKey:
     deterministic: bool
     allow_tf32: bool
     workspace_limit: int
+    # Activations (x, y; and the weight, KRSC) described with channels-last strides.
+    channels_last: bool = False
+    # The fused epilogue after the convolution node: "" (none), "bias" or "bias+<activation>".
+    epilogue: str = ""
 
     @property
     def transposed(self) -> bool:
         """A transposed convolution is the backward-data pass of the one it transposes."""
         return self.direction == Direction.BACKWARD_DATA.value
 
+    @property
+    def activation(self) -> str:
+        return self.epilogue.partition("+")[2]
+
+    @property
+    def bias_dims(self) -> tuple[int, ...]:
+        """The bias as cuDNN broadcasts it: one value per channel of the pass's output."""
+        dims = self.x_dims if self.transposed else self.y_dims
+        return (1, dims[1], *(1 for _ in dims[2:]))
+
 
 def plan_key(problem: ConvProblem, mapping: CudnnMapping, device: int, *, deterministic: bool,
-             allow_tf32: bool, workspace_limit: int) -> PlanKey:
-    """The cache key of *problem* as mapped onto cuDNN on CUDA device *device*.
+             allow_tf32: bool, workspace_limit: int, fused: bool = False) -> PlanKey:
+    """The cache key of *problem* as mapped onto cuDNN on CUDA device *device*; with *fused*,
+    of the graph that adds the bias and applies ``problem.activation`` after the convolution.
 
     TF32 only exists for float32, so the policy is part of the key for float32 problems only.
     """
+    last = problem.channels_last
     x_shape = (*problem.x_shape[:2], *mapping.cudnn_x_spatial())
-    x_dims, x_strides = descriptor(x_shape)
-    w_dims, w_strides = descriptor(problem.w_shape)
-    y_dims, y_strides = descriptor(problem.y_shape)
+    x_dims, x_strides = descriptor(x_shape, last)
+    w_dims, w_strides = descriptor(problem.w_shape, last)
+    y_dims, y_strides = descriptor(problem.y_shape, last)
+    epilogue = ""
+    if fused:
+        epilogue = f"bias+{problem.activation}" if problem.activation else "bias"
     return PlanKey(
         device=device,
         direction=problem.direction.value,
@@ -322,4 +352,6 @@ def plan_key(problem: ConvProblem, mapping: CudnnMapping, device: int, *, determ
         deterministic=bool(deterministic),
         allow_tf32=bool(allow_tf32) and problem.dtype == "float32",
         workspace_limit=int(workspace_limit),
+        channels_last=last,
+        epilogue=epilogue,
     )

@@ -62,11 +62,11 @@ class CudaKernels:
         return tuple(np.int32(v) for v in geometry.args())
 
     def _with_bias(self, name: str, a: Array, w: Array, bias: Array | None, out: Array,
-                   geometry: KernelGeometry) -> None:
+                   geometry: KernelGeometry, activation: int) -> None:
         # A kernel without a bias still needs a pointer of the right type: pass the output,
-        # which has_bias = 0 keeps it from reading.
-        args = (a, w, out if bias is None else bias, np.int32(bias is not None), out,
-                *self._geometry_args(geometry))
+        # which the epilogue mode keeps it from reading.
+        args = (a, w, out if bias is None else bias, np.int32(epilogue_mode(bias, activation)),
+                out, *self._geometry_args(geometry))
         self._launch(name, out.dtype, elementwise_launch(out.size), args)
 
     def _reduce(self, name: str, a: Array, b: Array, out: Array,
@@ -75,23 +75,23 @@ class CudaKernels:
                      (a, b, out, *self._geometry_args(geometry)))
 
     def fprop_direct(self, x: Array, w: Array, bias: Array | None, y: Array,
-                     geometry: KernelGeometry) -> None:
-        self._with_bias("cf_fprop_direct", x, w, bias, y, geometry)
+                     geometry: KernelGeometry, activation: int = 0) -> None:
+        self._with_bias("cf_fprop_direct", x, w, bias, y, geometry, activation)
 
     def dgrad_direct(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                     geometry: KernelGeometry) -> None:
-        self._with_bias("cf_dgrad_direct", dy, w, bias, dx, geometry)
+                     geometry: KernelGeometry, activation: int = 0) -> None:
+        self._with_bias("cf_dgrad_direct", dy, w, bias, dx, geometry, activation)
 
     def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: KernelGeometry) -> None:
         self._reduce("cf_wgrad_direct", x, dy, dw, geometry)
 
     def fprop_depthwise(self, x: Array, w: Array, bias: Array | None, y: Array,
-                        geometry: KernelGeometry) -> None:
-        self._with_bias("cf_fprop_depthwise", x, w, bias, y, geometry)
+                        geometry: KernelGeometry, activation: int = 0) -> None:
+        self._with_bias("cf_fprop_depthwise", x, w, bias, y, geometry, activation)
 
     def dgrad_depthwise(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                        geometry: KernelGeometry) -> None:
-        self._with_bias("cf_dgrad_depthwise", dy, w, bias, dx, geometry)
+                        geometry: KernelGeometry, activation: int = 0) -> None:
+        self._with_bias("cf_dgrad_depthwise", dy, w, bias, dx, geometry, activation)
 
     def wgrad_depthwise(self, x: Array, dy: Array, dw: Array,
                         geometry: KernelGeometry) -> None:
@@ -109,7 +109,17 @@ class CudaKernels:
                 np.int32(accumulate), *self._geometry_args(geometry))
         self._launch("cf_col2im", col.dtype, elementwise_launch(out.size), args)
 
-    def add_bias(self, y: Array, bias: Array) -> None:
-        inner = int(np.prod(y.shape[2:], dtype=np.int64))
-        args = (y, bias, np.int32(y.shape[1]), np.int64(inner), np.int64(y.size))
-        self._launch("cf_add_bias", y.dtype, elementwise_launch(y.size), args)
+    def bias_activation(self, y: Array, bias: Array | None, activation: int,
+                        channels_last: bool = False) -> None:
+        """``y = activation(y + bias)`` in one pass; *y* contiguous ``(N, C, *spatial)`` or,
+        with *channels_last*, ``(N, *spatial, C)``."""
+        channels = y.shape[-1] if channels_last else y.shape[1]
+        inner = 1 if channels_last else int(np.prod(y.shape[2:], dtype=np.int64))
+        args = (y, y if bias is None else bias, np.int32(epilogue_mode(bias, activation)),
+                np.int32(channels), np.int64(inner), np.int64(y.size))
+        self._launch("cf_bias_activation", y.dtype, elementwise_launch(y.size), args)
+
+
+def epilogue_mode(bias: Array | None, activation: int) -> int:
+    """The kernels' ep_mode (kernels/cuda/common.cuh): bit 0 bias, bits 1-3 activation."""
+    return (1 if bias is not None else 0) | (activation << 1)

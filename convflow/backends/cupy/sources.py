@@ -15,7 +15,7 @@ from ... import kernels
 from .geometry import REDUCTION_BLOCK
 
 # storage dtype name -> CF_DTYPE
-DTYPE_CODES = {"float16": 16, "float32": 32, "float64": 64}
+DTYPE_CODES = {"float16": 16, "bfloat16": 116, "float32": 32, "float64": 64}
 
 # kernel name -> source file (relative to the kernel root)
 KERNEL_FILES = {
@@ -27,7 +27,7 @@ KERNEL_FILES = {
     "cf_wgrad_depthwise": "cuda/depthwise.cu",
     "cf_im2col": "cuda/im2col.cu",
     "cf_col2im": "cuda/im2col.cu",
-    "cf_add_bias": "cuda/im2col.cu",
+    "cf_bias_activation": "cuda/im2col.cu",
 }
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)

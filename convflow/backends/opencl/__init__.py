@@ -14,7 +14,15 @@ Solvers (``convflow.explain()`` lists them with the reason each was or was not c
 
 The rules pick by the device type of ``opencl:0`` (CPU-style solvers on CPU devices,
 GPU-style ones elsewhere); every solver can be forced with ``algorithm=`` on any device and
-disabled with ``CONVFLOW_DISABLE_ALGOS``. A solver whose kernel fails to build or whose
+disabled with ``CONVFLOW_DISABLE_ALGOS``.
+
+dtypes: float32, float64 (with ``cl_khr_fp64``), and float16 and bfloat16 stored as such and
+computed in float32 (converted on the device by ``convert.cl``; bfloat16 travels as its
+16 bits, so no bfloat16 array ever reaches pyopencl's kernel-argument handling). Layouts:
+the GEMM and 1x1 solvers of both styles, ``depthwise`` and ``direct_wrw`` read and write
+channels-last tensors in place (their rules say ``channels_last``); the others get
+channels-first copies and their results are converted back. Bias and activation are fused:
+the kernel that writes a forward or data-gradient result applies them as it stores it. A solver whose kernel fails to build or whose
 work-group or local memory needs exceed the device's limits falls back to the next rule with
 a :class:`~convflow.errors.SolverFallbackWarning`; no weight gradient uses atomics.
 
@@ -28,11 +36,13 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ... import config
+from ...activations import ACTIVATION_CODES
 from ...errors import (
     ArgumentTypeError,
     BackendUnavailableError,
@@ -55,7 +65,7 @@ from .runtime import (
     pocl_cache_scope,
     query_info,
 )
-from .solvers import SOLVERS, Call, Geom, Solver
+from .solvers import NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
 
 IM2COL_MIN_REDUCTION = 16
 IM2COL_MIN_OUT_CHANNELS = 4
@@ -65,6 +75,20 @@ TILED_DIRECT_MAX_OUT_CHANNELS = 32
 
 _PAD_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
 _ELEMENT_KERNELS = {2: "u16", 4: "u32", 8: "u64"}
+# Storage dtypes computed in float32: the name their convert.cl kernels use.
+_HALF_KERNELS = {"float16": "half", "bfloat16": "bf16"}
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+BIAS_GRAD_CHUNKS = 64     # row chunks of the channels-last bias gradient's first step
+
+
+def _to_channels_last(ndim: int) -> tuple[int, ...]:
+    """Axes taking a channels-first (N, C, *spatial) array to (N, *spatial, C)."""
+    return (0, *range(2, ndim), 1)
+
+
+def _to_channels_first(ndim: int) -> tuple[int, ...]:
+    """Axes taking a channels-last (N, *spatial, C) array to (N, C, *spatial)."""
+    return (0, ndim - 1, *range(1, ndim - 1))
 
 # Rule order per device style: the style's own solvers first; the other style's solvers are
 # listed (so explain() shows them and algorithm= can force them) but never chosen by rule.
@@ -96,6 +120,10 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     fits, why = _winograd_fits(problem)
     if not fits:
         return False, why
+    if problem.channels_last:
+        return False, (f"{why}, but the data is channels-last: the im2col GEMM computes it in "
+                       f"place, while Winograd would convert the input and the result, which "
+                       f"costs more than its saved multiplications (measured on PoCL)")
     reduced, produced = _pass_channels(problem)
     if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
         return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
@@ -207,7 +235,8 @@ def _make_rule(solver: Solver, style: str) -> AlgorithmRule:
                            f"(force it with algorithm={solver.name!r})")
         return applies_fn(problem)
 
-    return AlgorithmRule(solver.name, solver.summary, applies, can_run_fn, solver.directions)
+    return AlgorithmRule(solver.name, solver.summary, applies, can_run_fn, solver.directions,
+                         channels_last=solver.channels_last)
 
 
 RULES: dict[str, tuple[AlgorithmRule, ...]] = {
@@ -221,6 +250,7 @@ class OpenCLBackend(Backend):
 
     name = "opencl"
     device_type = "opencl"
+    fuses_activation = True
 
     def __init__(self) -> None:
         self._status: BackendStatus | None = None
@@ -303,7 +333,7 @@ class OpenCLBackend(Backend):
             return (f"device {device} does not exist: {len(infos)} OpenCL device(s) are visible "
                     f"(CONVFLOW_OPENCL_DEVICE selects them)")
         info = infos[device.index]
-        if problem.dtype not in ("float16", "float32", "float64"):
+        if problem.dtype not in _DTYPES:
             return (f"the opencl backend does not compute {problem.dtype}; convert the operands "
                     f"to float32 or use the numba backend")
         if problem.dtype == "float64" and not info.fp64:
@@ -439,52 +469,78 @@ class OpenCLBackend(Backend):
         first = next(t for t in tensors if t is not None)
         state = self._state_for(first.data)
         queue = first.data.queue or state.queue
-        compute = np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+        compute = np.dtype(np.float32) if dtype.name in _HALF_KERNELS else np.dtype(dtype)
         budget = min(config.get("CONVFLOW_WORKSPACE_MB") << 20, state.info.max_mem_alloc_size)
         return Call(state, queue, compute, budget)
 
-    def _operand(self, call: Call, t: Tensor) -> Any:
-        """*t* as a contiguous array in the compute dtype, in the call's context."""
+    def _operand(self, call: Call, t: Tensor, channels_last: bool = False) -> Any:
+        """*t* as a contiguous array in the compute dtype, in the call's context; with
+        *channels_last*, *t* (channels-first axis order) is made contiguous in channels-last
+        memory order (N, *spatial, C): no copy when it already lies so."""
         array = t.data
         state = call.state
         if array.context.int_ptr != state.context.int_ptr:
             array = state.to_device(call.queue, self.download(t))
         elif array.queue is not None and array.queue is not call.queue:
             array.queue.finish()
-        if array.dtype == np.float16:
+        if channels_last:
+            array = array.transpose(_to_channels_last(array.ndim))
+        half = _HALF_KERNELS.get(array.dtype.name)
+        if half is not None:
+            # Only the buffer reaches the kernel (never a float16 / bfloat16 pyopencl array).
             out = call.tensor(array.shape)
-            if out.size:
+            if out.size and array.flags.c_contiguous:
+                kernel = state.kernel(("opencl/convert.cl",), f"{half}_to_float_flat", {})
+                call.launch(kernel, (out.size,), (64,), array.base_data,
+                            np.int64(array.offset // 2), out.data, np.int64(out.size))
+            elif out.size:
                 shape, strides = self._five_dims(array)
-                kernel = state.kernel(("opencl/convert.cl",), "half_to_float", {})
+                kernel = state.kernel(("opencl/convert.cl",), f"{half}_to_float", {})
                 call.launch(kernel, (out.size,), (64,), array.base_data,
                             np.int64(array.offset // 2), *shape,
                             *(np.int64(s) for s in strides), out.data)
             return out
         return self._contiguous(array, call.queue)
 
-    def _result(self, call: Call, out: Any, dtype: np.dtype, device: Device) -> Tensor:
-        if dtype == np.float16:
-            half = call.state.empty(call.queue, out.shape, np.float16)
+    def _result(self, call: Call, out: Any, dtype: np.dtype, device: Device,
+                channels_last: bool = False) -> Tensor:
+        """*out* (compute dtype) rounded to *dtype*; a channels-last *out* is returned as its
+        channels-first view (functional.py turns it back without a copy)."""
+        half = _HALF_KERNELS.get(dtype.name)
+        if half is not None:
+            rounded = call.state.empty(call.queue, out.shape, dtype)
             if out.size:
-                kernel = call.state.kernel(("opencl/convert.cl",), "float_to_half", {})
-                call.launch(kernel, (out.size,), (64,), out.data, half.data,
+                kernel = call.state.kernel(("opencl/convert.cl",), f"float_to_{half}", {})
+                call.launch(kernel, (out.size,), (64,), out.data, rounded.data,
                             np.int64(out.size))
-            out = half
+            out = rounded
+        if channels_last:
+            out = out.transpose(_to_channels_first(out.ndim))
         return Tensor(out, device)
 
-    def _solve(self, problem: ConvProblem, algorithm: str, call: Call, a: Any, b: Any,
-               out: Any) -> None:
+    def _solve(self, problem: ConvProblem, algorithm: str, call: Call,
+               operands: Callable[[bool], tuple[Any, Any]], ep: Epilogue,
+               out_shape: tuple[int, ...]) -> tuple[Any, bool]:
         """Run *algorithm*; on a build failure or a device limit, warn and try the next
-        solver whose rule applies (``naive`` last), so a call never crashes on one kernel."""
+        solver whose rule applies (``naive`` last), so a call never crashes on one kernel.
+        ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
+        returns the result and whether it is channels-last."""
         geometry = Geom.of(problem)
         rules = [r for r in self.algorithm_rules() if problem.direction in r.directions]
         tried: list[str] = []
         name = algorithm
         while True:
             solver = SOLVERS[name]
+            native = problem.channels_last and solver.channels_last
+            a, b = operands(native)
+            shape = out_shape
+            if native and problem.direction != Direction.BACKWARD_WEIGHT:
+                shape = (out_shape[0], *out_shape[2:], out_shape[1])
+            out = call.tensor(shape)
             try:
-                solver.pass_for(problem.direction)(call, geometry, a, b, out)
-                return
+                solver.pass_for(problem.direction)(
+                    call, replace(geometry, channels_last=native), a, b, out, ep)
+                return out, native
             except (KernelBuildError, SolverUnavailable) as exc:
                 tried.append(name)
                 following = [r.name for r in rules if r.name not in tried and r.applies(problem)[0]
@@ -507,15 +563,22 @@ class OpenCLBackend(Backend):
         bias = None if bias is None else self._on_device(bias)
         dtype = a.dtype
         call = self._call((a, b, bias), dtype)
-        a_arr, b_arr = self._operand(call, a), self._operand(call, b)
-        out = call.tensor(out_shape)
-        self._solve(problem, algorithm, call, a_arr, b_arr, out)
-        if bias is not None:
-            bias_arr = self._operand(call, bias)
-            inner = int(np.prod(out_shape[2:], dtype=np.int64))
-            call.flat("util", "bias_add", out.size, out.data, bias_arr.data, out_shape[1],
-                      np.int64(inner), np.int64(out.size))
-        return self._result(call, out, dtype, a.device)
+        weight_pass = problem.direction == Direction.BACKWARD_WEIGHT
+        prepared: dict[bool, tuple[Any, Any]] = {}
+
+        def operands(channels_last: bool) -> tuple[Any, Any]:
+            # a is x or dy (an activation tensor); b is the weight, or dy for the weight pass.
+            if channels_last not in prepared:
+                prepared[channels_last] = (self._operand(call, a, channels_last),
+                                           self._operand(call, b, channels_last and weight_pass))
+            return prepared[channels_last]
+
+        ep = NO_EPILOGUE
+        if not weight_pass:
+            ep = Epilogue(None if bias is None else self._operand(call, bias),
+                          ACTIVATION_CODES[problem.activation])
+        out, channels_last = self._solve(problem, algorithm, call, operands, ep, out_shape)
+        return self._result(call, out, dtype, a.device, channels_last and not weight_pass)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                 algorithm: str) -> Tensor:
@@ -530,14 +593,26 @@ class OpenCLBackend(Backend):
         return self._pass(problem, algorithm, x, dy, None, problem.w_shape)
 
     def bias_grad(self, dy: Tensor) -> Tensor:
+        """Channels-last dy (a channels-first view of (N, *spatial, C) memory) is reduced
+        where it lies: per channel over row chunks, then over the chunks, in a fixed order."""
         dy = self._on_device(dy)
         call = self._call((dy,), dy.dtype)
-        grad = self._operand(call, dy)
         channels = dy.shape[1]
+        channels_last = dy.ndim > 2 and dy.data.transpose(
+            _to_channels_last(dy.ndim)).flags.c_contiguous
+        grad = self._operand(call, dy, channels_last)
         out = call.tensor((channels,))
         inner = int(np.prod(dy.shape[2:], dtype=np.int64))
         if dy.shape[0] == 0 or inner == 0:
             call.zero(out)
+        elif channels and channels_last:
+            rows = dy.shape[0] * inner
+            chunks = min(BIAS_GRAD_CHUNKS, rows)
+            part = call.empty((chunks, channels))
+            call.launch(call.kernel("util", "bias_grad_nhwc"), (channels, chunks), (16, 4),
+                        grad.data, part.data, channels, np.int64(rows), chunks)
+            call.flat("util", "bias_grad_chunks", channels, part.data, out.data, channels,
+                      chunks)
         elif channels:
             group = call.state.reduction_group()
             kernel = call.kernel("util", "bias_grad", RED_WG=group)

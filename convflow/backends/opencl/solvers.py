@@ -9,6 +9,13 @@ this device (local memory, work-group limits, buffer sizes) raises
 GPU-style solvers (``tiled_direct``, ``gemm_1x1``, ``im2col_gemm``, ``winograd``,
 ``direct_wrw``) use local-memory tiles and barriers; CPU-style ones (``vec_gemm_1x1``,
 ``vec_im2col_gemm``, ``vec_winograd``) use explicit vectors and no local memory.
+
+Layouts: with ``Geom.channels_last`` the activations (x, y, dx, dy) are channels-last
+(N, D, H, W, C) arrays, read and written in place; only solvers with ``channels_last=True``
+(the GEMM and 1x1 solvers of both styles, ``depthwise`` and ``direct_wrw``) accept that,
+the backend converts for the others. Epilogue: forward and data-gradient passes take an
+:class:`Epilogue` (bias and activation) that the kernel writing the result applies as it
+stores each value, so no pass over the output follows.
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
 @dataclass(frozen=True)
 class Geom:
     """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
-    y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups."""
+    y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
+    Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
+    them as (N, D, H, W, C) in memory."""
 
     x: tuple[int, int, int, int, int]
     w: tuple[int, int, int, int, int]
@@ -61,6 +70,7 @@ class Geom:
     pad: tuple[int, int, int]
     dilation: tuple[int, int, int]
     groups: int
+    channels_last: bool = False
 
     @classmethod
     def of(cls, problem: ConvProblem) -> Geom:
@@ -118,6 +128,13 @@ class Call:
     queue: Any
     dtype: np.dtype
     budget: int
+    _placeholder: Any = None
+
+    def placeholder(self) -> Array:
+        """A one-element buffer for pointer arguments a kernel does not read (no bias)."""
+        if self._placeholder is None:
+            self._placeholder = self.empty((1,))
+        return self._placeholder
 
     @property
     def itemsize(self) -> int:
@@ -157,14 +174,49 @@ def L(value: int) -> np.int64:
     return np.int64(value)
 
 
+@dataclass(frozen=True)
+class Epilogue:
+    """What the kernel writing a pass's result applies to each value of channel ``ch`` as it
+    stores it: ``activation(v + bias[base + b1 * batch + ch])`` (common.h EPILOGUE_PARAMS).
+    ``activation`` is a code of :data:`convflow.activations.ACTIVATION_CODES`; ``b1`` is the
+    channel step per batch of a batched GEMM; ``by_column`` says the channel is a GEMM's
+    column index rather than its row."""
+
+    bias: Array | None = None
+    activation: int = 0
+    base: int = 0
+    b1: int = 0
+    by_column: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.bias is not None or self.activation != 0
+
+    def at(self, base: int = 0, b1: int = 0, by_column: bool = False) -> Epilogue:
+        """This epilogue for a kernel whose channel 0 is *base* (and so on)."""
+        return replace(self, base=base, b1=b1, by_column=by_column)
+
+    def args(self, call: Call) -> tuple[Any, ...]:
+        mode = ((1 if self.bias is not None else 0) | (self.activation << 1)
+                | (16 if self.by_column else 0))
+        bias = self.bias if self.bias is not None else call.placeholder()
+        return bias.data, L(self.base), L(self.b1), np.int32(mode)
+
+
+NO_EPILOGUE = Epilogue()
+
+
 # Shared steps ------------------------------------------------------------------------------
 def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: int, sk: int,
-                sb1: int = 0, sb2: int = 0, nb1: int = 1, nb2: int = 1) -> tuple[Array, int]:
+                sb1: int = 0, sb2: int = 0, nb1: int = 1, nb2: int = 1,
+                out: Array | None = None) -> tuple[Array, int]:
     """Pack ``A_b(m, k) = src[s0 + b1*sb1 + b2*sb2 + m*sm + k*sk]`` into panels of *r* rows
-    for the vgemm kernels; returns the buffer and the elements per batch entry."""
+    for the vgemm kernels (``r = 1``: a plain strided copy, ``out[b][m][k]``); returns the
+    buffer (*out* if given) and the elements per batch entry."""
     mpad = -(-m // r) * r
     per_batch = mpad * k
-    out = call.empty((nb1 * nb2 * per_batch,))
+    if out is None:
+        out = call.empty((nb1 * nb2 * per_batch,))
     call.launch(call.kernel("util", "pack_panels"), (-(-k // PACK_RUN), mpad, nb1 * nb2),
                 (1, FLAT_GROUP // 8, 1), src.data, out.data, m, k, r, mpad, L(s0), sm, sk,
                 L(sb1), L(sb2), nb2)
@@ -195,43 +247,55 @@ def vgemm_kind(call: Call, pcount: int) -> str:
 @dataclass(frozen=True)
 class VOperand:
     """Addressing of a vgemm B or C operand: element (k or m, img, p) at
-    ``base + b1*s_b1 + b2*s_b2 + img*s_img + row*ld + p``."""
+    ``base + b1*s_b1 + b2*s_b2 + img*s_img + row*ld + p*s_p`` (``s_p`` other than 1 only
+    for vgemm_m: channels-last operands, whose positions are a row of channels apart)."""
 
     base: int
     s_img: int
     ld: int
     s_b1: int = 0
     s_b2: int = 0
+    s_p: int = 1
 
 
 def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int, m: int,
           k: int, nimg: int, pcount: int, b: Array, bo: VOperand, c: Array, co: VOperand,
-          nb1: int = 1, nb2: int = 1, accumulate: bool = False) -> None:
-    """C(m, (img, p)) (+)= sum_k A(m, k) B(k, (img, p)) with A packed for *kind*."""
+          nb1: int = 1, nb2: int = 1, accumulate: bool = False,
+          ep: Epilogue = NO_EPILOGUE) -> None:
+    """C(m, (img, p)) (+)= sum_k A(m, k) B(k, (img, p)) with A packed for *kind*, written
+    through *ep* (the channel is the row m)."""
+    assert not (accumulate and ep.active), "the epilogue applies to complete results only"
     kernel = call.kernel("vgemm", kind, MR=MR, NRJ=NRJ)
     vw = 16 if call.dtype == np.float32 else 8
     if kind == "vgemm_n":
+        assert bo.s_p == 1 and co.s_p == 1, "vgemm_n reads and writes positions as vectors"
         columns, rows = nimg * -(-pcount // vw), -(-m // MR)
+        b_args: tuple[Any, ...] = (b.data, L(bo.base), L(bo.s_img), bo.ld)
+        c_args: tuple[Any, ...] = (c.data, L(co.base), L(co.s_img), co.ld)
     else:
         columns, rows = -(-(nimg * pcount) // NRJ), -(-m // vw)
+        b_args = (b.data, L(bo.base), L(bo.s_img), bo.ld, bo.s_p)
+        c_args = (c.data, L(co.base), L(co.s_img), co.ld, co.s_p)
     call.launch(kernel, (rows, columns, nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, k, nimg, pcount, packed.data, L(ap0), L(ap_b1), L(ap_b2),
-                b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
-                c.data, L(co.base), L(co.s_img), co.ld, L(co.s_b1), L(co.s_b2), nb2,
-                accumulate)
+                *b_args, L(bo.s_b1), L(bo.s_b2), *c_args, L(co.s_b1), L(co.s_b2), nb2,
+                accumulate, *ep.args(call))
 
 
 def vgemm_nt(call: Call, m: int, nj: int, nimg: int, pcount: int, a: Array, ao: VOperand,
              b: Array, bo: VOperand, c: Array, c0: int, ldc: int, c_img: int = 0,
              cp: int = 0, c_b1: int = 0, c_b2: int = 0, nb1: int = 1, nb2: int = 1,
-             accumulate: bool = False) -> None:
+             accumulate: bool = False, ep: Epilogue = NO_EPILOGUE) -> None:
     """C(m, j) (+)= sum_{img, p} A(m, (img, p)) B(j, (img, p)): reductions along memory;
-    column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``."""
+    column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``, written through *ep*
+    (the channel is m, or ``j % cp`` with ``ep.by_column``)."""
+    assert not (accumulate and ep.active), "the epilogue applies to complete results only"
     kernel = call.kernel("vgemm", "vgemm_nt", MR=MR, NRJ=NRJ)
     call.launch(kernel, (-(-nj // NT_RJ), -(-m // NT_RM), nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, nj, nimg, pcount, a.data, L(ao.base), L(ao.s_img), ao.ld, L(ao.s_b1),
                 L(ao.s_b2), b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
-                c.data, L(c0), L(c_img), cp or nj, ldc, L(c_b1), L(c_b2), nb2, accumulate)
+                c.data, L(c0), L(c_img), cp or nj, ldc, L(c_b1), L(c_b2), nb2, accumulate,
+                *ep.args(call))
 
 
 @dataclass(frozen=True)
@@ -250,9 +314,11 @@ class GOperand:
 
 def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, ao: GOperand,
                b: Array, bo: GOperand, c: Array, co: GOperand, nb1: int = 1, nb2: int = 1,
-               accumulate: bool = False) -> None:
+               accumulate: bool = False, ep: Epilogue = NO_EPILOGUE) -> None:
     """The GPU-style local-memory tiled GEMM (gemm.cl) with its work-group size chosen
-    from the device's limits: 16x16 items on 64x64 tiles, else 8x8 on 32x32."""
+    from the device's limits: 16x16 items on 64x64 tiles, else 8x8 on 32x32. C is written
+    through *ep* (the channel is the row m)."""
+    assert not (accumulate and ep.active), "the epilogue applies to complete results only"
     kernel, why = None, ""
     for ts in (64, 32):
         threads = (ts // 4) ** 2
@@ -280,7 +346,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                 b.data, L(bo.base), L(bo.s_kimg), L(bo.s_k), L(bo.s_jimg), L(bo.s_j),
                 L(bo.s_b1), L(bo.s_b2),
                 c.data, L(co.base), L(co.s_m), L(co.s_jimg), L(co.s_j), L(co.s_b1), L(co.s_b2),
-                nb2, accumulate, fixed=True)
+                nb2, accumulate, *ep.args(call), fixed=True)
 
 
 @dataclass(frozen=True)
@@ -310,12 +376,15 @@ def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int
 
 
 # Solvers -----------------------------------------------------------------------------------
-Pass = Callable[[Call, Geom, Array, Array, Array], None]
+# (call, geometry, a, b, out, epilogue): forward (x, w -> y) and data-gradient (dy, w -> dx)
+# passes write through the epilogue; weight-gradient passes (x, dy -> dw) get NO_EPILOGUE.
+Pass = Callable[[Call, Geom, Array, Array, Array, Epilogue], None]
 
 
 @dataclass(frozen=True)
 class Solver:
-    """One named solver: its passes (None where it has none) and the device style it suits."""
+    """One named solver: its passes (None where it has none), the device style it suits,
+    and whether it computes channels-last activations in place."""
 
     name: str
     style: str            # "any", "gpu" or "cpu"
@@ -323,6 +392,7 @@ class Solver:
     forward: Pass | None
     backward_data: Pass | None
     backward_weight: Pass | None
+    channels_last: bool = False
 
     @property
     def directions(self) -> frozenset[Direction]:
@@ -337,31 +407,51 @@ class Solver:
         return run
 
 
+def _channels_first(g: Geom, solver: str) -> None:
+    assert not g.channels_last, f"{solver} computes channels-first tensors only"
+
+
 # naive -------------------------------------------------------------------------------------
-def _naive(kernel_name: str) -> Pass:
-    def run(call: Call, g: Geom, a: Array, b: Array, out: Array) -> None:
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args)
+def _naive(kernel_name: str, epilogue: bool) -> Pass:
+    def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
+        _channels_first(g, "naive")
+        extra = ep.args(call) if epilogue else ()
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
 
     return run
 
 
 # depthwise ---------------------------------------------------------------------------------
 DW_OPI = 4
+DW_NHWC_GROUP = (16, 4, 1)   # channels along dimension 0: neighbours read neighbours
 
 
-def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
     n, k, od, oh, ow = g.y
+    if g.channels_last:
+        call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
+                    (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
+                    *g.args, *ep.args(call))
+        return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args)
+                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call))
 
 
-def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
+                            ep: Epilogue) -> None:
     n, c, d, h, wd = g.x
+    if g.channels_last:
+        call.launch(call.kernel("depthwise", "depthwise_bwd_data_nhwc"),
+                    (c, -(-wd // DW_OPI), n * d * h), DW_NHWC_GROUP, dy.data, w.data, dx.data,
+                    *g.args, *ep.args(call))
+        return
     call.launch(call.kernel("depthwise", "depthwise_bwd_data"),
-                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *g.args)
+                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *g.args,
+                *ep.args(call))
 
 
-def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+               ep: Epilogue = NO_EPILOGUE) -> None:
     group = call.state.reduction_group(RED_GROUP)
     kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=group)
     call.state.check_local(kernel, 0, "direct_wrw")
@@ -369,14 +459,16 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
     rows = -(-total // 65535)
     cols = min(total, 65535)
     call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
-                fixed=True)
+                g.channels_last, fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
 OWPI, OCPI, CIC = 2, 4, 4
 
 
-def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
+                         ep: Epilogue) -> None:
+    _channels_first(g, "tiled_direct")
     info = call.state.info
     shape = next(((tw, th) for tw, th in ((16, 8), (8, 8), (8, 4))
                   if tw * th <= info.max_work_group_size), None)
@@ -400,17 +492,81 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array) -> N
     co_blocks = -(-g.out_per_group // OCPI)
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
-                x.data, w.data, y.data, *g.args, in_tw, in_th, co_blocks,
+                x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
                 cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
 
 
 def via_flipped_forward(forward: Pass) -> Pass:
-    """The data gradient of a stride-1 problem as a forward pass with flipped weights."""
+    """The data gradient of a stride-1 problem as a forward pass with flipped weights (the
+    bias and activation per input channel are the flipped pass's per output channel)."""
 
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
-        forward(call, g.flipped(), dy, flip_weights(call, g, w), dx)
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+        forward(call, g.flipped(), dy, flip_weights(call, g, w), dx, ep)
 
     return run
+
+
+# Channels-last GEMMs -----------------------------------------------------------------------
+# Channels-last activations are row-major matrices (position, channel), so a convolution pass
+# is Y(j, o) = sum_r X(j, r) Wm(o, r) with rows j (positions) of X and Y contiguous: X is
+# the input itself (1x1) or im2col_nhwc's matrix, and Wm the weights read in any order.
+@dataclass(frozen=True)
+class NhwcWeights:
+    """Wm(o, r) of each group prepared for nhwc_gemm: panels of VW rows for vgemm_m (vectors
+    along the output channels o), or rows of r for vgemm_nt (when outputs are few)."""
+
+    kind: str
+    packed: Array
+    per_group: int
+    nout: int
+    nred: int
+
+
+def nhwc_weights(call: Call, wm: Array, nout: int, nred: int, *, w0: int, w_so: int,
+                 w_sr: int, groups: int = 1, w_b1: int = 0) -> NhwcWeights:
+    """Pack ``Wm_b(o, r) = wm[w0 + b*w_b1 + o*w_so + r*w_sr]`` for each group b."""
+    vw = _vgemm_rows("vgemm_m", call)
+    kind = "vgemm_m" if nout >= vw else "vgemm_nt"
+    rows = vw if kind == "vgemm_m" else 1
+    packed, per = pack_panels(call, wm, nout, nred, rows, s0=w0, sm=w_so, sk=w_sr, sb1=w_b1,
+                              nb1=groups)
+    return NhwcWeights(kind, packed, per, nout, nred)
+
+
+def nhwc_gemm(call: Call, weights: NhwcWeights, ncols: int, x: Array, x0: int, ldx: int,
+              y: Array, y0: int, ldy: int, *, group: int | None = None, groups: int = 1,
+              x_b1: int = 0, y_b1: int = 0, ep: Epilogue = NO_EPILOGUE) -> None:
+    """``Y(j, o) = sum_r X(j, r) Wm(o, r)`` for j < ncols, X(j, r) = x[x0 + j*ldx + r] and
+    Y(j, o) at y[y0 + j*ldy + o], for one *group* of the packed weights or, batched, for
+    every group b < *groups* (offsets x_b1, y_b1 per group). The epilogue's channel is o
+    (``ep.base``, ``ep.b1`` set by the caller)."""
+    nout, nred = weights.nout, weights.nred
+    a0 = 0 if group is None else group * weights.per_group
+    nb1 = groups if group is None else 1
+    if weights.kind == "vgemm_m":
+        vgemm(call, "vgemm_m", weights.packed, a0, weights.per_group, 0, nout, nred, 1, ncols,
+              x, VOperand(x0, 0, 1, s_b1=x_b1, s_p=ldx),
+              y, VOperand(y0, 0, 1, s_b1=y_b1, s_p=ldy), nb1=nb1, ep=ep)
+        return
+    vgemm_nt(call, ncols, nout, 1, nred, x, VOperand(x0, 0, ldx, s_b1=x_b1),
+             weights.packed, VOperand(a0, 0, nred, s_b1=weights.per_group), y, y0, ldy,
+             cp=nout, c_b1=y_b1, nb1=nb1, ep=replace(ep, by_column=True))
+
+
+def nhwc_wgrad(call: Call, dy: Array, dy0: int, ldy: int, kg: int, x: Array, x0: int,
+               ldx: int, nx: int, ncols: int, dw: Array, dw0: int, accumulate: bool) -> None:
+    """``dW(o, r) (+)= sum_j dY(j, o) X(j, r)`` for j < ncols, o < kg, r < nx: dY's rows are
+    packed (the reduction runs over them) and X is read as rows of contiguous vectors;
+    dW(o, r) at dw[dw0 + o*nx + r]."""
+    packed, _ = pack_panels(call, dy, kg, ncols, MR, s0=dy0, sm=1, sk=ldy)
+    vgemm(call, "vgemm_n", packed, 0, 0, 0, kg, ncols, 1, nx, x, VOperand(x0, 0, ldx),
+          dw, VOperand(dw0, 0, nx), accumulate=accumulate)
+
+
+def _position_chunks(call: Call, total: int, per_position: int) -> list[tuple[int, int]]:
+    """Ranges of positions whose packed scratch (*per_position* values each) fits the budget."""
+    step = max(16, call.budget // max(1, per_position * call.itemsize))
+    return [(j, min(step, total - j)) for j in range(0, total, step)]
 
 
 # 1x1 and im2col GEMMs ----------------------------------------------------------------------
@@ -419,61 +575,101 @@ def _pointwise_in_place(g: Geom) -> bool:
 
 
 def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
-        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS):
-            fallback(call, g, x, w, y)
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS
+                                          and not g.channels_last):
+            fallback(call, g, x, w, y, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
         kg, p, groups = g.out_per_group, g.positions, g.groups
+        if g.channels_last:  # Y(j, ko) = sum_ci X(j, ci) W(ko, ci), j over every image
+            if style == "gpu":
+                gemm_tiled(call, kg, n * p, cg, cg, n * p,
+                           w, GOperand(s_m=cg, s_k=1, s_b1=kg * cg),
+                           x, GOperand(s_k=1, s_j=c, s_b1=cg),
+                           y, GOperand(s_m=1, s_j=k, s_b1=kg), nb1=groups, ep=ep.at(b1=kg))
+                return
+            weights = nhwc_weights(call, w, kg, cg, w0=0, w_so=cg, w_sr=1, groups=groups,
+                                   w_b1=kg * cg)
+            nhwc_gemm(call, weights, n * p, x, 0, c, y, 0, k, groups=groups, x_b1=cg,
+                      y_b1=kg, ep=ep.at(b1=kg))
+            return
         if style == "gpu":
             gemm_tiled(call, kg, n * p, cg, cg, p,
                        w, GOperand(s_m=cg, s_k=1, s_b1=kg * cg),
                        x, GOperand(s_k=p, s_jimg=c * p, s_j=1, s_b1=cg * p),
-                       y, GOperand(s_m=p, s_jimg=k * p, s_j=1, s_b1=kg * p), nb1=groups)
+                       y, GOperand(s_m=p, s_jimg=k * p, s_j=1, s_b1=kg * p), nb1=groups,
+                       ep=ep.at(b1=kg))
             return
         kind = vgemm_kind(call, p)
         packed, per = pack_panels(call, w, kg, cg, _vgemm_rows(kind, call), s0=0, sm=cg, sk=1,
                                   sb1=kg * cg, nb1=groups)
         vgemm(call, kind, packed, 0, per, 0, kg, cg, n, p,
               x, VOperand(0, c * p, p, s_b1=cg * p), y, VOperand(0, k * p, p, s_b1=kg * p),
-              nb1=groups)
+              nb1=groups, ep=ep.at(b1=kg))
 
     return run
 
 
 def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         if not _pointwise_in_place(g):
-            fallback(call, g, dy, w, dx)
+            fallback(call, g, dy, w, dx, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
         kg, p, groups = g.out_per_group, g.positions, g.groups
+        if g.channels_last:  # dX(j, ci) = sum_ko dY(j, ko) W(ko, ci)
+            if style == "gpu":
+                gemm_tiled(call, cg, n * p, kg, kg, n * p,
+                           w, GOperand(s_m=1, s_k=cg, s_b1=kg * cg),
+                           dy, GOperand(s_k=1, s_j=k, s_b1=kg),
+                           dx, GOperand(s_m=1, s_j=c, s_b1=cg), nb1=groups, ep=ep.at(b1=cg))
+                return
+            weights = nhwc_weights(call, w, cg, kg, w0=0, w_so=1, w_sr=cg, groups=groups,
+                                   w_b1=kg * cg)
+            nhwc_gemm(call, weights, n * p, dy, 0, k, dx, 0, c, groups=groups, x_b1=kg,
+                      y_b1=cg, ep=ep.at(b1=cg))
+            return
         if style == "gpu":
             gemm_tiled(call, cg, n * p, kg, kg, p,
                        w, GOperand(s_m=1, s_k=cg, s_b1=kg * cg),
                        dy, GOperand(s_k=p, s_jimg=k * p, s_j=1, s_b1=kg * p),
-                       dx, GOperand(s_m=p, s_jimg=c * p, s_j=1, s_b1=cg * p), nb1=groups)
+                       dx, GOperand(s_m=p, s_jimg=c * p, s_j=1, s_b1=cg * p), nb1=groups,
+                       ep=ep.at(b1=cg))
             return
         kind = vgemm_kind(call, p)
         packed, per = pack_panels(call, w, cg, kg, _vgemm_rows(kind, call), s0=0, sm=1, sk=cg,
                                   sb1=kg * cg, nb1=groups)
         vgemm(call, kind, packed, 0, per, 0, cg, kg, n, p,
               dy, VOperand(0, k * p, p, s_b1=kg * p), dx, VOperand(0, c * p, p, s_b1=cg * p),
-              nb1=groups)
+              nb1=groups, ep=ep.at(b1=cg))
 
     return run
 
 
 def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+            ep: Epilogue = NO_EPILOGUE) -> None:
         if not _pointwise_in_place(g):
-            fallback(call, g, x, dy, dw)
+            fallback(call, g, x, dy, dw, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
         kg, p, groups = g.out_per_group, g.positions, g.groups
+        if g.channels_last:  # dW(ko, ci) = sum_j dY(j, ko) X(j, ci), j over every image
+            if style == "gpu":
+                gemm_tiled(call, kg, cg, n * p, n * p, cg,
+                           dy, GOperand(s_m=1, s_k=k, s_b1=kg),
+                           x, GOperand(s_k=c, s_j=1, s_b1=cg),
+                           dw, GOperand(s_m=cg, s_j=1, s_b1=kg * cg), nb1=groups)
+                return
+            for j0, count in _position_chunks(call, n * p, kg):
+                for group in range(groups):
+                    nhwc_wgrad(call, dy, j0 * k + group * kg, k, kg, x, j0 * c + group * cg,
+                               c, cg, count, dw, group * kg * cg, accumulate=j0 > 0)
+            return
         if style == "gpu":
             gemm_tiled(call, kg, cg, n * p, p, cg,
                        dy, GOperand(s_m=p, s_kimg=k * p, s_k=1, s_b1=kg * p),
@@ -488,6 +684,11 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
 
 def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
             transposed: bool = False) -> None:
+    if g.channels_last:  # col[j * rows + tap * CG + c]
+        call.launch(call.kernel("util", "im2col_nhwc"), (tile.columns,), (FLAT_GROUP,),
+                    x.data, col.data, *g.args, tile.n0, group, tile.p_start, tile.pcount,
+                    tile.nimg)
+        return
     rows = g.w[1] * g.taps
     ow = g.y[4]
     line0 = tile.p_start // ow
@@ -498,10 +699,15 @@ def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
 
 
 def _col2im(call: Call, g: Geom, col: Array, dx: Array, group: int, tile: Tile,
-            accumulate: bool) -> None:
+            accumulate: bool, ep: Epilogue) -> None:
+    if g.channels_last:
+        call.launch(call.kernel("util", "col2im_nhwc"), (g.w[1], tile.nimg * g.plane),
+                    (16, 4), col.data, dx.data, *g.args, *ep.args(call), tile.n0, group,
+                    tile.p_start, tile.pcount, tile.nimg, accumulate)
+        return
     count = tile.nimg * g.w[1] * g.plane
-    call.flat("util", "col2im", count, col.data, dx.data, *g.args, tile.n0, group,
-              tile.p_start, tile.pcount, tile.nimg, accumulate)
+    call.flat("util", "col2im", count, col.data, dx.data, *g.args, *ep.args(call), tile.n0,
+              group, tile.p_start, tile.pcount, tile.nimg, accumulate)
 
 
 def _tiles(call: Call, g: Geom, rows: int) -> list[Tile]:
@@ -512,8 +718,50 @@ def _col_buffer(call: Call, rows: int, tiles: list[Tile]) -> Array:
     return call.empty((rows * max(t.columns for t in tiles),))
 
 
+def _nhwc_order_weights(call: Call, g: Geom, w: Array) -> Array:
+    """The weights (K, CG, taps) reordered to (K, taps, CG): the row order of im2col_nhwc."""
+    k, cg, taps = g.w[0], g.w[1], g.taps
+    out, _ = pack_panels(call, w, taps, cg, 1, s0=0, sm=1, sk=taps, sb1=cg * taps, nb1=k)
+    return out
+
+
+def _first_positions(g: Geom, tile: Tile) -> int:
+    """Index of the tile's first column among all (image, position) pairs: channels-last
+    tensors hold them in this order, a row of channels each."""
+    return tile.n0 * g.positions + tile.p_start
+
+
+def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y: Array,
+                         ep: Epilogue) -> None:
+    k, cg = g.w[:2]
+    kg = g.out_per_group
+    rows = cg * g.taps
+    tiles = _tiles(call, g, rows)
+    col = _col_buffer(call, rows, tiles)
+    wr = _nhwc_order_weights(call, g, w)
+    weights = None
+    if style == "cpu":
+        weights = nhwc_weights(call, wr, kg, rows, w0=0, w_so=rows, w_sr=1, groups=g.groups,
+                               w_b1=kg * rows)
+    for group in range(g.groups):
+        for tile in tiles:
+            _im2col(call, g, x, col, group, tile)
+            y0 = _first_positions(g, tile) * k + group * kg
+            if weights is None:
+                gemm_tiled(call, kg, tile.columns, rows, rows, tile.columns,
+                           wr, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
+                           col, GOperand(s_k=1, s_j=rows),
+                           y, GOperand(base=y0, s_m=1, s_j=k), ep=ep.at(base=group * kg))
+            else:
+                nhwc_gemm(call, weights, tile.columns, col, 0, rows, y, y0, k, group=group,
+                          ep=ep.at(base=group * kg))
+
+
 def _im2col_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+        if g.channels_last:
+            _im2col_forward_nhwc(style, call, g, x, w, y, ep)
+            return
         k, cg = g.w[:2]
         kg, p = g.out_per_group, g.positions
         rows = cg * g.taps
@@ -527,6 +775,7 @@ def _im2col_forward(style: str) -> Pass:
             packed, per = pack_panels(call, w, kg, rows, _vgemm_rows(kind, call), s0=0,
                                       sm=rows, sk=1, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
+            group_ep = ep.at(base=group * kg)
             for tile in tiles:
                 _im2col(call, g, x, col, group, tile, transposed=nt)
                 y0 = tile.n0 * k * p + group * kg * p + tile.p_start
@@ -534,21 +783,57 @@ def _im2col_forward(style: str) -> Pass:
                     gemm_tiled(call, kg, tile.columns, rows, rows, tile.pcount,
                                w, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
                                col, GOperand(s_k=tile.columns, s_jimg=tile.pcount, s_j=1),
-                               y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1))
+                               y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1), ep=group_ep)
                     continue
                 if nt:
                     vgemm_nt(call, kg, tile.columns, 1, rows, w,
                              VOperand(group * kg * rows, 0, rows), col, VOperand(0, 0, rows),
-                             y, y0, p, c_img=k * p, cp=tile.pcount)
+                             y, y0, p, c_img=k * p, cp=tile.pcount, ep=group_ep)
                     continue
                 vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.nimg, tile.pcount,
-                      col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p))
+                      col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p),
+                      ep=group_ep)
 
     return run
 
 
+def _last_of_image(tiles: list[Tile], index: int) -> bool:
+    """Whether tile *index* completes its images (the data gradient's epilogue runs then)."""
+    return index + 1 == len(tiles) or tiles[index + 1].n0 != tiles[index].n0
+
+
+def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Array,
+                               dx: Array, ep: Epilogue) -> None:
+    k, cg = g.w[:2]
+    kg = g.out_per_group
+    rows = cg * g.taps
+    tiles = _tiles(call, g, rows)
+    col = _col_buffer(call, rows, tiles)
+    wr = _nhwc_order_weights(call, g, w)
+    weights = None
+    if style == "cpu":  # col(j, row) = sum_ko dY(j, ko) W'(ko, row)
+        weights = nhwc_weights(call, wr, rows, kg, w0=0, w_so=1, w_sr=rows, groups=g.groups,
+                               w_b1=kg * rows)
+    for group in range(g.groups):
+        for index, tile in enumerate(tiles):
+            dy0 = _first_positions(g, tile) * k + group * kg
+            if weights is None:
+                gemm_tiled(call, rows, tile.columns, kg, kg, tile.columns,
+                           wr, GOperand(base=group * kg * rows, s_m=1, s_k=rows),
+                           dy, GOperand(base=dy0, s_k=1, s_j=k),
+                           col, GOperand(s_m=1, s_j=rows))
+            else:
+                nhwc_gemm(call, weights, tile.columns, dy, dy0, k, col, 0, rows, group=group)
+            last = _last_of_image(tiles, index)
+            _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+                    ep=ep if last else NO_EPILOGUE)
+
+
 def _im2col_backward_data(style: str) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array) -> None:
+    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+        if g.channels_last:
+            _im2col_backward_data_nhwc(style, call, g, dy, w, dx, ep)
+            return
         k, cg = g.w[:2]
         kg, p = g.out_per_group, g.positions
         rows = cg * g.taps
@@ -559,8 +844,7 @@ def _im2col_backward_data(style: str) -> Pass:
             packed, per = pack_panels(call, w, rows, kg, _vgemm_rows(kind, call), s0=0, sm=1,
                                       sk=rows, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
-            first_of_image: set[int] = set()
-            for tile in tiles:
+            for index, tile in enumerate(tiles):
                 dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
                     gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
@@ -571,15 +855,46 @@ def _im2col_backward_data(style: str) -> Pass:
                     vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.nimg,
                           tile.pcount, dy, VOperand(dy0, k * p, p),
                           col, VOperand(0, tile.pcount, tile.columns))
-                accumulate = tile.n0 in first_of_image
-                first_of_image.add(tile.n0)
-                _col2im(call, g, col, dx, group, tile, accumulate)
+                last = _last_of_image(tiles, index)
+                _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+                        ep=ep if last else NO_EPILOGUE)
 
     return run
 
 
+def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: Array,
+                                 dw: Array) -> None:
+    k, cg = g.w[:2]
+    kg, taps = g.out_per_group, g.taps
+    rows = cg * taps
+    tiles = _tiles(call, g, rows + kg)
+    col = _col_buffer(call, rows, tiles)
+    # dW'(ko, tap * CG + c) = sum_j dY(j, ko) col(j, tap * CG + c), in im2col_nhwc's row order
+    reordered = dw if style == "gpu" else call.empty((k * rows,))
+    for group in range(g.groups):
+        for index, tile in enumerate(tiles):
+            _im2col(call, g, x, col, group, tile)
+            dy0 = _first_positions(g, tile) * k + group * kg
+            dw0 = group * kg * rows
+            if style == "gpu":  # written in dw's own order: column (tap, c) at c * taps + tap
+                gemm_tiled(call, kg, rows, tile.columns, tile.columns, cg,
+                           dy, GOperand(base=dy0, s_m=1, s_k=k),
+                           col, GOperand(s_k=rows, s_jimg=cg, s_j=1),
+                           dw, GOperand(base=dw0, s_m=rows, s_jimg=1, s_j=taps),
+                           accumulate=index > 0)
+            else:
+                nhwc_wgrad(call, dy, dy0, k, kg, col, 0, rows, rows, tile.columns, reordered,
+                           dw0, accumulate=index > 0)
+    if style == "cpu":  # (K, taps, CG) -> (K, CG, taps)
+        pack_panels(call, reordered, cg, taps, 1, s0=0, sm=1, sk=cg, sb1=rows, nb1=k, out=dw)
+
+
 def _im2col_backward_weight(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array) -> None:
+    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+            ep: Epilogue = NO_EPILOGUE) -> None:
+        if g.channels_last:
+            _im2col_backward_weight_nhwc(style, call, g, x, dy, dw)
+            return
         k, cg = g.w[:2]
         kg, p = g.out_per_group, g.positions
         rows = cg * g.taps
@@ -605,7 +920,8 @@ def _im2col_backward_weight(style: str) -> Pass:
 
 # Winograd F(2x2, 3x3) ----------------------------------------------------------------------
 def _winograd_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array) -> None:
+    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+        _channels_first(g, "winograd")
         n, c = g.x[:2]
         k, cg = g.w[:2]
         kg, groups = g.out_per_group, g.groups
@@ -646,7 +962,8 @@ def _winograd_forward(style: str) -> Pass:
                       v, VOperand(0, 0, t, s_b1=c * t, s_b2=cg * t),
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
-                        m.data, y.data, x.data, w.data, *g.args, n0, nimg, tiles_h, tiles_w)
+                        m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
+                        tiles_h, tiles_w)
 
     return run
 
@@ -654,29 +971,30 @@ def _winograd_forward(style: str) -> Pass:
 # The solver table --------------------------------------------------------------------------
 def _build_solvers() -> dict[str, Solver]:
     naive = Solver("naive", "any", "one work-item per output element; handles every problem",
-                   _naive("naive_fwd"), _naive("naive_bwd_data"),
-                   _naive("naive_bwd_weight"))
+                   _naive("naive_fwd", True), _naive("naive_bwd_data", True),
+                   _naive("naive_bwd_weight", False))
     solvers = [
         naive,
         Solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
                "work-item (weight gradient by direct_wrw's reduction)",
-               depthwise_forward, depthwise_backward_data, direct_wrw),
+               depthwise_forward, depthwise_backward_data, direct_wrw, channels_last=True),
         Solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
                "tiled GEMM", _winograd_forward("gpu"),
                via_flipped_forward(_winograd_forward("gpu")), None),
         Solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
                "GEMM", _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
                _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
-               _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu"))),
+               _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu")),
+               channels_last=True),
         Solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
                "8 outputs per work-item (MIOpen ConvOclDirectFwd)",
                tiled_direct_forward, via_flipped_forward(tiled_direct_forward), None),
         Solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
                "the data gradient)", _im2col_forward("gpu"), _im2col_backward_data("gpu"),
-               _im2col_backward_weight("gpu")),
+               _im2col_backward_weight("gpu"), channels_last=True),
         Solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
                "reduction in __local memory (deterministic, no atomics)", None, None,
-               direct_wrw),
+               direct_wrw, channels_last=True),
         Solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
                "vector GEMM", _winograd_forward("cpu"),
                via_flipped_forward(_winograd_forward("cpu")), None),
@@ -684,13 +1002,13 @@ def _build_solvers() -> dict[str, Solver]:
                "weights, float16 vectors, no local memory)",
                _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
                _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
-               _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu"))),
+               _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu")),
+               channels_last=True),
         Solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
                _im2col_forward("cpu"), _im2col_backward_data("cpu"),
-               _im2col_backward_weight("cpu")),
+               _im2col_backward_weight("cpu"), channels_last=True),
     ]
     return {s.name: s for s in solvers}
 
 
 SOLVERS: dict[str, Solver] = _build_solvers()
-
