@@ -178,3 +178,35 @@ def excluded_reason(rule: AlgorithmRule) -> str:
     if config.get("CONVFLOW_DETERMINISTIC") and not rule.deterministic:
         return f"not deterministic ({rule.why_not_deterministic}; CONVFLOW_DETERMINISTIC=1)"
     return ""
+
+
+# When a GEMM (BLAS, cuBLAS, an OpenCL GEMM) pays for an im2col copy: every output sums at
+# least this many products, and every group has at least this many output channels.
+GEMM_MIN_REDUCTION = 16
+GEMM_MIN_OUT_CHANNELS = 4
+
+
+def gemm_rule(problem: ConvProblem, engine: str, note: str = "") -> tuple[bool, str]:
+    """The im2col + GEMM rule every backend shares; *engine* names its GEMM in the reason."""
+    enough = (problem.reduction_size >= GEMM_MIN_REDUCTION
+              and problem.out_channels_per_group >= GEMM_MIN_OUT_CHANNELS)
+    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
+              f"{problem.out_channels_per_group} output channels per group")
+    if enough:
+        return True, (f"{detail} feed {engine} well (>= {GEMM_MIN_REDUCTION} and >= "
+                      f"{GEMM_MIN_OUT_CHANNELS}); im2col scratch tiled to "
+                      f"CONVFLOW_WORKSPACE_MB{note}")
+    return False, (f"{detail} are too few for {engine} to pay (needs >= {GEMM_MIN_REDUCTION} "
+                   f"and >= {GEMM_MIN_OUT_CHANNELS})")
+
+
+def pointwise_rule(problem: ConvProblem, what: str, in_place: bool,
+                   note: str = "") -> tuple[bool, str]:
+    """The 1x1 rule every backend shares: *what* is its GEMM; *in_place* whether it reads the
+    input itself (otherwise the needed pixels are gathered first)."""
+    if problem.is_pointwise():
+        how = ("no copy of the input" if in_place
+               else "strided or cropped, so the needed pixels are gathered first")
+        return True, f"1x1 kernel without padding: {what} ({how}){note}"
+    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
+                   f"padding {problem.padding}")

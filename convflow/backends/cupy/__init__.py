@@ -41,16 +41,13 @@ from ... import config
 from ...errors import DeviceError
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus
+from ..base import AlgorithmRule, Backend, BackendStatus, gemm_rule, pointwise_rule
 from . import algorithms
 from .cudnn_plans import CudnnPlans, Policy, Resolution, as_channels_last, run_cudnn
 from .status import Probe, probe
 
 logger = logging.getLogger("convflow")
 
-# im2col + cuBLAS pays when each output sums enough products and each GEMM has enough rows.
-IM2COL_MIN_REDUCTION = 16
-IM2COL_MIN_OUT_CHANNELS = 4
 
 _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _gemm_mode_lock = threading.Lock()
@@ -92,26 +89,12 @@ def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_pointwise():
-        how = ("the input is the GEMM operand, no copy" if algorithms.pointwise_in_place(problem)
-               else "strided or cropped, so the needed pixels are gathered first")
-        return True, (f"1x1 kernel without padding: one batched cuBLAS GEMM per pass ({how})"
-                      f"{_gemm_note(problem)}")
-    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
-                   f"padding {problem.padding}")
+    return pointwise_rule(problem, "one batched cuBLAS GEMM per pass",
+                          algorithms.pointwise_in_place(problem), _gemm_note(problem))
 
 
 def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
-    enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
-              and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
-    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
-              f"{problem.out_channels_per_group} output channels per group")
-    if enough:
-        return True, (f"{detail} feed cuBLAS well (>= {IM2COL_MIN_REDUCTION} and >= "
-                      f"{IM2COL_MIN_OUT_CHANNELS}); im2col scratch tiled to "
-                      f"CONVFLOW_WORKSPACE_MB{_gemm_note(problem)}")
-    return False, (f"{detail} are too few for cuBLAS to pay (needs >= {IM2COL_MIN_REDUCTION} and "
-                   f">= {IM2COL_MIN_OUT_CHANNELS})")
+    return gemm_rule(problem, "cuBLAS", _gemm_note(problem))
 
 
 def _always(problem: ConvProblem) -> tuple[bool, str]:

@@ -25,11 +25,8 @@ import numpy as np
 from ... import config, hostinfo
 from ...params import ConvProblem, Direction
 from ...tensor import CPU, Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus
+from ..base import AlgorithmRule, Backend, BackendStatus, gemm_rule, pointwise_rule
 
-# im2col + BLAS pays when each output sums enough products and each GEMM has enough rows.
-IM2COL_MIN_REDUCTION = 16
-IM2COL_MIN_OUT_CHANNELS = 4
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
 # Against im2col + BLAS (single-thread CPU time, AVX2): it wins on large outputs and on short
 # reductions; BLAS wins on small outputs with long reductions (e.g. 512 channels at 7x7).
@@ -73,12 +70,7 @@ def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_pointwise():
-        how = ("strided, so the needed pixels are gathered first" if problem.is_strided()
-               else "no copy of the input")
-        return True, f"1x1 kernel without padding: one BLAS matrix product per group ({how})"
-    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
-                   f"padding {problem.padding}")
+    return pointwise_rule(problem, "one BLAS matrix product per group", not problem.is_strided())
 
 
 def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
@@ -113,15 +105,7 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
-    enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
-              and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
-    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
-              f"{problem.out_channels_per_group} output channels per group")
-    if enough:
-        return True, (f"{detail} feed BLAS well (>= {IM2COL_MIN_REDUCTION} and >= "
-                      f"{IM2COL_MIN_OUT_CHANNELS}); im2col scratch tiled to CONVFLOW_WORKSPACE_MB")
-    return False, (f"{detail} are too few for BLAS to pay (needs >= {IM2COL_MIN_REDUCTION} and "
-                   f">= {IM2COL_MIN_OUT_CHANNELS})")
+    return gemm_rule(problem, "BLAS")
 
 
 def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:

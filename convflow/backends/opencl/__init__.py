@@ -53,7 +53,14 @@ from ...errors import (
 )
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus, excluded_reason
+from ..base import (
+    AlgorithmRule,
+    Backend,
+    BackendStatus,
+    excluded_reason,
+    gemm_rule,
+    pointwise_rule,
+)
 from .runtime import (
     ContextState,
     DeviceEntry,
@@ -67,8 +74,6 @@ from .runtime import (
 )
 from .solvers import NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
 
-IM2COL_MIN_REDUCTION = 16
-IM2COL_MIN_OUT_CHANNELS = 4
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = 32
 TILED_DIRECT_MAX_OUT_CHANNELS = 32
@@ -138,24 +143,11 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_pointwise():
-        how = ("strided: the needed pixels are gathered first" if problem.is_strided()
-               else "no copy of the input")
-        return True, f"1x1 kernel without padding: one GEMM per group ({how})"
-    return False, (f"needs a 1x1 kernel without padding, got kernel {problem.kernel_size} and "
-                   f"padding {problem.padding}")
+    return pointwise_rule(problem, "one GEMM per group", not problem.is_strided())
 
 
 def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
-    enough = (problem.reduction_size >= IM2COL_MIN_REDUCTION
-              and problem.out_channels_per_group >= IM2COL_MIN_OUT_CHANNELS)
-    detail = (f"C_in/groups x taps = {problem.reduction_size} products per output and "
-              f"{problem.out_channels_per_group} output channels per group")
-    if enough:
-        return True, (f"{detail} make a GEMM worth it (>= {IM2COL_MIN_REDUCTION} and >= "
-                      f"{IM2COL_MIN_OUT_CHANNELS}); scratch tiled to CONVFLOW_WORKSPACE_MB")
-    return False, (f"{detail} are too few for a GEMM to pay (needs >= {IM2COL_MIN_REDUCTION} "
-                   f"and >= {IM2COL_MIN_OUT_CHANNELS})")
+    return gemm_rule(problem, "a GEMM")
 
 
 def _tiled_direct_can_run(problem: ConvProblem) -> tuple[bool, str]:
