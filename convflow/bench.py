@@ -127,20 +127,30 @@ def convflow_contender(spec: str) -> Contender:
         raise ParameterError(f"convflow bench: backend {name!r} is unavailable: {status.reason}")
 
     def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner:
-        if name != "numba":
-            from .tensor import tensor
+        if name == "numba":
+            def run() -> Any:
+                return functional.conv2d(x, w, None, layer.stride, layer.padding,
+                                         layer.dilation, layer.groups, backend=name,
+                                         algorithm=algorithm or None)
 
-            device = status.devices[0].split(" ")[0] if status.devices else None
-            x_dev, w_dev = tensor(x, device=device), tensor(w, device=device)
-        else:
-            x_dev, w_dev = x, w  # type: ignore[assignment]
+            return run
+        # Device backends: data resident on the device; each timed call waits until the
+        # device has finished (their calls return once the work is queued).
+        from .backends import get_backend
+        from .tensor import Device, tensor
 
-        def run() -> Any:
-            return functional.conv2d(x_dev, w_dev, None, layer.stride, layer.padding,
-                                     layer.dilation, layer.groups, backend=name,
-                                     algorithm=algorithm or None)
+        device = Device.parse(status.devices[0].split(" ")[0] if status.devices else None)
+        x_dev, w_dev = tensor(x, device=device), tensor(w, device=device)
+        backend = get_backend(name)
 
-        return run
+        def run_on_device() -> Any:
+            y = functional.conv2d(x_dev, w_dev, None, layer.stride, layer.padding,
+                                  layer.dilation, layer.groups, backend=name,
+                                  algorithm=algorithm or None)
+            backend.synchronize(device)
+            return y
+
+        return run_on_device
 
     return Contender(spec, prepare, status.version)
 
