@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from convflow import bench
@@ -101,3 +102,23 @@ def test_plot(tmp_path):
 
 def test_geomean():
     assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
+
+
+def test_device_contenders_wait_for_the_device(tmp_path, monkeypatch):
+    from conftest import require_backend
+
+    require_backend("opencl")
+    from convflow.backends import get_backend
+
+    waits = []
+    backend = get_backend("opencl")
+    real = backend.synchronize
+    monkeypatch.setattr(backend, "synchronize", lambda device: (waits.append(device), real(device)))
+    contender = bench.convflow_contender("opencl")
+    layer = bench.load_networks()["tiny"][0]
+    x = np.ones((1, *layer.input), np.float32)
+    w = np.ones(layer.weight, np.float32)
+    run = contender.prepare(x, w, layer)
+    y = run()
+    assert waits and str(waits[0]).startswith("opencl")
+    assert float(np.asarray(y.numpy())[0, 0, 5, 5]) == 8 * 9
