@@ -200,6 +200,16 @@ def gemm_rule(problem: ConvProblem, engine: str, note: str = "") -> tuple[bool, 
                    f"and >= {GEMM_MIN_OUT_CHANNELS})")
 
 
+def depthwise_rule(problem: ConvProblem, how: str) -> tuple[bool, str]:
+    """The depthwise rule every backend shares; *how* says how its kernel computes a channel."""
+    if problem.is_depthwise():
+        multiplier = problem.out_channels // problem.in_channels
+        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
+                      f"{how}")
+    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
+                   f"(needs groups == C_in > 1)")
+
+
 def pointwise_rule(problem: ConvProblem, what: str, in_place: bool,
                    note: str = "") -> tuple[bool, str]:
     """The 1x1 rule every backend shares: *what* is its GEMM; *in_place* whether it reads the

@@ -41,7 +41,7 @@ from ... import config
 from ...errors import DeviceError
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus, gemm_rule, pointwise_rule
+from ..base import AlgorithmRule, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
 from . import algorithms
 from .cudnn_plans import CudnnPlans, Policy, Resolution, as_channels_last, run_cudnn
 from .status import Probe, probe
@@ -80,12 +80,7 @@ def _gemm_note(problem: ConvProblem) -> str:
 
 
 def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_depthwise():
-        multiplier = problem.out_channels // problem.in_channels
-        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
-                      f"one thread per output over the taps of its single channel")
-    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
-                   f"(needs groups == C_in > 1)")
+    return depthwise_rule(problem, "one thread per output over the taps of its single channel")
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:

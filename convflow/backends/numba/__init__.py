@@ -25,7 +25,7 @@ import numpy as np
 from ... import config, hostinfo
 from ...params import ConvProblem, Direction
 from ...tensor import CPU, Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus, gemm_rule, pointwise_rule
+from ..base import AlgorithmRule, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
 
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
 # Against im2col + BLAS (single-thread CPU time, AVX2): it wins on large outputs and on short
@@ -61,12 +61,7 @@ def _always(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_depthwise():
-        multiplier = problem.out_channels // problem.in_channels
-        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
-                      f"each channel is convolved on its own over a zero-padded plane")
-    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
-                   f"(needs groups == C_in > 1)")
+    return depthwise_rule(problem, "each channel is convolved on its own over a zero-padded plane")
 
 
 def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:

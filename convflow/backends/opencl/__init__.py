@@ -57,6 +57,7 @@ from ..base import (
     AlgorithmRule,
     Backend,
     BackendStatus,
+    depthwise_rule,
     excluded_reason,
     gemm_rule,
     pointwise_rule,
@@ -172,12 +173,7 @@ def _tiled_direct_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.is_depthwise():
-        multiplier = problem.out_channels // problem.in_channels
-        return True, (f"groups == C_in == {problem.groups} (channel multiplier {multiplier}): "
-                      f"each channel is convolved on its own")
-    return False, (f"not depthwise: groups={problem.groups}, C_in={problem.in_channels} "
-                   f"(needs groups == C_in > 1)")
+    return depthwise_rule(problem, "each channel is convolved on its own")
 
 
 def _weight_grad_only(problem: ConvProblem) -> tuple[bool, str]:
