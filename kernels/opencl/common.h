@@ -65,6 +65,21 @@ inline T epilogue(T v, __global const T* bias, const long channel, const int mod
     return activate(v, EP_ACTIVATION(mode));
 }
 
+/* The input coordinate that output coordinate o reads through tap t, or -1 in the padding
+ * (the same as cf_in_coord in kernels/cuda/common.cuh). */
+inline int in_coord(int o, int t, int stride, int pad, int dil, int size) {
+    const int i = o * stride - pad + t * dil;
+    return (i >= 0 && i < size) ? i : -1;
+}
+
+/* The output coordinate that reads input coordinate i through tap t, or -1 if none does: the
+ * gather form of the transposed pass (cf_out_coord in kernels/cuda/common.cuh). */
+inline int out_coord(int i, int t, int stride, int pad, int dil, int size) {
+    const int q = i + pad - t * dil;
+    if (q < 0 || q % stride) return -1;
+    return q / stride < size ? q / stride : -1;
+}
+
 /* Floor division for any signs of a (b > 0). */
 inline int floor_div(int a, int b) {
     const int q = a / b;

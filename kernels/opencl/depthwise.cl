@@ -26,17 +26,17 @@ __kernel void depthwise_fwd(__global const T* restrict x, __global const T* rest
     T acc[DW_OPI];
     for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
     for (int kd = 0; kd < KD; ++kd) {
-        const int id = od * SD - PD + kd * DD;
-        if (id < 0 || id >= D) continue;
+        const int id = in_coord(od, kd, SD, PD, DD, D);
+        if (id < 0) continue;
         for (int kh = 0; kh < KH; ++kh) {
-            const int ih = oh * SH - PH + kh * DH;
-            if (ih < 0 || ih >= H) continue;
+            const int ih = in_coord(oh, kh, SH, PH, DH, H);
+            if (ih < 0) continue;
             const __global T* row = xp + ((long)id * H + ih) * W;
             for (int kw = 0; kw < KW; ++kw) {
                 const T wv = wp[(kd * KH + kh) * KW + kw];
                 for (int j = 0; j < DW_OPI; ++j) {
-                    const int iw = (ow0 + j) * SW - PW + kw * DW;
-                    if (iw >= 0 && iw < W) acc[j] += wv * row[iw];
+                    const int iw = in_coord(ow0 + j, kw, SW, PW, DW, W);
+                    if (iw >= 0) acc[j] += wv * row[iw];
                 }
             }
         }
@@ -66,23 +66,17 @@ __kernel void depthwise_bwd_data(__global const T* restrict dy, __global const T
         const __global T* gp = dy + ((long)n * K + k) * OD * OH * OW;
         const __global T* wp = w + (long)k * KD * KH * KW;
         for (int kd = 0; kd < KD; ++kd) {
-            const int td = id + PD - kd * DD;
-            if (td < 0 || td % SD) continue;
-            const int od = td / SD;
-            if (od >= OD) continue;
+            const int od = out_coord(id, kd, SD, PD, DD, OD);
+            if (od < 0) continue;
             for (int kh = 0; kh < KH; ++kh) {
-                const int th = ih + PH - kh * DH;
-                if (th < 0 || th % SH) continue;
-                const int oh = th / SH;
-                if (oh >= OH) continue;
+                const int oh = out_coord(ih, kh, SH, PH, DH, OH);
+                if (oh < 0) continue;
                 const __global T* row = gp + ((long)od * OH + oh) * OW;
                 for (int kw = 0; kw < KW; ++kw) {
                     const T wv = wp[(kd * KH + kh) * KW + kw];
                     for (int j = 0; j < DW_OPI; ++j) {
-                        const int tw = iw0 + j + PW - kw * DW;
-                        if (tw < 0 || tw % SW) continue;
-                        const int ow = tw / SW;
-                        if (ow < OW) acc[j] += wv * row[ow];
+                        const int ow = out_coord(iw0 + j, kw, SW, PW, DW, OW);
+                        if (ow >= 0) acc[j] += wv * row[ow];
                     }
                 }
             }
@@ -110,17 +104,17 @@ __kernel void depthwise_fwd_nhwc(__global const T* restrict x, __global const T*
     T acc[DW_OPI];
     for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
     for (int kd = 0; kd < KD; ++kd) {
-        const int id = od * SD - PD + kd * DD;
-        if (id < 0 || id >= D) continue;
+        const int id = in_coord(od, kd, SD, PD, DD, D);
+        if (id < 0) continue;
         for (int kh = 0; kh < KH; ++kh) {
-            const int ih = oh * SH - PH + kh * DH;
-            if (ih < 0 || ih >= H) continue;
+            const int ih = in_coord(oh, kh, SH, PH, DH, H);
+            if (ih < 0) continue;
             const __global T* row = x + (((long)n * D + id) * H + ih) * W * C + c;
             for (int kw = 0; kw < KW; ++kw) {
                 const T wv = wp[(kd * KH + kh) * KW + kw];
                 for (int j = 0; j < DW_OPI; ++j) {
-                    const int iw = (ow0 + j) * SW - PW + kw * DW;
-                    if (iw >= 0 && iw < W) acc[j] += wv * row[(long)iw * C];
+                    const int iw = in_coord(ow0 + j, kw, SW, PW, DW, W);
+                    if (iw >= 0) acc[j] += wv * row[(long)iw * C];
                 }
             }
         }
@@ -151,23 +145,17 @@ __kernel void depthwise_bwd_data_nhwc(__global const T* restrict dy,
         const int k = c * mult + m;
         const __global T* wp = w + (long)k * KD * KH * KW;
         for (int kd = 0; kd < KD; ++kd) {
-            const int td = id + PD - kd * DD;
-            if (td < 0 || td % SD) continue;
-            const int od = td / SD;
-            if (od >= OD) continue;
+            const int od = out_coord(id, kd, SD, PD, DD, OD);
+            if (od < 0) continue;
             for (int kh = 0; kh < KH; ++kh) {
-                const int th = ih + PH - kh * DH;
-                if (th < 0 || th % SH) continue;
-                const int oh = th / SH;
-                if (oh >= OH) continue;
+                const int oh = out_coord(ih, kh, SH, PH, DH, OH);
+                if (oh < 0) continue;
                 const __global T* row = dy + (((long)n * OD + od) * OH + oh) * OW * K + k;
                 for (int kw = 0; kw < KW; ++kw) {
                     const T wv = wp[(kd * KH + kh) * KW + kw];
                     for (int j = 0; j < DW_OPI; ++j) {
-                        const int tw = iw0 + j + PW - kw * DW;
-                        if (tw < 0 || tw % SW) continue;
-                        const int ow = tw / SW;
-                        if (ow < OW) acc[j] += wv * row[(long)ow * K];
+                        const int ow = out_coord(iw0 + j, kw, SW, PW, DW, OW);
+                        if (ow >= 0) acc[j] += wv * row[(long)ow * K];
                     }
                 }
             }

@@ -27,14 +27,14 @@ __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict
         const __global T* xp = x + ((long)n * C + g * CG + c) * plane;
         const __global T* wp = w + ((long)k * CG + c) * taps;
         for (int kd = 0; kd < KD; ++kd) {
-            const int id = od * SD - PD + kd * DD;
-            if (id < 0 || id >= D) continue;
+            const int id = in_coord(od, kd, SD, PD, DD, D);
+            if (id < 0) continue;
             for (int kh = 0; kh < KH; ++kh) {
-                const int ih = oh * SH - PH + kh * DH;
-                if (ih < 0 || ih >= H) continue;
+                const int ih = in_coord(oh, kh, SH, PH, DH, H);
+                if (ih < 0) continue;
                 for (int kw = 0; kw < KW; ++kw) {
-                    const int iw = ow * SW - PW + kw * DW;
-                    if (iw < 0 || iw >= W) continue;
+                    const int iw = in_coord(ow, kw, SW, PW, DW, W);
+                    if (iw < 0) continue;
                     acc += xp[((long)id * H + ih) * W + iw] * wp[(kd * KH + kh) * KW + kw];
                 }
             }
@@ -65,20 +65,14 @@ __kernel void naive_bwd_data(__global const T* restrict dy, __global const T* re
     const int taps = KD * KH * KW;
     T acc = 0;
     for (int kd = 0; kd < KD; ++kd) {
-        const int td = id + PD - kd * DD;
-        if (td < 0 || td % SD) continue;
-        const int od = td / SD;
-        if (od >= OD) continue;
+        const int od = out_coord(id, kd, SD, PD, DD, OD);
+        if (od < 0) continue;
         for (int kh = 0; kh < KH; ++kh) {
-            const int th = ih + PH - kh * DH;
-            if (th < 0 || th % SH) continue;
-            const int oh = th / SH;
-            if (oh >= OH) continue;
+            const int oh = out_coord(ih, kh, SH, PH, DH, OH);
+            if (oh < 0) continue;
             for (int kw = 0; kw < KW; ++kw) {
-                const int tw = iw + PW - kw * DW;
-                if (tw < 0 || tw % SW) continue;
-                const int ow = tw / SW;
-                if (ow >= OW) continue;
+                const int ow = out_coord(iw, kw, SW, PW, DW, OW);
+                if (ow < 0) continue;
                 const long o = ((long)od * OH + oh) * OW + ow;
                 const int tap = (kd * KH + kh) * KW + kw;
                 for (int j = 0; j < KG; ++j) {

@@ -141,20 +141,14 @@ __kernel void col2im(__global const T* restrict col, __global T* restrict dx, GE
     const long ncols = (long)nimg * pcount;
     T acc = 0;
     for (int kd = 0; kd < KD; ++kd) {
-        const int td = id + PD - kd * DD;
-        if (td < 0 || td % SD) continue;
-        const int od = td / SD;
-        if (od >= OD) continue;
+        const int od = out_coord(id, kd, SD, PD, DD, OD);
+        if (od < 0) continue;
         for (int kh = 0; kh < KH; ++kh) {
-            const int th = ih + PH - kh * DH;
-            if (th < 0 || th % SH) continue;
-            const int oh = th / SH;
-            if (oh >= OH) continue;
+            const int oh = out_coord(ih, kh, SH, PH, DH, OH);
+            if (oh < 0) continue;
             for (int kw = 0; kw < KW; ++kw) {
-                const int tw = iw + PW - kw * DW;
-                if (tw < 0 || tw % SW) continue;
-                const int ow = tw / SW;
-                if (ow >= OW) continue;
+                const int ow = out_coord(iw, kw, SW, PW, DW, OW);
+                if (ow < 0) continue;
                 const int q = (od * OH + oh) * OW + ow - p_start;
                 if (q < 0 || q >= pcount) continue;
                 const int row = c * taps + (kd * KH + kh) * KW + kw;
@@ -220,20 +214,14 @@ __kernel void col2im_nhwc(__global const T* restrict col, __global T* restrict d
     const int rows = CG * KD * KH * KW;
     T acc = 0;
     for (int kd = 0; kd < KD; ++kd) {
-        const int td = id + PD - kd * DD;
-        if (td < 0 || td % SD) continue;
-        const int od = td / SD;
-        if (od >= OD) continue;
+        const int od = out_coord(id, kd, SD, PD, DD, OD);
+        if (od < 0) continue;
         for (int kh = 0; kh < KH; ++kh) {
-            const int th = ih + PH - kh * DH;
-            if (th < 0 || th % SH) continue;
-            const int oh = th / SH;
-            if (oh >= OH) continue;
+            const int oh = out_coord(ih, kh, SH, PH, DH, OH);
+            if (oh < 0) continue;
             for (int kw = 0; kw < KW; ++kw) {
-                const int tw = iw + PW - kw * DW;
-                if (tw < 0 || tw % SW) continue;
-                const int ow = tw / SW;
-                if (ow >= OW) continue;
+                const int ow = out_coord(iw, kw, SW, PW, DW, OW);
+                if (ow < 0) continue;
                 const int q = (od * OH + oh) * OW + ow - p_start;
                 if (q < 0 || q >= pcount) continue;
                 const int row = ((kd * KH + kh) * KW + kw) * CG + c;
