@@ -566,6 +566,17 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
                                                          zero, six)
 
 
+@njit(inline="always", cache=_CACHE)
+def _packed_extent(offsets, y, n_images, plane, hq, wq):  # type: ignore[no-untyped-def]
+    """How packed_direct and packed_small split their work: the groups, the blocks of
+    PACKED_CO_BLOCK output channels per group, the packed run of one image's outputs
+    (``per_image``) and of all ``n_images`` (``total``)."""
+    n_groups = offsets.shape[0]
+    n_blocks = (y.shape[1] // n_groups + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
+    per_image = ((y.shape[2] - 1) * hq + y.shape[3] - 1) * wq + y.shape[4]
+    return n_groups, n_blocks, per_image, (n_images - 1) * plane + per_image
+
+
 @_kernel()
 def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, bias,  # type: ignore[no-untyped-def]
                   has_bias, act):
@@ -573,12 +584,7 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
     ``(C_out, C_in / groups * taps)``; ``offsets[g, s, i]`` is the flat read offset of the
     (channel, tap) pair ``3 * s + i`` of group g. With ``vector_tail``, runs are rounded up
     to whole vectors (the buffer must have a tail to read)."""
-    n_groups = offsets.shape[0]
-    c_out_per_group = y.shape[1] // n_groups
-    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
-    n_blocks = (c_out_per_group + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
-    per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
-    total = (n_images - 1) * plane + per_image
+    n_groups, n_blocks, per_image, total = _packed_extent(offsets, y, n_images, plane, hq, wq)
     n_chunks = (total + PACKED_CHUNK - 1) // PACKED_CHUNK
     for job in prange(n_groups * n_blocks * n_chunks):
         g = job // (n_blocks * n_chunks)
@@ -605,12 +611,7 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
                 base = (f * n_images + i) * plane
                 _pack_phase(x, i, c, f, run[base:base + plane], phases, dq, hq, wq,
                             sd, sh, sw, pd, ph, pw)
-    n_groups = offsets.shape[0]
-    c_out_per_group = y.shape[1] // n_groups
-    out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
-    n_blocks = (c_out_per_group + PACKED_CO_BLOCK - 1) // PACKED_CO_BLOCK
-    per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
-    total = (n_images - 1) * plane + per_image
+    n_groups, n_blocks, per_image, total = _packed_extent(offsets, y, n_images, plane, hq, wq)
     flat = xq.reshape(-1)
     for g in range(n_groups):
         for ob in range(n_blocks):
