@@ -50,6 +50,9 @@ def check_dtypes(op: str, dtypes: Sequence[tuple[str, np.dtype[Any] | None]]) ->
                 f"{op}: {name} has dtype {dt.name}, but convflow computes in "
                 f"{', '.join(SUPPORTED_DTYPES)}; convert it first, e.g. {name}.astype(numpy.float32)"
             )
+    # Byte order is how the numbers are stored, not which numbers they are: '>f4' and
+    # '<f4' are both float32 (computed after a conversion to native order).
+    present = [(name, dt.newbyteorder("=")) for name, dt in present]
     first_name, first = present[0]
     for name, dt in present[1:]:
         if dt != first:

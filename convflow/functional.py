@@ -40,7 +40,7 @@ from .params import (
     normalize_layout,
 )
 from .selector import Decision
-from .tensor import Device, ResultKind, Tensor, as_tensor
+from .tensor import Device, ResultKind, Tensor, as_tensor, native_byte_order
 
 logger = logging.getLogger("convflow")
 
@@ -88,6 +88,8 @@ def _check_memory(op: str, backend: Backend, device: Device, dtype: np.dtype[Any
             continue
         if not t.is_contiguous or t.device != device:
             needs.append((f"contiguous copy of {name}", t.nbytes))
+        elif not t.dtype.isnative:
+            needs.append((f"native-byte-order copy of {name}", t.nbytes))
         if dtype.name == "float16":
             needs.append((f"float32 copy of {name}", t.size * 4))
     checks.check_memory(op, str(device), needs, backend.available_memory(device))
@@ -289,12 +291,15 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     device = decision.device
     problem = decision.problem
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
+    x, w, b = (None if t is None else native_byte_order(t)
+               for t in (x, operands.w, operands.b))
+    assert x is not None and w is not None
     # Moved in the caller's layout, then viewed channels-first: channels-last data reaches
     # the device still channels-last (no transpose on the way).
     x = _channels_first_view(_to(x, device) or x, plan.channels_last)
-    w, b = _to(operands.w, device) or operands.w, _to(operands.b, device) or operands.b
+    w, b = _to(w, device) or w, _to(b, device) or b
     if problem.is_empty():
-        y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
+        y = backend.upload(np.zeros(plan.out_shape, dtype=decision.problem.dtype), device)
     else:
         if plan.params.needs_explicit_padding():
             x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
@@ -375,7 +380,10 @@ def _tensor_key(t: Tensor | None) -> Any:
 
 def _numpy_key(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                args: tuple[Any, ...]) -> Any:
-    """The plan-cache key of a call whose arrays are all plain numpy arrays."""
+    """The plan-cache key of a call whose arrays are all plain numpy arrays (TypeError for
+    non-native byte order: such calls take the general path, which converts them)."""
+    if not (x.dtype.isnative and w.dtype.isnative and (b is None or b.dtype.isnative)):
+        raise TypeError("non-native byte order")
     return ("numpy", op, x.shape, x.dtype.char, x.flags.c_contiguous, w.shape, w.dtype.char,
             w.flags.c_contiguous, None if b is None else (b.shape, b.dtype.char),
             *(_freeze(a) for a in args), config.fingerprint())
@@ -681,8 +689,9 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
     plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
                           transposed, output_padding, output_mask, backend, algorithm, layout)
     device = plan.device
-    dy, x = (_moved(t, device, plan.channels_last) for t in (plan.dy, plan.x))
-    w = _to(plan.w, device) or plan.w
+    dy, x = (_moved(native_byte_order(t), device, plan.channels_last) for t in (plan.dy, plan.x))
+    w = native_byte_order(plan.w)
+    w = _to(w, device) or w
     results: list[Any] = [None, None, None]
     for index, step in ((0, plan.grad_input), (1, plan.grad_weight)):
         if step is None:
@@ -692,7 +701,7 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
         out_shape = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else (
             problem.y_shape if problem.direction == Direction.FORWARD else problem.w_shape)
         if problem.batch == 0:
-            result = runner.upload(np.zeros(out_shape, dtype=plan.x.dtype), device)
+            result = runner.upload(np.zeros(out_shape, dtype=problem.dtype), device)
         else:
             # Forward and backward-data passes read (grad_output, weight); backward-weight
             # reads the convolution's (input, grad_output), which swap for a transposed one.

@@ -131,7 +131,7 @@ class Tensor:
         target = Device.parse(device)
         if target == self._device:
             return self
-        host = self.numpy()
+        host = native_byte_order(self).numpy()
         if target.type == "cpu":
             return Tensor(np.array(host, copy=True), CPU)
         return _device_backend(target).upload(np.ascontiguousarray(host), target)  # type: ignore[no-any-return]
@@ -150,6 +150,16 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor(shape={list(self.shape)}, dtype={self.dtype}, device='{self._device}')"
+
+
+def native_byte_order(t: Tensor) -> Tensor:
+    """*t* with its bytes in this machine's order: itself if already so, else a converted
+    copy (same values, same memory order). Kernels and device copies read native numbers
+    only; a big-endian ``'>f4'`` array handed to them as raw bytes would be read wrongly."""
+    dtype = t.dtype
+    if dtype.isnative or t.device.type != "cpu":
+        return t
+    return Tensor(np.asarray(t.data).astype(dtype.newbyteorder("="), order="K"), t.device)
 
 
 def _device_backend(device: Device) -> Any:
@@ -265,6 +275,7 @@ def tensor(data: Any, device: Device | str | None = None) -> Tensor:
     target = source.device if device is None else Device.parse(device)
     if target == source.device:
         if target.type == "cpu":
-            return Tensor(np.array(source.data, copy=True, order="C"), CPU)
+            return Tensor(np.array(source.data, copy=True, order="C",
+                                   dtype=source.dtype.newbyteorder("=")), CPU)
         return _device_backend(target).copy(source)  # type: ignore[no-any-return]
     return source.to(target)
