@@ -291,9 +291,8 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     device = decision.device
     problem = decision.problem
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
-    x, w, b = (None if t is None else native_byte_order(t)
-               for t in (x, operands.w, operands.b))
-    assert x is not None and w is not None
+    x, w = native_byte_order(x), native_byte_order(operands.w)
+    b = None if operands.b is None else native_byte_order(operands.b)
     # Moved in the caller's layout, then viewed channels-first: channels-last data reaches
     # the device still channels-last (no transpose on the way).
     x = _channels_first_view(_to(x, device) or x, plan.channels_last)

@@ -28,8 +28,20 @@ PADDING_STRINGS = ("valid", "same", "same_upper", "same_lower")
 SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
+# The largest stride, padding, dilation, output_padding or groups accepted: kernels take
+# geometry as 32-bit ints on every device (as cuDNN and MIOpen do), and anything larger
+# describes an output no machine can hold.
+MAX_GEOMETRY = 2**31 - 1
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_at_most(op: str, name: str, value: Any, values: Sequence[int]) -> None:
+    if any(v > MAX_GEOMETRY for v in values):
+        raise ParameterError(f"{op}: {name} must be at most {MAX_GEOMETRY} (2**31 - 1) in every "
+                             f"dimension, but got {value!r}")
 
 
 def _as_sequence(value: Any) -> Sequence[Any] | None:
@@ -57,6 +69,7 @@ def normalize_int_tuple(op: str, name: str, value: Any, ndim: int, minimum: int)
     if any(v < minimum for v in values):
         bound = "positive" if minimum == 1 else f">= {minimum}"
         raise ParameterError(f"{op}: {name} must be {bound} in every dimension, but got {value!r}")
+    _check_at_most(op, name, value, values)
     return values
 
 
@@ -99,6 +112,7 @@ def _normalize_explicit_padding(op: str, value: Any, ndim: int,
         raise ParameterError(
             f"{op}: {what} must be non-negative in every dimension, but got {value!r}"
         )
+    _check_at_most(op, "padding", value, [v for pair in pairs for v in pair])
     return pairs
 
 
@@ -160,6 +174,9 @@ class ConvParams:
             raise ArgumentTypeError(f"{op}: groups must be a positive int, but got {groups!r}")
         if groups < 1:
             raise ParameterError(f"{op}: groups must be a positive int, but got {groups}")
+        if groups > MAX_GEOMETRY:
+            raise ParameterError(f"{op}: groups must be at most {MAX_GEOMETRY} (2**31 - 1), but "
+                                 f"got {groups}")
         if not isinstance(padding_mode, str):
             raise ArgumentTypeError(
                 f"{op}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "

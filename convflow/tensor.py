@@ -216,6 +216,10 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                 f"{op}: argument '{argname}' is a numpy masked array, whose mask a convolution "
                 f"would silently ignore; pass obj.filled(value) or numpy.asarray(obj) instead"
             )
+        if type(obj) is not np.ndarray:
+            # Subclasses (numpy.matrix, memmap, ...) are read as the plain array they hold:
+            # their own operators (matrix's 2-D-only indexing) mean nothing to a convolution.
+            obj = obj.view(np.ndarray)
         return Tensor(obj, CPU), _as_numpy
     from .backends import backend_for_array
 
@@ -223,8 +227,8 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
     if native_backend is not None:
         return native_backend.adopt(obj), _as_native
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
-        device_code, device_index = obj.__dlpack_device__()
-        device_type = _DLPACK_DEVICE_TYPES.get(int(device_code))
+        device_code, device_index = _dlpack_device_of(obj, op, argname)
+        device_type = _DLPACK_DEVICE_TYPES.get(device_code)
         if device_type is None:
             raise DeviceError(
                 f"{op}: argument '{argname}' lives on DLPack device type {int(device_code)}, "
@@ -238,18 +242,45 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                 array = np.from_dlpack(obj)
                 return Tensor(array, CPU), _from_dlpack_of(obj)
             return owner.adopt(obj), _from_dlpack_of(obj)
-        except (BufferError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # the producer's own code: any failure is its failure
             raise ArgumentTypeError(
                 f"{op}: argument '{argname}' ({type(obj).__name__}) could not be read through "
-                f"DLPack: {exc}"
+                f"DLPack: {type(exc).__name__}: {exc}"
             ) from exc
     if hasattr(obj, "__array__") or hasattr(obj, "__array_interface__"):
-        return Tensor(np.asarray(obj), CPU), _as_numpy
+        try:
+            array = np.asarray(obj)
+        except Exception as exc:  # the object's own __array__ failed or returned garbage
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' ({type(obj).__name__}) could not be converted to "
+                f"an array by its __array__ / __array_interface__: {type(exc).__name__}: {exc}"
+            ) from exc
+        if array.dtype == object:
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' ({type(obj).__name__}) converts to an array of "
+                f"Python objects, not numbers; expected a float16, float32 or float64 array")
+        return Tensor(array, CPU), _as_numpy
     raise ArgumentTypeError(
         f"{op}: argument '{argname}' must be an array (numpy.ndarray, convflow.Tensor, or an "
         f"object with __dlpack__), but got {type(obj).__name__}"
         + ("; wrap it with numpy.asarray(...)" if isinstance(obj, (list, tuple, int, float)) else "")
     )
+
+
+def _dlpack_device_of(obj: Any, op: str, argname: str) -> tuple[int, int]:
+    """``obj.__dlpack_device__()`` as ``(device type code, index)``, or ArgumentTypeError when
+    the producer raises or answers something that is not two integers."""
+    try:
+        answer = obj.__dlpack_device__()
+        code, index = answer
+        if not all(isinstance(v, (int, np.integer)) for v in (code, index)):  # IntEnums too
+            raise TypeError(f"expected (device type, device index) ints, got {answer!r}")
+        return int(code), int(index)
+    except Exception as exc:
+        raise ArgumentTypeError(
+            f"{op}: argument '{argname}' ({type(obj).__name__}) has a __dlpack_device__ that "
+            f"failed: {type(exc).__name__}: {exc}; expected it to return (device type, device "
+            f"index)") from exc
 
 
 def tensor(data: Any, device: Device | str | None = None) -> Tensor:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ... import config, hostinfo
+from ...errors import ConfigError
 from ...params import ConvProblem, Direction
 from ...tensor import CPU, Device, Tensor
 from ..base import AlgorithmRule, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
@@ -184,6 +185,8 @@ class NumbaBackend(Backend):
                                  f"numba is not installed ({exc}); pip install numba", "cpu")
         try:
             layer = self._start_threading(numba)
+        except ConfigError:
+            raise  # a bad CONVFLOW_* value is the user's to fix, not a missing backend
         except Exception as exc:
             return BackendStatus(self.name, False,
                                  f"numba {numba.__version__} could not start: {exc!r}", "cpu")
