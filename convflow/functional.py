@@ -81,8 +81,16 @@ def _problem(direction: Direction, x_shape: tuple[int, ...], w_shape: tuple[int,
 
 
 def _check_memory(op: str, backend: Backend, device: Device, dtype: np.dtype[Any],
-                  needs: list[tuple[str, int]], inputs: Sequence[tuple[str, Tensor | None]]) -> None:
-    """Fail fast on outputs and copies that can never fit (e.g. huge broadcast views)."""
+                  needs: list[tuple[str, int]], inputs: Sequence[tuple[str, Tensor | None]],
+                  result_bytes: int) -> None:
+    """Fail fast on outputs and copies that can never fit (e.g. huge broadcast views).
+
+    *result_bytes* is the size of the results among *needs*: a device whose memory is the
+    host's (a CPU OpenCL device) holds them once on the device and once more as the host
+    copy handed back to a caller whose data lives on the host."""
+    if (device.type != "cpu" and backend.in_host_memory(device)
+            and all(t is None or t.device.type == "cpu" for _, t in inputs)):
+        needs.append(("host copy of the result", result_bytes))
     for name, t in inputs:
         if t is None:
             continue
@@ -220,7 +228,8 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     needs = [("output", math.prod(out_shape) * itemsize)]
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
-    _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
+    _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)],
+                  needs[0][1])
     decision = find.refine(decision, chosen)
     decision = decision.with_notes(*_layout_and_epilogue_notes(decision, chosen, params))
     separate = "" if chosen.fuses_activation else activation_name
@@ -647,7 +656,8 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     run_device = chosen_pass.decision.device if chosen_pass else device
     if chosen_pass is not None:
         _check_memory(op, chosen_pass.backend, run_device, dtype, needs,
-                      [("grad_output", dy), ("input", x), ("weight", w)])
+                      [("grad_output", dy), ("input", x), ("weight", w)],
+                      sum(nbytes for _, nbytes in needs))
     return _BackwardPlan(params, dy, x, w, kind, passes["grad_input"], passes["grad_weight"],
                          mask[2], run_device, channels_last)
 

@@ -88,6 +88,11 @@ class Backend(abc.ABC):
     def default_device(self) -> Device:
         return Device(self.device_type, 0)
 
+    def in_host_memory(self, device: Device) -> bool:
+        """Whether *device*'s memory is the host's RAM (the CPU itself, a CPU OpenCL device):
+        its buffers and the host's copies of the same data then draw on one memory."""
+        return device.type == "cpu"
+
     @abc.abstractmethod
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""

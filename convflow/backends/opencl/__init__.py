@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import config
+from ... import config, hostinfo
 from ...activations import ACTIVATION_CODES
 from ...errors import (
     ArgumentTypeError,
@@ -329,8 +329,13 @@ class OpenCLBackend(Backend):
                     f"operands to float32 or use another backend")
         return None
 
+    def in_host_memory(self, device: Device) -> bool:
+        return self._info(device).type == "cpu"
+
     def available_memory(self, device: Device) -> int:
-        return self._info(device).global_mem_size
+        size = self._info(device).global_mem_size
+        # A CPU device's "global memory" is the host's RAM: what is left of it bounds it.
+        return min(size, hostinfo.memory_available()) if self.in_host_memory(device) else size
 
     def device_identity(self, device: Device) -> str:
         info = self._info(device)
