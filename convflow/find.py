@@ -34,21 +34,35 @@ _MAX_RUNS = 9
 _MIN_RUNS = 3
 
 
+# The policy variables that change which candidate is fastest (how a candidate may compute,
+# and how much scratch it may tile with); the rest of the configuration only changes which
+# candidates exist, and the candidates are part of the key.
+_POLICY = ("CONVFLOW_DETERMINISTIC", "CONVFLOW_ALLOW_TF32", "CONVFLOW_WORKSPACE_MB")
+
+
+def _plain(value: Any) -> Any:
+    """A problem field as JSON: enums by value, tuples as lists."""
+    if isinstance(value, Direction):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def problem_fields(decision: Decision, backend: Backend) -> dict[str, Any]:
-    """Everything that changes which algorithm is fastest for a decision's problem."""
+    """Everything that changes which algorithm is fastest for a decision's problem: every
+    field of the problem (so a new field joins the key by itself: shapes, dtype, layout,
+    activation, every parameter), the policy, the device and the candidates."""
     from . import __version__
 
-    p = decision.problem
-    return {
+    fields = {f.name: _plain(getattr(decision.problem, f.name))
+              for f in dataclasses.fields(decision.problem)}
+    fields.update({name: config.get(name) for name in _POLICY})
+    fields.update({
         "backend": decision.backend, "device": backend.device_identity(decision.device),
-        "convflow": __version__, "dtype": p.dtype, "layout": "channels-first",
-        "direction": p.direction.value, "x": list(p.x_shape), "w": list(p.w_shape),
-        "y": list(p.y_shape), "stride": list(p.stride), "padding": [list(q) for q in p.padding],
-        "dilation": list(p.dilation), "groups": p.groups,
-        "deterministic": bool(config.get("CONVFLOW_DETERMINISTIC")),
-        "tf32": bool(config.get("CONVFLOW_ALLOW_TF32")),
-        "candidates": sorted(decision.candidates),
-    }
+        "convflow": __version__, "candidates": sorted(decision.candidates),
+    })
+    return fields
 
 
 def refine(decision: Decision, backend: Backend) -> Decision:
@@ -86,13 +100,19 @@ def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:
     rng = np.random.default_rng(0)
     dtype = np.dtype(p.dtype)
 
-    def make(shape: tuple[int, ...]) -> Tensor:
-        return backend.upload(rng.standard_normal(shape).astype(dtype), decision.device)
+    def make(shape: tuple[int, ...], activation: bool = True) -> Tensor:
+        """An operand in the problem's own memory layout: channels-last activations are
+        channels-last in memory, viewed channels-first as the passes take them."""
+        if not (activation and p.channels_last):
+            return backend.upload(rng.standard_normal(shape).astype(dtype), decision.device)
+        last = (shape[0], *shape[2:], shape[1])
+        data = backend.upload(rng.standard_normal(last).astype(dtype), decision.device)
+        return data.permute((0, len(shape) - 1, *range(1, len(shape) - 1)))
 
     if p.direction == Direction.FORWARD:
-        return make(p.x_shape), make(p.w_shape)
+        return make(p.x_shape), make(p.w_shape, activation=False)
     if p.direction == Direction.BACKWARD_DATA:
-        return make(p.y_shape), make(p.w_shape)
+        return make(p.y_shape), make(p.w_shape, activation=False)
     return make(p.x_shape), make(p.y_shape)
 
 
