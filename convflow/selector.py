@@ -222,7 +222,7 @@ def known_algorithm_names() -> set[str]:
     for name in registry.BACKEND_NAMES:
         backend = registry.loaded_backend(name)
         if backend is not None:
-            names.update(rule.name for rule in backend.algorithm_rules())
+            names.update(backend.algorithm_names())
     return names
 
 
@@ -302,6 +302,6 @@ def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvPa
         op=op, backend=chosen.name, algorithm=choice.rule.name, reason=choice.reason,
         source=choice.source, device=device, problem=problem, params=params,
         backend_rules=tuple(backend_outcomes), algorithm_rules=choice.outcomes,
-        backends=registry.available_backends(), candidates=choice.candidates,
+        backends=registry.BackendStatuses(), candidates=choice.candidates,
     )
     return decision, chosen

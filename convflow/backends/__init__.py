@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import BackendUnavailableError, ParameterError, did_you_mean
@@ -87,6 +88,26 @@ def backend_status(name: str) -> BackendStatus:
     return backend.status()
 
 
+class BackendStatuses(Mapping[str, BackendStatus]):
+    """Every registered backend's status, each computed when it is first read: planning a
+    call opens only the backends it needs (a numba call never imports pyopencl or cupy),
+    and ``str(decision)`` shows the others when it is printed."""
+
+    def __getitem__(self, name: str) -> BackendStatus:
+        if name not in _BACKEND_CLASSES:
+            raise KeyError(name)
+        return backend_status(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(BACKEND_NAMES)
+
+    def __len__(self) -> int:
+        return len(BACKEND_NAMES)
+
+    def __repr__(self) -> str:
+        return f"BackendStatuses({', '.join(BACKEND_NAMES)})"
+
+
 def available_backends() -> dict[str, BackendStatus]:
     """Every registered backend with whether it can run here and why (not).
 
@@ -150,6 +171,7 @@ __all__ = [
     "AlgorithmRule",
     "Backend",
     "BackendStatus",
+    "BackendStatuses",
     "available_backends",
     "backend_for_array",
     "backend_for_device",

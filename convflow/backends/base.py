@@ -81,6 +81,11 @@ class Backend(abc.ABC):
     def algorithm_rules(self) -> Sequence[AlgorithmRule]:
         """The backend's algorithms, in the order the selector tries their rules."""
 
+    def algorithm_names(self) -> frozenset[str]:
+        """Every algorithm name this backend has on any device, known without opening the
+        backend's runtime (validating CONVFLOW_DISABLE_ALGOS must not import its library)."""
+        return frozenset(rule.name for rule in self.algorithm_rules())
+
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
         """Why this backend cannot compute *problem* on *device*, or None if it can."""
         return None

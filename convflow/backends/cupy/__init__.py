@@ -155,6 +155,9 @@ class CupyBackend(Backend):
         self._probed()
         return self._plans
 
+    def algorithm_names(self) -> frozenset[str]:
+        return frozenset(("cudnn", *(rule.name for rule in OWN_RULES)))
+
     def algorithm_rules(self) -> Sequence[AlgorithmRule]:
         if self._rules is None:
             rules = OWN_RULES

@@ -309,6 +309,9 @@ class OpenCLBackend(Backend):
         self.status()
         return [info for _, _, info in self._devices]
 
+    def algorithm_names(self) -> frozenset[str]:
+        return frozenset(SOLVERS)
+
     def algorithm_rules(self) -> Sequence[AlgorithmRule]:
         infos = self.device_infos()
         return RULES[infos[0].style if infos else "gpu"]
