@@ -75,8 +75,8 @@ def refine(decision: Decision, backend: Backend) -> Decision:
     entry = db.lookup(key)
     if entry is not None and entry.algorithm in decision.candidates:
         when = datetime.datetime.fromtimestamp(entry.created).isoformat(timespec="seconds")
-        return dataclasses.replace(
-            decision, algorithm=entry.algorithm, source="cache", timings=dict(entry.timings),
+        return decision.with_algorithm(
+            backend, entry.algorithm, source="cache", timings=dict(entry.timings),
             reason=f"the perf-db ({db.path}) records {entry.algorithm} as the fastest of "
                    f"{len(decision.candidates)} candidates, timed {when}")
     order = [decision.algorithm] + [c for c in decision.candidates if c != decision.algorithm]
@@ -88,8 +88,8 @@ def refine(decision: Decision, backend: Backend) -> Decision:
         return dataclasses.replace(decision, timings=timings)
     best = min(measured, key=lambda name: measured[name])
     db.store(key, perfdb.Entry(best, timings, time.time()))
-    return dataclasses.replace(
-        decision, algorithm=best, source="autotune", timings=timings,
+    return decision.with_algorithm(
+        backend, best, source="autotune", timings=timings,
         reason=f"the fastest of {len(measured)} candidates timed now ({measured[best]:.3f} ms); "
                f"recorded in the perf-db {db.path}")
 

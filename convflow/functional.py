@@ -244,7 +244,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
 def _layout_and_epilogue_notes(decision: Decision, backend: Backend,
                                params: ConvParams) -> list[str]:
     problem, notes = decision.problem, []
-    rule = next(r for r in backend.algorithm_rules() if r.name == decision.algorithm)
+    rule = backend.algorithm(decision.algorithm)
     if problem.channels_last:
         if rule.channels_last and not params.needs_explicit_padding():
             notes.append(f"channels-last data is read and written in place by {rule.name} "

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import backends as registry
 from . import config
-from .backends.base import AlgorithmRule, Backend, BackendStatus, excluded_reason
+from .backends.base import Algorithm, Backend, BackendStatus, excluded_reason
 from .errors import BackendUnavailableError, ParameterError, did_you_mean
 from .params import ConvParams, ConvProblem
 from .tensor import Device
@@ -73,6 +73,9 @@ class Decision:
         The algorithms that could run it (what find mode times).
     timings : mapping of name to milliseconds (or the reason a candidate was skipped)
         With find mode: the measured time of each candidate.
+    variant : str
+        The code path the algorithm runs for this problem (its record's ``variant``; ``""``
+        for an algorithm with one path): what the backend executes, named.
     """
 
     op: str
@@ -89,9 +92,21 @@ class Decision:
     notes: tuple[str, ...] = field(default=())
     candidates: tuple[str, ...] = field(default=())
     timings: Mapping[str, float | str] = field(default_factory=dict)
+    variant: str = ""
 
     def with_notes(self, *notes: str) -> Decision:
         return dataclasses.replace(self, notes=self.notes + notes)
+
+    def with_algorithm(self, backend: Backend, algorithm: str, **changes: Any) -> Decision:
+        """This decision with *algorithm* instead (find mode, a run-time fallback): its
+        variant follows from the algorithm's record."""
+        variant = backend.algorithm(algorithm).variant(self.problem)
+        return dataclasses.replace(self, algorithm=algorithm, variant=variant, **changes)
+
+    @property
+    def runs(self) -> str:
+        """What runs, in words: ``"packed_direct (per-image strategy)"``."""
+        return f"{self.algorithm} ({self.variant})" if self.variant else self.algorithm
 
     def __str__(self) -> str:
         p = self.problem
@@ -120,6 +135,7 @@ class Decision:
                 lines.append(f"    {name:<14} {shown}")
         for note in self.notes:
             lines.append(f"  note: {note}")
+        lines.append(f"  runs: {self.runs}")
         lines.append(f"  => backend={self.backend} algorithm={self.algorithm} on {self.device} "
                      f"[{self.source}]: {self.reason}")
         return "\n".join(lines)
@@ -209,7 +225,7 @@ class AlgorithmChoice:
     """The algorithm rules' verdict: the chosen rule, why, how, and the runnable candidates
     (after disabling and deterministic filtering) that find mode may time instead."""
 
-    rule: AlgorithmRule
+    rule: Algorithm
     reason: str
     source: str
     outcomes: tuple[RuleOutcome, ...]
@@ -303,5 +319,6 @@ def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvPa
         source=choice.source, device=device, problem=problem, params=params,
         backend_rules=tuple(backend_outcomes), algorithm_rules=choice.outcomes,
         backends=registry.BackendStatuses(), candidates=choice.candidates,
+        variant=choice.rule.variant(problem),
     )
     return decision, chosen

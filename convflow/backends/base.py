@@ -42,13 +42,42 @@ class BackendStatus:
         return text
 
 
-@dataclass(frozen=True)
-class AlgorithmRule:
-    """One algorithm of a backend and the rule deciding when it is the right choice.
+def _no_workspace(problem: ConvProblem) -> int:
+    return 0
 
-    ``applies(problem)`` returns ``(True, why)`` when the rule picks this algorithm for the
-    problem and ``(False, why_not)`` otherwise. ``can_run(problem)`` says whether the
-    algorithm is able to compute the problem at all (used when it is forced).
+
+def _single_variant(problem: ConvProblem) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm of a backend: its rule, what it implements, and what it runs.
+
+    This one record is what dispatch, ``explain()``, find mode and the ``CONVFLOW_*``
+    variables read; a backend lists its records in one ordered tuple. ``applies(problem)``
+    returns ``(True, why)`` when the rule picks this algorithm for the problem and ``(False,
+    why_not)`` otherwise; ``can_run(problem)`` says whether it can compute the problem at all
+    on the backend's device (device limits included; used when it is forced or timed).
+
+    Attributes
+    ----------
+    directions : frozenset of Direction
+        The passes it implements; ``passes`` maps each to the backend's handle for its code
+        (a function, or a name the backend resolves lazily so the record imports nothing).
+    deterministic, why_not_deterministic
+        Whether results are bitwise reproducible across runs and thread counts (what
+        ``CONVFLOW_DETERMINISTIC=1`` requires), and why not.
+    channels_last : bool
+        Whether it reads and writes channels-last activations in place (no conversion).
+    fused : frozenset of Direction
+        The passes that apply the bias and activation in their own write-back; the others
+        get one epilogue pass afterwards.
+    workspace : callable
+        Scratch bytes it allocates for a problem (orders the out-of-memory fallback).
+    variant : callable
+        The code path it runs for a problem, named (``explain()`` shows it; ``""`` when the
+        algorithm has one path). The backend runs exactly the path this names.
     """
 
     name: str
@@ -56,12 +85,24 @@ class AlgorithmRule:
     applies: Callable[[ConvProblem], tuple[bool, str]]
     can_run: Callable[[ConvProblem], tuple[bool, str]]
     directions: frozenset[Direction] = ALL_DIRECTIONS
-    # Whether results are bitwise reproducible across runs and thread counts (what
-    # CONVFLOW_DETERMINISTIC=1 requires); ``why_not_deterministic`` says why not.
     deterministic: bool = True
     why_not_deterministic: str = ""
-    # Whether it reads and writes channels-last activations in place (no layout conversion).
     channels_last: bool = False
+    fused: frozenset[Direction] = frozenset()
+    workspace: Callable[[ConvProblem], int] = _no_workspace
+    variant: Callable[[ConvProblem], str] = _single_variant
+    passes: Mapping[Direction, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.passes and frozenset(self.passes) != self.directions:
+            raise ValueError(f"algorithm {self.name!r}: passes {sorted(self.passes)} do not match "
+                             f"its directions {sorted(self.directions)}")
+        if not self.fused <= self.directions:
+            raise ValueError(f"algorithm {self.name!r} fuses a pass it does not implement")
+
+
+# The name the backends' tables used before the record carried everything.
+AlgorithmRule = Algorithm
 
 
 class Backend(abc.ABC):
@@ -78,8 +119,8 @@ class Backend(abc.ABC):
         """Availability, with the reason; must not raise."""
 
     @abc.abstractmethod
-    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
-        """The backend's algorithms, in the order the selector tries their rules."""
+    def algorithm_rules(self) -> Sequence[Algorithm]:
+        """The backend's algorithm records, in the order the selector tries their rules."""
 
     def algorithm_names(self) -> frozenset[str]:
         """Every algorithm name this backend has on any device, known without opening the
@@ -102,10 +143,17 @@ class Backend(abc.ABC):
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
 
+    def algorithm(self, name: str) -> Algorithm:
+        """The record of the algorithm called *name* (KeyError if the backend has none)."""
+        for record in self.algorithm_rules():
+            if record.name == name:
+                return record
+        raise KeyError(f"the {self.name} backend has no algorithm {name!r}")
+
     def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
         """Scratch memory *algorithm* needs for *problem*, roughly (orders the algorithms tried
         after running out of memory: smallest first)."""
-        return 0
+        return self.algorithm(algorithm).workspace(problem)
 
     def device_identity(self, device: Device) -> str:
         """What identifies the hardware and software a timing was taken on (perf-db key)."""
@@ -177,7 +225,7 @@ def run_pass(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, 
     return backend.backward_weight(a, b, problem, algorithm)
 
 
-def excluded_reason(rule: AlgorithmRule) -> str:
+def excluded_reason(rule: Algorithm) -> str:
     """Why the configuration excludes *rule* (``CONVFLOW_DISABLE_ALGOS``,
     ``CONVFLOW_DETERMINISTIC``), or ``""``. The selector and any backend falling back at run
     time apply the same exclusions."""

@@ -1,0 +1,107 @@
+"""One record per algorithm: the tables every backend used to keep are its fields, and the
+Decision names the code path (the variant) that actually runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convflow
+from convflow.backends import get_backend, loaded_backend
+from convflow.backends.base import Algorithm
+from convflow.backends.numba import algorithms as numba_algorithms
+
+import reference
+from conftest import assert_close
+
+
+@pytest.mark.parametrize("name", ["numba", "opencl", "cupy"])
+def test_records_are_consistent(name):
+    backend = loaded_backend(name)
+    if backend is None:
+        pytest.skip(f"the {name} backend's module does not load here")
+    records = ([r for r in backend.algorithm_rules()] if backend.status().available
+               else [])
+    names = [r.name for r in records]
+    assert len(names) == len(set(names))
+    assert set(names) <= backend.algorithm_names()
+    for record in records:
+        assert isinstance(record, Algorithm)
+        assert record.fused <= record.directions
+        assert not record.passes or set(record.passes) == set(record.directions)
+        assert record.deterministic or record.why_not_deterministic
+
+
+def test_a_record_refuses_passes_it_does_not_declare():
+    with pytest.raises(ValueError, match="passes .* do not match its directions"):
+        Algorithm("x", "x", lambda p: (True, ""), lambda p: (True, ""),
+                  frozenset({convflow.Direction.FORWARD}),
+                  passes={convflow.Direction.BACKWARD_DATA: "f"})
+    with pytest.raises(ValueError, match="fuses a pass it does not implement"):
+        Algorithm("x", "x", lambda p: (True, ""), lambda p: (True, ""),
+                  frozenset({convflow.Direction.FORWARD}),
+                  fused=frozenset({convflow.Direction.BACKWARD_DATA}))
+
+
+RNG = np.random.default_rng(4)
+
+
+def _arrays(x_shape, w_shape):
+    return (RNG.standard_normal(x_shape).astype(np.float32),
+            RNG.standard_normal(w_shape).astype(np.float32))
+
+
+# (algorithm, input shape, weight shape, conv kwargs, layout, variant the Decision must name)
+VARIANTS = [
+    ("packed_direct", (1, 8, 16, 16), (8, 8, 3, 3), dict(padding=1), None,
+     numba_algorithms.SINGLE_PASS),
+    ("packed_direct", (2, 64, 40, 40), (64, 64, 1, 1), {}, None, numba_algorithms.IN_PLACE_1X1),
+    ("packed_direct", (2, 64, 40, 40), (64, 64, 3, 3), dict(padding=1), None,
+     numba_algorithms.PER_IMAGE),
+    ("packed_direct", (2, 64, 40, 40), (64, 64, 1, 1), {}, "NHWC", numba_algorithms.PER_IMAGE),
+    ("depthwise", (2, 64, 7, 7), (64, 1, 3, 3), dict(padding=1, groups=64), None,
+     numba_algorithms.CHANNELS_IN_LANES),
+    ("depthwise", (1, 8, 20, 20), (8, 1, 3, 3), dict(padding=1, groups=8), None,
+     numba_algorithms.PER_PLANE_SERIAL),
+    ("depthwise", (4, 16, 80, 80), (16, 1, 3, 3), dict(padding=1, groups=16), None,
+     numba_algorithms.PER_PLANE),
+    ("depthwise", (4, 16, 80, 80), (16, 1, 3, 3), dict(padding=1, groups=16), "NHWC",
+     numba_algorithms.CHANNELS_IN_LANES),
+    ("gemm_1x1", (2, 32, 9, 9), (16, 32, 1, 1), {}, None, numba_algorithms.IN_PLACE_GEMM),
+    ("gemm_1x1", (2, 32, 9, 9), (16, 32, 1, 1), dict(stride=2), None,
+     numba_algorithms.GATHERED_GEMM),
+    ("im2col_gemm", (2, 32, 9, 9), (16, 32, 3, 3), {}, None, ""),
+]
+
+
+@pytest.mark.parametrize("algorithm, x_shape, w_shape, kwargs, layout, variant", VARIANTS)
+def test_explain_names_the_variant_that_runs(monkeypatch, algorithm, x_shape, w_shape, kwargs,
+                                             layout, variant):
+    x, w = _arrays(x_shape, w_shape)
+    stride, padding = kwargs.get("stride", 1), kwargs.get("padding", 0)
+    expected = reference.conv(x, w, None, (stride, stride), ((padding, padding),) * 2, (1, 1),
+                              kwargs.get("groups", 1))
+    if layout == "NHWC":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    decision = convflow.explain(x, w, layout=layout, algorithm=algorithm, backend="numba",
+                                **kwargs)
+    assert decision.variant == variant
+    assert decision.runs == (f"{algorithm} ({variant})" if variant else algorithm)
+    assert f"  runs: {decision.runs}" in str(decision)
+    record = get_backend("numba").algorithm(algorithm)
+    name = record.passes[convflow.Direction.FORWARD]
+    seen: list[str] = []
+    real = getattr(numba_algorithms, name)
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(numba_algorithms, name, spy)
+    get_backend("numba")._prepared_passes.clear()
+    y = convflow.conv2d(x, w, layout=layout, algorithm=algorithm, backend="numba", **kwargs)
+    get_backend("numba")._prepared_passes.clear()
+    assert seen == [variant]
+    if layout == "NHWC":
+        y = np.moveaxis(y, -1, 1)
+    assert_close(y, expected, "float32")
