@@ -33,7 +33,7 @@ def test_records_are_consistent(name):
 
 
 def test_a_record_refuses_passes_it_does_not_declare():
-    with pytest.raises(ValueError, match="passes .* do not match its directions"):
+    with pytest.raises(ValueError, match=r"passes .* do not match its directions"):
         Algorithm("x", "x", lambda p: (True, ""), lambda p: (True, ""),
                   frozenset({convflow.Direction.FORWARD}),
                   passes={convflow.Direction.BACKWARD_DATA: "f"})
