@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ...params import ConvProblem, Direction
+from ..base import Algorithm
+from . import rules
 from .runtime import ContextState, SolverUnavailable
 
 Array = Any  # pyopencl.array.Array
@@ -379,32 +381,30 @@ def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int
 # (call, geometry, a, b, out, epilogue): forward (x, w -> y) and data-gradient (dy, w -> dx)
 # passes write through the epilogue; weight-gradient passes (x, dy -> dw) get NO_EPILOGUE.
 Pass = Callable[[Call, Geom, Array, Array, Array, Epilogue], None]
+Rule = Callable[[ConvProblem], tuple[bool, str]]
 
 
 @dataclass(frozen=True)
-class Solver:
-    """One named solver: its passes (None where it has none), the device style it suits,
-    and whether it computes channels-last activations in place."""
+class Solver(Algorithm):
+    """An opencl algorithm record: the shared record plus the device style it suits
+    (``"any"``, ``"gpu"`` or ``"cpu"``); ``passes`` holds the :data:`Pass` of each direction.
+    Every forward and data-gradient pass applies the bias and activation as it writes."""
 
-    name: str
-    style: str            # "any", "gpu" or "cpu"
-    summary: str
-    forward: Pass | None
-    backward_data: Pass | None
-    backward_weight: Pass | None
-    channels_last: bool = False
-
-    @property
-    def directions(self) -> frozenset[Direction]:
-        present = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
-                   Direction.BACKWARD_WEIGHT: self.backward_weight}
-        return frozenset(d for d, f in present.items() if f is not None)
+    style: str = "any"
 
     def pass_for(self, direction: Direction) -> Pass:
-        run = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
-               Direction.BACKWARD_WEIGHT: self.backward_weight}[direction]
-        assert run is not None, (self.name, direction)
-        return run
+        return self.passes[direction]  # type: ignore[no-any-return]
+
+
+def _solver(name: str, style: str, summary: str, applies: Rule, can_run: Rule,
+            forward: Pass | None = None, backward_data: Pass | None = None,
+            backward_weight: Pass | None = None, channels_last: bool = False) -> Solver:
+    given = {Direction.FORWARD: forward, Direction.BACKWARD_DATA: backward_data,
+             Direction.BACKWARD_WEIGHT: backward_weight}
+    passes = {direction: run for direction, run in given.items() if run is not None}
+    directions = frozenset(passes)
+    return Solver(name, summary, applies, can_run, directions, channels_last=channels_last,
+                  fused=directions - {Direction.BACKWARD_WEIGHT}, passes=passes, style=style)
 
 
 def _channels_first(g: Geom, solver: str) -> None:
@@ -968,47 +968,55 @@ def _winograd_forward(style: str) -> Pass:
     return run
 
 
-# The solver table --------------------------------------------------------------------------
-def _build_solvers() -> dict[str, Solver]:
-    naive = Solver("naive", "any", "one work-item per output element; handles every problem",
-                   _naive("naive_fwd", True), _naive("naive_bwd_data", True),
-                   _naive("naive_bwd_weight", False))
-    solvers = [
-        naive,
-        Solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
-               "work-item (weight gradient by direct_wrw's reduction)",
-               depthwise_forward, depthwise_backward_data, direct_wrw, channels_last=True),
-        Solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
-               "tiled GEMM", _winograd_forward("gpu"),
-               via_flipped_forward(_winograd_forward("gpu")), None),
-        Solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
-               "GEMM", _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
-               _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
-               _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu")),
-               channels_last=True),
-        Solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
-               "8 outputs per work-item (MIOpen ConvOclDirectFwd)",
-               tiled_direct_forward, via_flipped_forward(tiled_direct_forward), None),
-        Solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
-               "the data gradient)", _im2col_forward("gpu"), _im2col_backward_data("gpu"),
-               _im2col_backward_weight("gpu"), channels_last=True),
-        Solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
-               "reduction in __local memory (deterministic, no atomics)", None, None,
-               direct_wrw, channels_last=True),
-        Solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
-               "vector GEMM", _winograd_forward("cpu"),
-               via_flipped_forward(_winograd_forward("cpu")), None),
-        Solver("vec_gemm_1x1", "cpu", "1x1 convolution as a CPU-style vector GEMM (packed "
-               "weights, float16 vectors, no local memory)",
-               _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
-               _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
-               _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu")),
-               channels_last=True),
-        Solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
-               _im2col_forward("cpu"), _im2col_backward_data("cpu"),
-               _im2col_backward_weight("cpu"), channels_last=True),
-    ]
-    return {s.name: s for s in solvers}
+# The solver records ------------------------------------------------------------------------
+def _build_algorithms() -> tuple[Solver, ...]:
+    """Every solver, in the order of preference; :func:`~.rule_order` moves the other device
+    style's solvers after this style's, and the last record is the catch-all baseline."""
+    return (
+        _solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
+                "work-item (weight gradient by direct_wrw's reduction)",
+                rules.depthwise_solver_rule, rules.depthwise_solver_rule,
+                depthwise_forward, depthwise_backward_data, direct_wrw, channels_last=True),
+        _solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
+                "tiled GEMM", rules.winograd_rule, rules.winograd_fits,
+                _winograd_forward("gpu"), via_flipped_forward(_winograd_forward("gpu"))),
+        _solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
+                "vector GEMM", rules.winograd_rule, rules.winograd_fits,
+                _winograd_forward("cpu"), via_flipped_forward(_winograd_forward("cpu"))),
+        _solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
+                "GEMM", rules.gemm_1x1_rule, rules.gemm_1x1_rule,
+                _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
+                _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
+                _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu")),
+                channels_last=True),
+        _solver("vec_gemm_1x1", "cpu", "1x1 convolution as a CPU-style vector GEMM (packed "
+                "weights, float16 vectors, no local memory)", rules.gemm_1x1_rule,
+                rules.gemm_1x1_rule, _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
+                _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
+                _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu")),
+                channels_last=True),
+        _solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
+                "8 outputs per work-item (MIOpen ConvOclDirectFwd)", rules.tiled_direct_rule,
+                rules.tiled_direct_can_run, tiled_direct_forward,
+                via_flipped_forward(tiled_direct_forward)),
+        _solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
+                "the data gradient)", rules.im2col_rule, rules.always, _im2col_forward("gpu"),
+                _im2col_backward_data("gpu"), _im2col_backward_weight("gpu"),
+                channels_last=True),
+        _solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
+                rules.im2col_rule, rules.always, _im2col_forward("cpu"),
+                _im2col_backward_data("cpu"), _im2col_backward_weight("cpu"),
+                channels_last=True),
+        _solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
+                "reduction in __local memory (deterministic, no atomics)",
+                rules.weight_grad_only, rules.weight_grad_only, backward_weight=direct_wrw,
+                channels_last=True),
+        _solver("naive", "any", "one work-item per output element; handles every problem",
+                rules.naive_rule, rules.always, _naive("naive_fwd", True),
+                _naive("naive_bwd_data", True), _naive("naive_bwd_weight", False)),
+    )
 
 
-SOLVERS: dict[str, Solver] = _build_solvers()
+ALGORITHMS: tuple[Solver, ...] = _build_algorithms()
+# By name: where a run finds a solver's code (tests replace entries to inject failures).
+SOLVERS: dict[str, Solver] = {record.name: record for record in ALGORITHMS}
