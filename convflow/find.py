@@ -73,6 +73,8 @@ def refine(decision: Decision, backend: Backend) -> Decision:
     db = perfdb.current()
     key = perfdb.problem_key(problem_fields(decision, backend))
     entry = db.lookup(key)
+    if entry is not None:
+        entry = _without_run_time_failure(db, key, entry, decision, backend)
     if entry is not None and entry.algorithm in decision.candidates:
         when = datetime.datetime.fromtimestamp(entry.created).isoformat(timespec="seconds")
         return decision.with_algorithm(
@@ -92,6 +94,21 @@ def refine(decision: Decision, backend: Backend) -> Decision:
         backend, best, source="autotune", timings=timings,
         reason=f"the fastest of {len(measured)} candidates timed now ({measured[best]:.3f} ms); "
                f"recorded in the perf-db {db.path}")
+
+
+def _without_run_time_failure(db: perfdb.PerfDB, key: str, entry: perfdb.Entry,
+                              decision: Decision, backend: Backend) -> perfdb.Entry:
+    """*entry*, or, when its algorithm has since failed at run time here, the record of the
+    algorithm that ran instead (stored, so the perf-db names what runs)."""
+    fallback = backend.run_time_fallback(decision.problem, decision.device, entry.algorithm)
+    if fallback is None:
+        return entry
+    replacement, why = fallback
+    corrected = perfdb.Entry(replacement, {**entry.timings,
+                                           entry.algorithm: f"failed at run time: {why}"},
+                             time.time())
+    db.store(key, corrected)
+    return corrected
 
 
 def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:

@@ -139,6 +139,8 @@ class _ConvPlan:
     channels_last: bool = False
     # The activation functional.py applies itself, for backends without a fused epilogue.
     separate_activation: str = ""
+    # The backend's fallback_epoch when planned: a run-time fallback since makes it stale.
+    fallback_epoch: int = 0
 
 
 def _to_channels_first(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -230,7 +232,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
     _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)],
                   needs[0][1])
-    decision = find.refine(decision, chosen)
+    decision = selector.with_run_time_fallback(find.refine(decision, chosen), chosen)
     decision = decision.with_notes(*_layout_and_epilogue_notes(decision, chosen, params))
     separate = "" if chosen.fuses_activation else activation_name
     host = None
@@ -238,7 +240,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
             and not problem.is_empty() and not separate):
         host = chosen.host_runner(problem, decision.algorithm)
     return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host,
-                     channels_last, separate)
+                     channels_last, separate, chosen.fallback_epoch)
 
 
 def _layout_and_epilogue_notes(decision: Decision, backend: Backend,
@@ -345,7 +347,8 @@ class _PlanCache:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-        if plan is not None and not is_current(plan.step.backend):
+        if plan is not None and not (is_current(plan.step.backend) and plan.fallback_epoch
+                                     == plan.step.backend.fallback_epoch):
             return None
         return plan
 
@@ -647,7 +650,7 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
                            channels_last=channels_last)
         decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
                                            backend=backend, algorithm=algorithm)
-        decision = find.refine(decision, chosen)
+        decision = selector.with_run_time_fallback(find.refine(decision, chosen), chosen)
         passes[name] = _Pass(decision.with_notes(*_layout_and_epilogue_notes(decision, chosen,
                                                                              params)), chosen)
         shape = x.shape if name == "grad_input" else w.shape

@@ -309,6 +309,19 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
     return AlgorithmChoice(rule, reason, "heuristic", tuple(outcomes), candidates)
 
 
+def with_run_time_fallback(decision: Decision, backend: Backend) -> Decision:
+    """The decision as it really runs: if its algorithm failed at run time for this problem
+    on this device earlier in the process, the algorithm that ran instead, with a note."""
+    fallback = backend.run_time_fallback(decision.problem, decision.device, decision.algorithm)
+    if fallback is None:
+        return decision
+    replacement, why = fallback
+    note = (f"{decision.algorithm} failed at run time on {decision.device} ({why}); "
+            f"{replacement} runs instead")
+    return decision.with_algorithm(backend, replacement, notes=(*decision.notes, note),
+                                   reason=f"{note} (chosen before: {decision.reason})")
+
+
 def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvParams | None = None,
            backend: Any = None, algorithm: Any = None) -> tuple[Decision, Backend]:
     """Choose the backend and algorithm for one pass; return the Decision and the backend."""

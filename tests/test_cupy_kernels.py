@@ -225,7 +225,8 @@ def _check(host_kernels, problem: ConvProblem, dtype: str, name: str,
     ctx = host_context(host_kernels[dtype], workspace_bytes)
     algorithm_names = _runnable(problem)
     for algorithm in algorithm_names:
-        got = algorithms.run(ctx, algorithm, problem, a, b, bias)
+        record = next(r for r in OWN_RULES if r.name == algorithm)
+        got = algorithms.run(ctx, record.passes[problem.direction], problem, a, b, bias)
         assert got.dtype == np.dtype(dtype) and got.shape == expected.shape, algorithm
         assert not any(np.shares_memory(got, t) for t in (a, b, bias) if t is not None)
         error = float(np.abs(got.astype(np.float64) - expected).max(initial=0.0))

@@ -105,3 +105,52 @@ def test_explain_names_the_variant_that_runs(monkeypatch, algorithm, x_shape, w_
     if layout == "NHWC":
         y = np.moveaxis(y, -1, 1)
     assert_close(y, expected, "float32")
+
+
+def test_a_run_time_fallback_is_what_later_decisions_name(monkeypatch, tmp_path):
+    """opencl: the rules' choice fails at run time; the call falls back with a warning, and
+    from then on explain(), the plan and the perf-db name the solver that really runs."""
+    from conftest import require_backend
+
+    require_backend("opencl")
+    from convflow.backends.opencl import solvers
+    from convflow.backends.opencl.runtime import SolverUnavailable
+
+    backend = get_backend("opencl")
+    monkeypatch.setitem(backend.__dict__, "_fallbacks", {})
+    monkeypatch.setitem(backend.__dict__, "_fallback_epoch", backend.fallback_epoch)
+
+    def unavailable(*args):
+        raise SolverUnavailable("pretend the device is too small")
+
+    broken = solvers.SOLVERS["vec_im2col_gemm"]
+    monkeypatch.setitem(solvers.SOLVERS, "vec_im2col_gemm", solvers.replace(
+        broken, passes={**broken.passes, convflow.Direction.FORWARD: unavailable}))
+    x, w = _arrays((2, 16, 8, 8), (8, 16, 3, 3))
+    before = convflow.explain(x, w, padding=1, backend="opencl")
+    assert before.algorithm == "vec_im2col_gemm"
+    with pytest.warns(convflow.SolverFallbackWarning, match="pretend the device is too small"):
+        y = convflow.conv2d(x, w, padding=1, backend="opencl")
+    expected = reference.conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    assert_close(y, expected, "float32")
+    after = convflow.explain(x, w, padding=1, backend="opencl")
+    assert after.algorithm != "vec_im2col_gemm" and after.algorithm in before.candidates
+    assert any("vec_im2col_gemm failed at run time on opencl:0 (opencl solver "
+               "'vec_im2col_gemm' cannot run here: pretend the device is too small); "
+               f"{after.algorithm} runs instead" in note for note in after.notes)
+    assert_close(convflow.conv2d(x, w, padding=1, backend="opencl"), expected, "float32")
+
+    # A perf-db record naming the failed solver is corrected when it is next read.
+    from convflow import config, find, perfdb
+
+    monkeypatch.setenv("CONVFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    with config.override(CONVFLOW_FIND_MODE="autotune"):
+        tuned = convflow.explain(x, w, padding=1, backend="opencl")
+        key = perfdb.problem_key(find.problem_fields(tuned, backend))
+        perfdb.current().store(key, perfdb.Entry("vec_im2col_gemm", {"vec_im2col_gemm": 0.1},
+                                                 0.0))
+        cached = convflow.explain(x, w, padding=1, backend="opencl")
+    assert cached.source == "cache" and cached.algorithm == after.algorithm
+    stored = perfdb.PerfDB(perfdb.current().directory).lookup(key)
+    assert stored is not None and stored.algorithm == after.algorithm
+    assert str(stored.timings["vec_im2col_gemm"]).startswith("failed at run time")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, ParameterError, did_you_mean
 from ..tensor import Device
-from .base import AlgorithmRule, Backend, BackendStatus
+from .base import Algorithm, AlgorithmRule, Backend, BackendStatus
 
 # name -> (module, class). Order is the order of preference for CPU-resident data.
 _BACKEND_CLASSES: dict[str, tuple[str, str]] = {
@@ -168,6 +168,7 @@ def backend_for_array(obj: Any) -> Backend | None:
 
 __all__ = [
     "BACKEND_NAMES",
+    "Algorithm",
     "AlgorithmRule",
     "Backend",
     "BackendStatus",

@@ -3,13 +3,14 @@
 A backend computes the three passes of a plain convolution (:class:`~convflow.params.ConvProblem`
 in cuDNN's geometry), pads inputs for non-zero padding modes, reduces bias gradients, and
 moves arrays between the host and its device. It trusts its inputs: the host-side checks
-have already run. Its algorithms are listed as ordered :class:`AlgorithmRule` objects so
+have already run. Its algorithms are listed as ordered :class:`Algorithm` records so
 the selector (and ``explain()``) can show why one was chosen.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -171,6 +172,35 @@ class Backend(abc.ABC):
         (``a=dy, b=w``) result with the bias added, the same as :meth:`forward` /
         :meth:`backward_data` but without Tensor wrapping; None where not applicable."""
         return None
+
+    # Run-time fallbacks --------------------------------------------------------------------
+    # Rules include device limits, so an algorithm rarely fails once chosen; when one does
+    # (a driver refuses a kernel, cuDNN refuses a problem), the backend records what ran
+    # instead, and every later Decision for that problem says so (explain(), the debug log,
+    # the perf-db) instead of naming the algorithm that did not run.
+    _fallbacks_lock = threading.Lock()
+
+    def record_fallback(self, problem: ConvProblem, device: Device, algorithm: str,
+                        replacement: str, reason: str) -> None:
+        """Note that *algorithm* could not run *problem* on *device* and *replacement* ran."""
+        with self._fallbacks_lock:
+            table: dict[tuple[ConvProblem, Device, str], tuple[str, str]] = (
+                self.__dict__.setdefault("_fallbacks", {}))
+            if table.get((problem, device, algorithm)) != (replacement, reason):
+                table[(problem, device, algorithm)] = (replacement, reason)
+                self.__dict__["_fallback_epoch"] = self.fallback_epoch + 1
+
+    def run_time_fallback(self, problem: ConvProblem, device: Device,
+                          algorithm: str) -> tuple[str, str] | None:
+        """``(replacement, reason)`` once *algorithm* has failed at run time for *problem* on
+        *device* in this process; None while it has not."""
+        table = self.__dict__.get("_fallbacks")
+        return None if table is None else table.get((problem, device, algorithm))
+
+    @property
+    def fallback_epoch(self) -> int:
+        """Counts recorded fallbacks: plans made before a change are made again."""
+        return int(self.__dict__.get("_fallback_epoch", 0))
 
     # Storage -----------------------------------------------------------------------------
     def adopt(self, obj: Any) -> Tensor:

@@ -390,9 +390,10 @@ class OpenCLBackend(Backend):
 
     def _solve(self, problem: ConvProblem, algorithm: str, call: Call,
                operands: Callable[[bool], tuple[Any, Any]], ep: Epilogue,
-               out_shape: tuple[int, ...]) -> tuple[Any, bool]:
+               out_shape: tuple[int, ...], device: Device) -> tuple[Any, bool]:
         """Run *algorithm*; on a build failure or a device limit, warn and try the next
-        solver whose rule applies (``naive`` last), so a call never crashes on one kernel.
+        solver whose rule applies (``naive`` last), so a call never crashes on one kernel,
+        and record the fallback so later Decisions name the solver that runs.
         ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
         returns the result and whether it is channels-last."""
         geometry = Geom.of(problem)
@@ -422,6 +423,8 @@ class OpenCLBackend(Backend):
                         f"no opencl solver can run {problem.describe()} on "
                         f"{call.state.info.name!r}: {exc}; use another backend") from exc
                 what = "failed to build" if isinstance(exc, KernelBuildError) else "cannot run here"
+                self.record_fallback(problem, device, algorithm, following[0],
+                                     f"opencl solver {name!r} {what}: {exc}")
                 warnings.warn(SolverFallbackWarning(
                     f"opencl solver {name!r} {what} ({exc}); falling back to {following[0]!r} "
                     f"for {problem.describe()}"), stacklevel=4)
@@ -447,7 +450,8 @@ class OpenCLBackend(Backend):
         if not weight_pass:
             ep = Epilogue(None if bias is None else self._operand(call, bias),
                           ACTIVATION_CODES[problem.activation])
-        out, channels_last = self._solve(problem, algorithm, call, operands, ep, out_shape)
+        out, channels_last = self._solve(problem, algorithm, call, operands, ep, out_shape,
+                                         a.device)
         return self._result(call, out, dtype, a.device, channels_last and not weight_pass)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
