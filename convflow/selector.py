@@ -34,9 +34,6 @@ from .tensor import Device
 
 logger = logging.getLogger("convflow")
 
-CPU_PREFERENCE = ("numba",)
-
-
 @dataclass(frozen=True)
 class RuleOutcome:
     """One rule's verdict: ``matched`` is True for the rule that decided."""
@@ -210,7 +207,7 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     outcomes.append(RuleOutcome("data device", False, "data lives on the CPU"))
 
     cpu_reasons: list[str] = []
-    for name in CPU_PREFERENCE:
+    for name in registry.cpu_fallbacks():
         backend, device, why_not = _try_backend(name, problem, data_device)
         if backend is not None:
             outcomes.append(RuleOutcome("cpu fallback", True, f"{name}, the CPU backend"))

@@ -17,10 +17,11 @@ import numpy as np
 
 from .errors import ArgumentTypeError, DeviceError, did_you_mean
 
-DEVICE_TYPES = ("cpu", "opencl", "cuda")
 
-# DLPack's DLDeviceType codes for the devices convflow can reach.
-_DLPACK_DEVICE_TYPES = {1: "cpu", 3: "cpu", 2: "cuda", 4: "opencl"}
+def _registered_device_types() -> tuple[str, ...]:
+    from .backends import device_types  # the registry table says which devices exist
+
+    return device_types()
 
 
 @dataclass(frozen=True, order=True)
@@ -42,10 +43,11 @@ class Device:
                 f"device must be a string such as 'cpu', 'opencl:0' or 'cuda:0', but got {spec!r}"
             )
         kind, _, index_text = spec.strip().lower().partition(":")
-        if kind not in DEVICE_TYPES:
+        known = _registered_device_types()
+        if kind not in known:
+            forms = ", ".join(repr(k) if k == "cpu" else f"'{k}[:index]'" for k in known)
             raise DeviceError(
-                f"device {spec!r} is unknown{did_you_mean(kind, DEVICE_TYPES)}; expected one of "
-                f"'cpu', 'opencl[:index]', 'cuda[:index]'"
+                f"device {spec!r} is unknown{did_you_mean(kind, known)}; expected one of {forms}"
             )
         if not index_text:
             return cls(kind, 0)
@@ -228,7 +230,9 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
         return native_backend.adopt(obj), _as_native
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
         device_code, device_index = _dlpack_device_of(obj, op, argname)
-        device_type = _DLPACK_DEVICE_TYPES.get(device_code)
+        from .backends import dlpack_device_type
+
+        device_type = dlpack_device_type(device_code)
         if device_type is None:
             raise DeviceError(
                 f"{op}: argument '{argname}' lives on DLPack device type {int(device_code)}, "

@@ -52,16 +52,22 @@ class FakeGPUBackend(NumbaBackend):
 
 
 @pytest.fixture
-def fake_gpu(monkeypatch):
+def fake_gpu():
+    """Registers a fake backend owning 'cuda' memory through the public registry call; the
+    real owner (cupy) takes the device back when it is removed."""
+    installed: list[str] = []
+
     def install(**kwargs):
         fake = FakeGPUBackend(**kwargs)
-        monkeypatch.setitem(registry._BACKEND_CLASSES, "fakegpu", ("tests.fake", "FakeGPUBackend"))
-        monkeypatch.setattr(registry, "BACKEND_NAMES", (*registry.BACKEND_NAMES, "fakegpu"))
-        monkeypatch.setitem(registry._instances, "fakegpu", fake)
-        monkeypatch.setitem(registry.DEVICE_BACKENDS, "cuda", "fakegpu")
+        registry.register_backend(registry.BackendEntry("fakegpu", lambda: fake, "cuda",
+                                                        dlpack_device_codes=(2,)))
+        installed.append("fakegpu")
         return fake
 
-    return install
+    yield install
+    for name in installed:
+        registry.unregister_backend(name)
+    assert registry.DEVICE_BACKENDS["cuda"] == "cupy"
 
 
 def rule_table(decision):
@@ -269,3 +275,19 @@ def test_invalid_numeric_variable_is_an_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"environment variable CONVFLOW_WORKSPACE_MB='lots' is invalid: "
                                           r"expected an integer >= 1"):
         convflow.conv2d(X, W)
+
+
+def test_registering_a_backend_is_public_and_reversible():
+    assert "fake" not in registry.BACKEND_NAMES
+    fake = FakeGPUBackend()
+    registry.register_backend(registry.BackendEntry("fake", lambda: fake, "cuda"))
+    try:
+        assert registry.BACKEND_NAMES[-1] == "fake"
+        assert registry.DEVICE_BACKENDS["cuda"] == "fake"
+        assert registry.get_backend("fake") is fake
+        assert "fake" in convflow.available_backends()
+    finally:
+        registry.unregister_backend("fake")
+    assert "fake" not in registry.BACKEND_NAMES and registry.DEVICE_BACKENDS["cuda"] == "cupy"
+    with pytest.raises(ParameterError, match="register_backend: name must be lower-case"):
+        registry.register_backend(registry.BackendEntry("Bad Name", lambda: fake, "cuda"))
