@@ -252,10 +252,11 @@ def _check_disabled_names() -> None:
 
 
 def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
-                     algorithm_arg: Any) -> AlgorithmChoice:
+                     algorithm_arg: Any, device: Device | None = None) -> AlgorithmChoice:
     """Apply the backend's algorithm rules in order (or a forced algorithm), honouring
-    CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC."""
-    rules = [r for r in backend.algorithm_rules() if problem.direction in r.directions]
+    CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC; the rules are those of
+    *device* (its limits decide what can run)."""
+    rules = [r for r in backend.algorithm_rules(device) if problem.direction in r.directions]
     _check_disabled_names()
     excluded = excluded_reason
 
@@ -323,7 +324,7 @@ def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvPa
            backend: Any = None, algorithm: Any = None) -> tuple[Decision, Backend]:
     """Choose the backend and algorithm for one pass; return the Decision and the backend."""
     chosen, device, backend_outcomes = select_backend(op, problem, data_device, backend)
-    choice = select_algorithm(op, chosen, problem, algorithm)
+    choice = select_algorithm(op, chosen, problem, algorithm, device)
     decision = Decision(
         op=op, backend=chosen.name, algorithm=choice.rule.name, reason=choice.reason,
         source=choice.source, device=device, problem=problem, params=params,

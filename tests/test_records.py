@@ -154,3 +154,44 @@ def test_a_run_time_fallback_is_what_later_decisions_name(monkeypatch, tmp_path)
     stored = perfdb.PerfDB(perfdb.current().directory).lookup(key)
     assert stored is not None and stored.algorithm == after.algorithm
     assert str(stored.timings["vec_im2col_gemm"]).startswith("failed at run time")
+
+
+def test_device_limits_are_part_of_the_opencl_rules(monkeypatch):
+    """A device whose work-groups or local memory are too small for a solver: the rules
+    refuse it up front (explain() says why), forcing it is an error before any kernel runs,
+    and the rules' choice runs without a fallback."""
+    import dataclasses
+    import warnings
+
+    from conftest import require_backend
+
+    require_backend("opencl")
+    backend = get_backend("opencl")
+    entry, device, info = backend._devices[0]
+    small = dataclasses.replace(info, name="tiny device", max_work_group_size=16,
+                                local_mem_size=1024)
+    monkeypatch.setattr(backend, "_devices", [(entry, device, small), *backend._devices[1:]])
+    x, w = _arrays((1, 8, 12, 12), (8, 8, 5, 5))
+    decision = convflow.explain(x, w, padding=2, backend="opencl")
+    assert "tiled_direct" not in decision.candidates
+    assert "gemm_1x1" not in decision.candidates and "im2col_gemm" not in decision.candidates
+    refused = backend.algorithm("tiled_direct").can_run(decision.problem)
+    assert refused == (False, "tiled_direct needs work-groups of 32 items; 'tiny device' "
+                              "allows 16")
+    with pytest.raises(convflow.ParameterError,
+                       match=r"algorithm='im2col_gemm' cannot run this problem: its tiled GEMM "
+                             r"needs work-groups of at least 64 items; 'tiny device' allows 16"):
+        convflow.explain(x, w, padding=2, backend="opencl", algorithm="im2col_gemm")
+    roomy = dataclasses.replace(info, name="roomy device", max_work_group_size=1024,
+                                local_mem_size=1024)
+    monkeypatch.setattr(backend, "_devices", [(entry, device, roomy), *backend._devices[1:]])
+    with pytest.raises(convflow.ParameterError,
+                       match=r"algorithm='tiled_direct' cannot run this problem: its input "
+                             r"tile \(\d+x\d+ per channel\) and weights need \d+ bytes of local "
+                             r"memory, but 'roomy device' has 1024"):
+        convflow.explain(x, w, padding=2, backend="opencl", algorithm="tiled_direct")
+    monkeypatch.setattr(backend, "_devices", [(entry, device, small), *backend._devices[1:]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", convflow.SolverFallbackWarning)
+        y = convflow.conv2d(x, w, padding=2, backend="opencl")
+    assert_close(y, reference.conv(x, w, None, (1, 1), ((2, 2), (2, 2)), (1, 1), 1), "float32")

@@ -120,8 +120,10 @@ class Backend(abc.ABC):
         """Availability, with the reason; must not raise."""
 
     @abc.abstractmethod
-    def algorithm_rules(self) -> Sequence[Algorithm]:
-        """The backend's algorithm records, in the order the selector tries their rules."""
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
+        """The backend's algorithm records, in the order the selector tries their rules, as
+        they apply on *device* (the backend's default device when None): a record's
+        ``can_run`` includes that device's limits."""
 
     def algorithm_names(self) -> frozenset[str]:
         """Every algorithm name this backend has on any device, known without opening the

@@ -172,7 +172,7 @@ class CupyBackend(Backend):
     def algorithm_names(self) -> frozenset[str]:
         return frozenset(("cudnn", *(rule.name for rule in OWN_RULES)))
 
-    def algorithm_rules(self) -> Sequence[Algorithm]:
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
         if self._rules is None:
             rules = OWN_RULES
             if self.plans is not None:

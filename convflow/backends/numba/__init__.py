@@ -310,7 +310,7 @@ class NumbaBackend(Backend):
         if numba.get_num_threads() != wanted:
             numba.set_num_threads(wanted)
 
-    def algorithm_rules(self) -> Sequence[Algorithm]:
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
         return RULES
 
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:

@@ -54,6 +54,7 @@ from ...errors import (
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import Algorithm, Backend, BackendStatus, excluded_reason
+from .rules import device_limits
 from .runtime import (
     ContextState,
     DeviceEntry,
@@ -107,6 +108,21 @@ def rule_order(style: str) -> tuple[Solver, ...]:
 RULES: dict[str, tuple[Solver, ...]] = {style: rule_order(style) for style in ("cpu", "gpu")}
 
 
+def _within_limits(record: Solver, info: DeviceInfo) -> Solver:
+    """*record* whose ``can_run`` (and so its rule) also asks *info*'s limits."""
+    can_run, applies = record.can_run, record.applies
+
+    def limited(check: Callable[[ConvProblem], tuple[bool, str]]
+                ) -> Callable[[ConvProblem], tuple[bool, str]]:
+        def rule(problem: ConvProblem) -> tuple[bool, str]:
+            fits, why = device_limits(record.name, problem, info)
+            return check(problem) if fits else (False, why)
+
+        return rule
+
+    return replace(record, can_run=limited(can_run), applies=limited(applies))
+
+
 class OpenCLBackend(Backend):
     """Any OpenCL device through PyOpenCL; kernels from ``kernels/opencl/*.cl``."""
 
@@ -122,6 +138,7 @@ class OpenCLBackend(Backend):
         self._devices: list[tuple[DeviceEntry, Any, DeviceInfo]] = []
         self._default_states: dict[int, ContextState] = {}
         self._states: dict[int, ContextState] = {}
+        self._device_rules: dict[tuple[str, DeviceInfo], tuple[Solver, ...]] = {}
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -186,9 +203,21 @@ class OpenCLBackend(Backend):
     def algorithm_names(self) -> frozenset[str]:
         return frozenset(SOLVERS)
 
-    def algorithm_rules(self) -> Sequence[Algorithm]:
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
+        """The records in the rule order of opencl:0's style, each refusing what *device*'s
+        work-group and local-memory limits cannot run."""
         infos = self.device_infos()
-        return RULES[infos[0].style if infos else "gpu"]
+        if not infos:
+            return RULES["gpu"]
+        index = device.index if device is not None and device.type == "opencl" else 0
+        info = infos[index if index < len(infos) else 0]
+        key = (infos[0].style, info)
+        with self._lock:
+            records = self._device_rules.get(key)
+            if records is None:
+                records = tuple(_within_limits(r, info) for r in RULES[infos[0].style])
+                self._device_rules[key] = records
+        return records
 
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
         if device.type != "opencl":
@@ -397,7 +426,7 @@ class OpenCLBackend(Backend):
         ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
         returns the result and whether it is channels-last."""
         geometry = Geom.of(problem)
-        rules = [r for r in self.algorithm_rules() if problem.direction in r.directions]
+        rules = [r for r in self.algorithm_rules(device) if problem.direction in r.directions]
         tried: list[str] = []
         name = algorithm
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ...params import ConvProblem, Direction
 from ..base import depthwise_rule, gemm_rule, pointwise_rule
+from .runtime import DeviceInfo
 
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = 32
@@ -96,3 +97,44 @@ def always(problem: ConvProblem) -> tuple[bool, str]:
 
 def naive_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: one work-item per output"
+
+
+# Device limits -------------------------------------------------------------------------------
+# What a solver needs of the device, known before any kernel is built (MIOpen's IsApplicable
+# checks the same kind of thing): the rules refuse a solver the device cannot run, so the
+# run-time fallback is left for what only a build reveals (a kernel's own static local
+# memory, a driver's refusal). The numbers mirror the solvers' launches in solvers.py.
+TILED_GEMM_MIN_GROUP = 64          # the 32x32 tiled GEMM: (32 / 4) ** 2 work-items
+TILED_DIRECT_GROUPS = ((16, 8), (8, 8), (8, 4))   # work-group shapes tiled_direct tries
+_NEEDS_TILED_GEMM = ("winograd", "gemm_1x1", "im2col_gemm")
+
+
+def device_limits(name: str, problem: ConvProblem, info: DeviceInfo) -> tuple[bool, str]:
+    """Whether device *info* can run solver *name* on *problem*, and why not."""
+    if name in _NEEDS_TILED_GEMM and info.max_work_group_size < TILED_GEMM_MIN_GROUP:
+        return False, (f"its tiled GEMM needs work-groups of at least {TILED_GEMM_MIN_GROUP} "
+                       f"items; {info.name!r} allows {info.max_work_group_size}")
+    if name == "tiled_direct" and problem.direction != Direction.BACKWARD_WEIGHT:
+        from .solvers import CIC, OCPI, OWPI
+
+        shape = next(((tw, th) for tw, th in TILED_DIRECT_GROUPS
+                      if tw * th <= info.max_work_group_size), None)
+        if shape is None:
+            smallest = TILED_DIRECT_GROUPS[-1][0] * TILED_DIRECT_GROUPS[-1][1]
+            return False, (f"tiled_direct needs work-groups of {smallest} items; "
+                           f"{info.name!r} allows {info.max_work_group_size}")
+        tw, th = shape
+        kh, kw = (1, *problem.kernel_size)[-2:]
+        sh, sw = (1, *problem.stride)[-2:]
+        dh, dw = (1, *problem.dilation)[-2:]
+        if problem.direction == Direction.BACKWARD_DATA:
+            sh = sw = 1  # computed as the stride-1 forward convolution of the flipped weights
+        in_tw = (tw * OWPI - 1) * sw + (kw - 1) * dw + 1
+        in_th = (th - 1) * sh + (kh - 1) * dh + 1
+        itemsize = 8 if problem.dtype == "float64" else 4
+        needed = (CIC * in_th * in_tw + OCPI * CIC * kh * kw) * itemsize
+        if needed > info.local_mem_size:
+            return False, (f"its input tile ({in_th}x{in_tw} per channel) and weights need "
+                           f"{needed} bytes of local memory, but {info.name!r} has "
+                           f"{info.local_mem_size}")
+    return True, "fits the device's work-group and local-memory limits"

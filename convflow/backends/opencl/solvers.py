@@ -470,7 +470,7 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     _channels_first(g, "tiled_direct")
     info = call.state.info
-    shape = next(((tw, th) for tw, th in ((16, 8), (8, 8), (8, 4))
+    shape = next(((tw, th) for tw, th in rules.TILED_DIRECT_GROUPS
                   if tw * th <= info.max_work_group_size), None)
     if shape is None:
         raise SolverUnavailable(f"tiled_direct needs work-groups of 32 items; {info.name!r} "
