@@ -157,9 +157,9 @@ def test_a_run_time_fallback_is_what_later_decisions_name(monkeypatch, tmp_path)
 
 
 def test_device_limits_are_part_of_the_opencl_rules(monkeypatch):
-    """A device whose work-groups or local memory are too small for a solver: the rules
-    refuse it up front (explain() says why), forcing it is an error before any kernel runs,
-    and the rules' choice runs without a fallback."""
+    """A GPU whose work-groups are too small for the tiled GEMM and tiled_direct: the rules
+    refuse those solvers up front (explain() says why) and choose one that runs, with no
+    run-time fallback."""
     import dataclasses
     import warnings
 
@@ -168,28 +168,23 @@ def test_device_limits_are_part_of_the_opencl_rules(monkeypatch):
     require_backend("opencl")
     backend = get_backend("opencl")
     entry, device, info = backend._devices[0]
-    small = dataclasses.replace(info, name="tiny device", max_work_group_size=16,
-                                local_mem_size=1024)
+    small = dataclasses.replace(info, name="tiny device", type="gpu", max_work_group_size=16)
     monkeypatch.setattr(backend, "_devices", [(entry, device, small), *backend._devices[1:]])
-    x, w = _arrays((1, 8, 12, 12), (8, 8, 5, 5))
-    decision = convflow.explain(x, w, padding=2, backend="opencl")
-    assert "tiled_direct" not in decision.candidates
-    assert "gemm_1x1" not in decision.candidates and "im2col_gemm" not in decision.candidates
-    refused = backend.algorithm("tiled_direct").can_run(decision.problem)
-    assert refused == (False, "tiled_direct needs work-groups of 32 items; 'tiny device' "
-                              "allows 16")
-    with pytest.raises(convflow.ParameterError,
-                       match=r"algorithm='im2col_gemm' cannot run this problem: its tiled GEMM "
-                             r"needs work-groups of at least 64 items; 'tiny device' allows 16"):
-        convflow.explain(x, w, padding=2, backend="opencl", algorithm="im2col_gemm")
-    roomy = dataclasses.replace(info, name="roomy device", max_work_group_size=1024,
-                                local_mem_size=1024)
+    x, w = _arrays((1, 16, 12, 12), (16, 16, 3, 3))
+    decision = convflow.explain(x, w, padding=1, backend="opencl")
+    outcomes = {o.rule: o.detail for o in decision.algorithm_rules}
+    for name in ("winograd", "gemm_1x1", "im2col_gemm"):
+        assert outcomes[name] == ("its tiled GEMM needs work-groups of at least 64 items; "
+                                  "'tiny device' allows 16"), name
+    assert outcomes["tiled_direct"] == ("tiled_direct needs work-groups of 32 items; "
+                                        "'tiny device' allows 16")
+    assert decision.algorithm == "naive"
+    roomy = dataclasses.replace(small, max_work_group_size=1024, local_mem_size=1024)
     monkeypatch.setattr(backend, "_devices", [(entry, device, roomy), *backend._devices[1:]])
-    with pytest.raises(convflow.ParameterError,
-                       match=r"algorithm='tiled_direct' cannot run this problem: its input "
-                             r"tile \(\d+x\d+ per channel\) and weights need \d+ bytes of local "
-                             r"memory, but 'roomy device' has 1024"):
-        convflow.explain(x, w, padding=2, backend="opencl", algorithm="tiled_direct")
+    x, w = _arrays((1, 8, 12, 12), (8, 8, 5, 5))
+    ok, why = backend.algorithm("tiled_direct").applies(
+        convflow.explain(x, w, padding=2, backend="opencl").problem)
+    assert not ok and why.endswith("bytes of local memory, but 'tiny device' has 1024")
     monkeypatch.setattr(backend, "_devices", [(entry, device, small), *backend._devices[1:]])
     with warnings.catch_warnings():
         warnings.simplefilter("error", convflow.SolverFallbackWarning)

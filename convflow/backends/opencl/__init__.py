@@ -109,18 +109,16 @@ RULES: dict[str, tuple[Solver, ...]] = {style: rule_order(style) for style in ("
 
 
 def _within_limits(record: Solver, info: DeviceInfo) -> Solver:
-    """*record* whose ``can_run`` (and so its rule) also asks *info*'s limits."""
-    can_run, applies = record.can_run, record.applies
+    """*record* whose rule also asks *info*'s limits: the rules never choose a solver the
+    device cannot run. Forcing one (``algorithm=``) still tries it, and its run-time
+    fallback warns and is recorded, as for any other failure."""
+    applies = record.applies
 
-    def limited(check: Callable[[ConvProblem], tuple[bool, str]]
-                ) -> Callable[[ConvProblem], tuple[bool, str]]:
-        def rule(problem: ConvProblem) -> tuple[bool, str]:
-            fits, why = device_limits(record.name, problem, info)
-            return check(problem) if fits else (False, why)
+    def rule(problem: ConvProblem) -> tuple[bool, str]:
+        fits, why = device_limits(record.name, problem, info)
+        return applies(problem) if fits else (False, why)
 
-        return rule
-
-    return replace(record, can_run=limited(can_run), applies=limited(applies))
+    return replace(record, applies=rule)
 
 
 class OpenCLBackend(Backend):
@@ -204,8 +202,8 @@ class OpenCLBackend(Backend):
         return frozenset(SOLVERS)
 
     def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
-        """The records in the rule order of opencl:0's style, each refusing what *device*'s
-        work-group and local-memory limits cannot run."""
+        """The records in the rule order of opencl:0's style, whose rules refuse what
+        *device*'s work-group and local-memory limits cannot run."""
         infos = self.device_infos()
         if not infos:
             return RULES["gpu"]
