@@ -79,6 +79,7 @@ def refine(decision: Decision, backend: Backend) -> Decision:
         when = datetime.datetime.fromtimestamp(entry.created).isoformat(timespec="seconds")
         return decision.with_algorithm(
             backend, entry.algorithm, source="cache", timings=dict(entry.timings),
+            timed_variants=_variants(backend, decision, entry.timings),
             reason=f"the perf-db ({db.path}) records {entry.algorithm} as the fastest of "
                    f"{len(decision.candidates)} candidates, timed {when}")
     order = [decision.algorithm] + [c for c in decision.candidates if c != decision.algorithm]
@@ -92,8 +93,15 @@ def refine(decision: Decision, backend: Backend) -> Decision:
     db.store(key, perfdb.Entry(best, timings, time.time()))
     return decision.with_algorithm(
         backend, best, source="autotune", timings=timings,
+        timed_variants=_variants(backend, decision, timings),
         reason=f"the fastest of {len(measured)} candidates timed now ({measured[best]:.3f} ms); "
                f"recorded in the perf-db {db.path}")
+
+
+def _variants(backend: Backend, decision: Decision, names: Any) -> dict[str, str]:
+    """The variant each named candidate runs for the decision's problem."""
+    known = {record.name: record for record in backend.algorithm_rules(decision.device)}
+    return {name: known[name].variant(decision.problem) for name in names if name in known}
 
 
 def _without_run_time_failure(db: perfdb.PerfDB, key: str, entry: perfdb.Entry,

@@ -73,6 +73,9 @@ class Decision:
     variant : str
         The code path the algorithm runs for this problem (its record's ``variant``; ``""``
         for an algorithm with one path): what the backend executes, named.
+    timed_variants : mapping of name to str
+        With find mode: the variant each timed candidate ran (a perf-db record's algorithm
+        and key fix its variant, so the record names the code path too).
     """
 
     op: str
@@ -90,6 +93,7 @@ class Decision:
     candidates: tuple[str, ...] = field(default=())
     timings: Mapping[str, float | str] = field(default_factory=dict)
     variant: str = ""
+    timed_variants: Mapping[str, str] = field(default_factory=dict)
 
     def with_notes(self, *notes: str) -> Decision:
         return dataclasses.replace(self, notes=self.notes + notes)
@@ -129,7 +133,9 @@ class Decision:
             lines.append("  find mode timings (median of the runs, ms):")
             for name, value in self.timings.items():
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-                lines.append(f"    {name:<14} {shown}")
+                variant = self.timed_variants.get(name, "")
+                label = f"{name} ({variant})" if variant else name
+                lines.append(f"    {label:<14} {shown}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         lines.append(f"  runs: {self.runs}")

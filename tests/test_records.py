@@ -190,3 +190,17 @@ def test_device_limits_are_part_of_the_opencl_rules(monkeypatch):
         warnings.simplefilter("error", convflow.SolverFallbackWarning)
         y = convflow.conv2d(x, w, padding=2, backend="opencl")
     assert_close(y, reference.conv(x, w, None, (1, 1), ((2, 2), (2, 2)), (1, 1), 1), "float32")
+
+
+def test_find_mode_shows_the_variant_of_each_timed_candidate(tmp_path, monkeypatch):
+    from convflow import config
+
+    monkeypatch.setenv("CONVFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    x, w = _arrays((2, 64, 40, 40), (64, 64, 3, 3))
+    with config.override(CONVFLOW_FIND_MODE="autotune", CONVFLOW_TUNE_BUDGET_MS=200):
+        tuned = convflow.explain(x, w, padding=1, backend="numba")
+        cached = convflow.explain(x, w, padding=1, backend="numba")
+    for decision in (tuned, cached):
+        assert decision.timed_variants["packed_direct"] == numba_algorithms.PER_IMAGE
+        assert decision.timed_variants["im2col_gemm"] == ""
+        assert f"packed_direct ({numba_algorithms.PER_IMAGE})" in str(decision)
