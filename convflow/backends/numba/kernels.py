@@ -47,6 +47,16 @@ def _serial(kernel):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", cache=_CACHE)
+def _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
+    """The border of output row ``(od, oh)`` outside the box ``[lo, hi)`` of each axis, as
+    two column ranges ``[0, stop)`` and ``[start, out_w)`` (the whole row when the row
+    itself lies outside)."""
+    if od_lo <= od < od_hi and oh_lo <= oh < oh_hi:
+        return min(ow_lo, out_w), max(ow_hi, 0)
+    return out_w, out_w
+
+
+@njit(inline="always", cache=_CACHE)
 def _add_outside(out, value, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
     """Add *value* to every output outside the box ``[lo, hi)`` of each axis: the outputs
     whose tap reads the zero padding (only the border is visited)."""
@@ -54,14 +64,11 @@ def _add_outside(out, value, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type:
     for od in range(out_d):
         for oh in range(out_h):
             row = out[od, oh]
-            if od_lo <= od < od_hi and oh_lo <= oh < oh_hi:
-                for ow in range(min(ow_lo, out_w)):
-                    row[ow] += value
-                for ow in range(max(ow_hi, 0), out_w):
-                    row[ow] += value
-            else:
-                for ow in range(out_w):
-                    row[ow] += value
+            stop, start = _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi)
+            for ow in range(stop):
+                row[ow] += value
+            for ow in range(start, out_w):
+                row[ow] += value
 
 
 @njit(inline="always", cache=_CACHE)
@@ -74,14 +81,11 @@ def _sum_outside(a, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[n
     for od in range(out_d):
         for oh in range(out_h):
             row = a[od, oh]
-            if od_lo <= od < od_hi and oh_lo <= oh < oh_hi:
-                for ow in range(min(ow_lo, out_w)):
-                    total += 0.0 * row[ow]
-                for ow in range(max(ow_hi, 0), out_w):
-                    total += 0.0 * row[ow]
-            else:
-                for ow in range(out_w):
-                    total += 0.0 * row[ow]
+            stop, start = _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi)
+            for ow in range(stop):
+                total += 0.0 * row[ow]
+            for ow in range(start, out_w):
+                total += 0.0 * row[ow]
     return total
 
 
