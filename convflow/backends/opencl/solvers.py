@@ -157,13 +157,17 @@ class Call:
         return self.state.empty(self.queue, shape, self.dtype)
 
     def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
-               *args: Any, fixed: bool = False) -> None:
-        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed)
+               *args: Any, fixed: bool = False, item_flops: float = 0) -> None:
+        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed,
+                          item_flops=item_flops)
 
-    def flat(self, program: str, name: str, count: int, *args: Any, **extra: Any) -> None:
-        """Launch a 1-D element-wise kernel over *count* items."""
+    def flat(self, program: str, name: str, count: int, *args: Any, item_flops: float = 0,
+             **extra: Any) -> None:
+        """Launch a 1-D element-wise kernel over *count* items (*item_flops* each: a long
+        launch runs in interruptible pieces, ContextState.launch)."""
         if count:
-            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args)
+            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args,
+                        item_flops=item_flops)
 
     def zero(self, a: Array) -> None:
         self.flat("util", "fill_zero", a.size, a.data, np.int64(a.size))
@@ -412,11 +416,23 @@ def _channels_first(g: Geom, solver: str) -> None:
 
 
 # naive -------------------------------------------------------------------------------------
+def _naive_item_flops(kernel_name: str, g: Geom) -> float:
+    """The work of one naive work-item (its output's sum; the data gradient visits every
+    tap of every output channel of its group), for splitting long launches."""
+    if kernel_name == "naive_fwd":
+        return 2.0 * g.w[1] * g.taps
+    if kernel_name == "naive_bwd_data":
+        return 2.0 * g.out_per_group * g.taps
+    return 2.0 * g.x[0] * g.positions
+
+
 def _naive(kernel_name: str, epilogue: bool) -> Pass:
     def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
+        # The naive kernels index by get_global_id(0) alone: they may run in pieces.
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
+                  item_flops=_naive_item_flops(kernel_name, g))
 
     return run
 
