@@ -179,21 +179,26 @@ def test_chunked_direct_passes_equal_unchunked_bitwise(tiny_chunks, x_shape, w_s
     assert_close(chunked[0], reference.activate(expected, "relu"))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("algorithm, x_shape, w_shape, groups", [
     ("packed_direct", (5, 8, 12, 10), (8, 8, 3, 3), 1),
     ("depthwise", (5, 6, 12, 10), (12, 1, 3, 3), 6),
 ])
 def test_image_chunks_of_other_algorithms_equal_unchunked_bitwise(tiny_chunks, algorithm,
-                                                                   x_shape, w_shape, groups):
+                                                                   x_shape, w_shape, groups,
+                                                                   layout):
+    """Images of channels-last data are chunked where they lie (views, no copies)."""
     require_backend("numba")
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(np.float32)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
 
     def run():
         return convflow.conv2d(x, w, b, padding=1, groups=groups, backend="numba",
-                               algorithm=algorithm, activation="silu")
+                               algorithm=algorithm, activation="silu", layout=layout)
 
     whole = run()
     tiny_chunks(2 * 8 * 9 * 120 * 2)  # about two images per chunk
