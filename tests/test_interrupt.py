@@ -63,51 +63,61 @@ LONG_PASS_SCRIPT = textwrap.dedent("""
 
 
 def _interrupt_latency(backend: str, algorithm: str, x_shape: tuple[int, ...],
-                       w_shape: tuple[int, ...]) -> float:
+                       w_shape: tuple[int, ...], tmp_path: pathlib.Path) -> float:
     """Seconds from SIGINT (sent 1 s into the long pass) to the child's except block."""
     code = LONG_PASS_SCRIPT.format(tests=str(TESTS), backend=backend, algorithm=algorithm,
                                    x_shape=x_shape, w_shape=w_shape)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    guard = threading.Timer(300, proc.kill)  # a hang fails the test instead of stalling it
-    guard.start()
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready", proc.communicate()[1]
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        sent = time.perf_counter()
-        marker = proc.stdout.readline().strip()
-        latency = time.perf_counter() - sent
-        out, err = proc.communicate()
-    finally:
-        guard.cancel()
+    # stderr goes to a file: stdout is read line by line (communicate() would bypass the
+    # lines readline() has already buffered).
+    with open(tmp_path / "stderr", "w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        guard = threading.Timer(300, proc.kill)  # a hang fails the test instead of stalling it
+        guard.start()
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline().strip()
+            if ready == "ready":
+                time.sleep(1.0)
+                proc.send_signal(signal.SIGINT)
+                sent = time.perf_counter()
+                marker = proc.stdout.readline().strip()
+                latency = time.perf_counter() - sent
+            out = proc.stdout.read()
+            proc.wait()
+        finally:
+            guard.cancel()
+        stderr.seek(0)
+        err = stderr.read()
+    assert ready == "ready", err
     assert marker == "interrupted", (marker, err)
     assert proc.returncode == 0, err
     assert out.strip() == "equal", (out, err)
     return latency
 
 
-def test_numba_direct_long_pass_is_interrupted_within_a_chunk():
+def test_numba_direct_long_pass_is_interrupted_within_a_chunk(tmp_path):
     require_backend("numba")
-    # 1x1x3072x3072 * 63x63 'same': 75 GFLOP in one output channel, ~15 s uninterrupted.
-    latency = _interrupt_latency("numba", "direct", (1, 1, 3072, 3072), (1, 1, 63, 63))
+    # 1x1x3072x3072 * 63x63 'same': 75 GFLOP in one output channel, 15-30 s uninterrupted.
+    latency = _interrupt_latency("numba", "direct", (1, 1, 3072, 3072), (1, 1, 63, 63),
+                                 tmp_path)
     assert latency < LATENCY_BOUND_S, f"KeyboardInterrupt landed {latency:.1f} s after SIGINT"
 
 
-def test_opencl_naive_long_pass_is_interrupted_within_a_piece():
+def test_opencl_naive_long_pass_is_interrupted_within_a_piece(tmp_path):
     require_backend("opencl")
     # 1x1x2048x2048 * 63x63 'same' on naive: ~30 s uninterrupted on PoCL (2 cores).
-    latency = _interrupt_latency("opencl", "naive", (1, 1, 2048, 2048), (1, 1, 63, 63))
+    latency = _interrupt_latency("opencl", "naive", (1, 1, 2048, 2048), (1, 1, 63, 63),
+                                 tmp_path)
     assert latency < LATENCY_BOUND_S, f"KeyboardInterrupt landed {latency:.1f} s after SIGINT"
 
 
-def test_opencl_tiled_gemm_pass_is_interrupted_within_two_tiles():
+def test_opencl_tiled_gemm_pass_is_interrupted_within_two_tiles(tmp_path):
     require_backend("opencl")
     # 1x16x1536x1536 * 13x13 'same': 204 GFLOP in ~380 workspace tiles (im2col + GEMM
     # each), ~20 s on PoCL (2 cores); the solver enqueues tile after tile (Call.checkpoint).
     latency = _interrupt_latency("opencl", "vec_im2col_gemm", (1, 16, 1536, 1536),
-                                 (16, 16, 13, 13))
+                                 (16, 16, 13, 13), tmp_path)
     assert latency < LATENCY_BOUND_S, f"KeyboardInterrupt landed {latency:.1f} s after SIGINT"
 
 
