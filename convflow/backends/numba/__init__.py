@@ -217,6 +217,28 @@ class _Prepared(NamedTuple):
     channels_last: bool
     in_place_layout: bool  # the algorithm reads and writes the problem's layout as it lies
     variant: str           # the code path the algorithm runs (its record names it)
+    pass_index: int        # 0 forward, 1 data gradient, 2 weight gradient
+    chunks: tuple[Any, ...]  # algorithms.Chunk: a long pass runs as these calls (else empty)
+
+
+def _chunks(problem: ConvProblem, algorithm: str, pass_index: int) -> tuple[Any, ...]:
+    """The chunks a long pass runs as (empty for a pass short enough for one call). The
+    forward and data-gradient passes of the deterministic algorithms split into images;
+    ``direct``, whose sums per output are plain loops, also into groups and rows (weight
+    gradient included). The BLAS algorithms are not split: they already return to Python
+    between matrix products (one per group and workspace tile), and a product of another
+    size may round differently."""
+    from . import algorithms
+
+    flops = problem.flops
+    record = next(r for r in RULES if r.name == algorithm)
+    if flops <= algorithms.LONG_PASS_FLOPS or not record.deterministic:
+        return ()
+    shape = (problem.y_shape, problem.x_shape, problem.w_shape)[pass_index]
+    rows = (shape[:2] + (1,) * (5 - len(shape)) + shape[2:])[3]   # H, lifted to 3-D
+    chunks = algorithms.plan_chunks(pass_index, problem.batch, problem.groups, rows, flops,
+                                    algorithm == "direct", algorithms.CHUNK_FLOPS)
+    return tuple(chunks) if len(chunks) > 1 else ()
 
 
 class NumbaBackend(Backend):
@@ -361,7 +383,8 @@ class NumbaBackend(Backend):
                 self._compute_dtype(np.dtype(problem.dtype)), out_shape,
                 problem.direction in record.fused, ACTIVATION_CODES[problem.activation],
                 problem.channels_last,
-                record.channels_last and index != 2 and problem.channels_last, variant)
+                record.channels_last and index != 2 and problem.channels_last, variant, index,
+                _chunks(problem, algorithm, index))
             with self._status_lock:
                 if len(self._prepared_passes) > 1024:
                     self._prepared_passes.clear()
@@ -399,13 +422,39 @@ class NumbaBackend(Backend):
         self._set_threads()
         arrays = (lift(a_host), lift(b_host), lift(out))
         lock = self._launch_lock or contextlib.nullcontext()
-        with lock:
-            prepared.run(*arrays, prepared.geometry, budget, epilogue, prepared.variant)
-            if (epilogue.has_bias or epilogue.activation) and not prepared.fused:
-                from . import kernels
+        if prepared.chunks:
+            self._run_chunks(prepared, arrays, budget, epilogue)
+        else:
+            with lock:
+                prepared.run(*arrays, prepared.geometry, budget, epilogue, prepared.variant)
+        if (epilogue.has_bias or epilogue.activation) and not prepared.fused:
+            from . import kernels
 
+            with lock:
                 kernels.apply_epilogue(arrays[2], *epilogue)
         return out
+
+    def _run_chunks(self, prepared: _Prepared, arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    budget: int, epilogue: Any) -> None:
+        """Run a long pass as its chunks, one kernel call each, returning to Python between
+        them so that a KeyboardInterrupt lands within one chunk (see algorithms.CHUNK_FLOPS).
+        Chunks of channels or rows are copied to and from contiguous arrays, so each call runs
+        the kernel compiled for the unsplit pass (the same code, so the same results)."""
+        from .algorithms import chunk_operands
+
+        lock = self._launch_lock or contextlib.nullcontext()
+        for chunk in prepared.chunks:
+            a, b, out, geometry = chunk_operands(prepared.pass_index, chunk, *arrays,
+                                                 prepared.geometry)
+            target = out
+            if not prepared.in_place_layout:
+                a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+                if not out.flags.c_contiguous:
+                    target = np.empty(out.shape, out.dtype)
+            with lock:
+                prepared.run(a, b, target, geometry, budget, epilogue, prepared.variant)
+            if target is not out:
+                out[...] = target
 
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
              bias: Tensor | None = None) -> Tensor:

@@ -7,6 +7,7 @@ scratch is tiled so it never exceeds the workspace limit (``CONVFLOW_WORKSPACE_M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -453,6 +454,123 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     kernel = kernels.depthwise_packed_serial if serial else kernels.depthwise_packed
     kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
            layout.dq, layout.hq, layout.wq, *geometry.args[:6], *ep)
+
+
+# Long passes in chunks ------------------------------------------------------------------------
+# numba kernels run on the calling thread (nogil) and Python runs its SIGINT handler only
+# between bytecodes, so one long kernel call holds a Ctrl-C until it returns. A pass estimated
+# to be long is therefore run as a sequence of kernel calls, each computing an independent
+# part of the output: the interrupt lands after the current chunk, nothing runs on in the
+# background, and the output (a fresh array) is dropped with the exception. The alternative,
+# a worker thread while the caller waits in short joins, answers at once but leaves the
+# worker computing (and holding numba's thread pool) until its chunk ends anyway, so it
+# would need the same chunks and adds a thread per call.
+# CHUNK_FLOPS is ~0.25 s of one thread at ~4 GFLOP/s (the direct kernel, AVX2): the pass of
+# the issue (1x1x2048x2048 * 63x63, 33 GFLOP) runs as ~34 calls, and a call's dispatch (tens
+# of microseconds at most) is under 0.1% of a chunk. Passes under LONG_PASS_FLOPS are never
+# split (the tiny-call path is unchanged: the plan is made once per problem and cached).
+CHUNK_FLOPS = 1_000_000_000
+LONG_PASS_FLOPS = 2 * CHUNK_FLOPS
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Images ``n0 .. n1`` (forward and data gradient), groups ``g0 .. g1`` and, when
+    ``rows`` is set, rows ``r0 .. r1`` of one axis: the output rows (forward), the input
+    rows (data gradient) or the kernel rows (weight gradient)."""
+
+    n0: int
+    n1: int
+    g0: int
+    g1: int
+    rows: tuple[int, int] | None = None
+
+
+def _blocks(total: int, cost_each: float, budget: float) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges covering ``range(total)``, each costing about *budget* or less
+    (at least one unit each)."""
+    step = max(1, int(budget // max(cost_each, 1.0)))
+    return [(lo, min(total, lo + step)) for lo in range(0, total, step)]
+
+
+def plan_chunks(pass_index: int, batch: int, groups: int, rows: int, flops: int,
+                split_groups_and_rows: bool, chunk_flops: int = CHUNK_FLOPS) -> list[Chunk]:
+    """Split a pass of *flops* into independent chunks of about *chunk_flops*: blocks of
+    images first (forward and data gradient: each image is its own problem), then, when
+    one image (or, for the weight gradient, the whole pass) is still too long and the
+    algorithm allows it (*split_groups_and_rows*, direct only), blocks of whole groups, then
+    blocks of *rows*. Each output's sum runs over the same terms in the same order as in the
+    unsplit pass, so results are bitwise identical."""
+    images = batch if pass_index != 2 else 1
+    per_image = flops / max(1, images)
+    if images > 1 and (per_image <= chunk_flops or not split_groups_and_rows):
+        return [Chunk(n0, n1, 0, groups) for n0, n1 in _blocks(images, per_image, chunk_flops)]
+    if not split_groups_and_rows:
+        return [Chunk(0, batch, 0, groups)]
+    per_group = per_image / groups
+    chunks = []
+    for n in range(images):
+        n0, n1 = (n, n + 1) if pass_index != 2 else (0, batch)
+        if per_group <= chunk_flops or rows == 1:
+            chunks += [Chunk(n0, n1, g0, g1) for g0, g1 in _blocks(groups, per_group, chunk_flops)]
+            continue
+        for g in range(groups):
+            chunks += [Chunk(n0, n1, g, g + 1, r) for r in _blocks(rows, per_group / rows,
+                                                                   chunk_flops)]
+    return chunks
+
+
+def _row_window(pass_index: int, chunk_rows: tuple[int, int], a_rows: int, k_rows: int,
+                stride: int, pad: int, dilation: int) -> tuple[int, int, int]:
+    """For a chunk of rows ``r0 .. r1``: the rows ``s .. e`` of the input operand it reads
+    (the weight gradient reads every row) and the low padding that makes the sliced
+    operands address the same elements."""
+    r0, r1 = chunk_rows
+    if pass_index == 0:   # output rows r0..r1 read input rows r0*s - p .. (r1-1)*s - p + (k-1)*d
+        first = r0 * stride - pad
+        s = min(max(0, first), a_rows)
+        e = max(s, min(a_rows, (r1 - 1) * stride - pad + (k_rows - 1) * dilation + 1))
+        return s, e, pad - r0 * stride + s
+    if pass_index == 1:   # input rows r0..r1 gather the output rows that read them
+        s = min(max(0, -(-(r0 + pad - (k_rows - 1) * dilation) // stride)), a_rows)
+        e = max(s, min(a_rows, (r1 - 1 + pad) // stride + 1))
+        return s, e, pad + r0 - s * stride
+    return 0, a_rows, pad - r0 * dilation   # kernel rows r0..r1: tap kh reads kh * d - p
+
+
+def chunk_operands(pass_index: int, chunk: Chunk, a: Array, b: Array, out: Array,
+                   geometry: Geometry) -> tuple[Array, Array, Array, Geometry]:
+    """Views of the operands and the output that one chunk reads and writes, and its
+    geometry. Every array is ``(N, C, D, H, W)``; for the weight gradient *out* is the weight."""
+    if pass_index != 2:   # the weight gradient sums over the batch: never split there
+        a, out = a[chunk.n0:chunk.n1], out[chunk.n0:chunk.n1]
+    if (chunk.g0, chunk.g1) != (0, geometry.groups):
+        # Channels of groups g0..g1 in each operand: the weight (or weight gradient) holds
+        # output channels on its first axis, activations their channels on the second.
+        w_like = b if pass_index != 2 else out
+        per_out = w_like.shape[0] // geometry.groups
+        per_in = w_like.shape[1]
+        out_block = slice(chunk.g0 * per_out, chunk.g1 * per_out)
+        in_block = slice(chunk.g0 * per_in, chunk.g1 * per_in)
+        if pass_index == 0:
+            a, b, out = a[:, in_block], b[out_block], out[:, out_block]
+        elif pass_index == 1:
+            a, b, out = a[:, out_block], b[out_block], out[:, in_block]
+        else:
+            a, b, out = a[:, in_block], b[:, out_block], out[out_block]
+        geometry = dataclasses.replace(geometry, groups=chunk.g1 - chunk.g0)
+    if chunk.rows is not None:
+        r0, r1 = chunk.rows
+        weight = b if pass_index != 2 else out
+        s, e, pad = _row_window(pass_index, chunk.rows, a.shape[3], weight.shape[3],
+                                geometry.stride[1], geometry.pad_low[1], geometry.dilation[1])
+        if pass_index == 2:
+            out = out[:, :, :, r0:r1]
+        else:
+            a, out = a[:, :, :, s:e], out[:, :, :, r0:r1]
+        pad_low = (geometry.pad_low[0], pad, geometry.pad_low[2])
+        geometry = dataclasses.replace(geometry, pad_low=pad_low)
+    return a, b, out, geometry
 
 
 # The passes of the direct algorithm and depthwise's gradients, by the names the backend's

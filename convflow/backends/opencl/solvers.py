@@ -29,7 +29,7 @@ import numpy as np
 from ...params import ConvProblem, Direction
 from ..base import Algorithm
 from . import rules
-from .runtime import ContextState, SolverUnavailable
+from .runtime import ContextState, SolverUnavailable, wait_interruptibly
 
 Array = Any  # pyopencl.array.Array
 
@@ -131,6 +131,8 @@ class Call:
     dtype: np.dtype
     budget: int
     _placeholder: Any = None
+    _steps: int = 0        # checkpoint(): loop steps of this call so far
+    _marker: Any = None    # checkpoint(): the event that ends the step before the last
 
     def placeholder(self) -> Array:
         """A one-element buffer for pointer arguments a kernel does not read (no bias)."""
@@ -159,16 +161,41 @@ class Call:
         return self.state.empty(self.queue, shape, self.dtype)
 
     def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
-               *args: Any, fixed: bool = False) -> None:
-        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed)
+               *args: Any, fixed: bool = False, item_flops: float = 0) -> None:
+        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed,
+                          item_flops=item_flops)
 
-    def flat(self, program: str, name: str, count: int, *args: Any, **extra: Any) -> None:
-        """Launch a 1-D element-wise kernel over *count* items."""
+    def flat(self, program: str, name: str, count: int, *args: Any, item_flops: float = 0,
+             **extra: Any) -> None:
+        """Launch a 1-D element-wise kernel over *count* items (*item_flops* each: a long
+        launch runs in interruptible pieces, ContextState.launch)."""
         if count:
-            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args)
+            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args,
+                        item_flops=item_flops)
 
     def zero(self, a: Array) -> None:
         self.flat("util", "fill_zero", a.size, a.data, np.int64(a.size))
+
+    def checkpoint(self) -> None:
+        """Called before each step of a solver's loop (a workspace tile, a block of images):
+        keeps at most two steps' work queued, waiting for older ones in short sleeps, so a
+        KeyboardInterrupt lands in this thread within about two steps instead of after the
+        whole pass (the solvers enqueue without waiting, and pyopencl's final wait blocks
+        signals). On an interrupt the queued steps are finished first, leaving the queue
+        empty for the next call. The first step of a pass costs nothing: a one-step pass
+        never waits here."""
+        self._steps += 1
+        if self._steps == 1:
+            return
+        marker = self.state.cl.enqueue_marker(self.queue)
+        self.queue.flush()
+        previous, self._marker = self._marker, marker
+        if previous is not None:
+            try:
+                wait_interruptibly(self.state.cl, previous)
+            except BaseException:
+                self.queue.finish()
+                raise
 
 
 def L(value: int) -> np.int64:
@@ -412,11 +439,23 @@ def _channels_first(g: Geom, solver: str) -> None:
 
 
 # naive -------------------------------------------------------------------------------------
+def _naive_item_flops(kernel_name: str, g: Geom) -> float:
+    """The work of one naive work-item (its output's sum; the data gradient visits every
+    tap of every output channel of its group), for splitting long launches."""
+    if kernel_name == "naive_fwd":
+        return 2.0 * g.w[1] * g.taps
+    if kernel_name == "naive_bwd_data":
+        return 2.0 * g.out_per_group * g.taps
+    return 2.0 * g.x[0] * g.positions
+
+
 def _naive(kernel_name: str, epilogue: bool) -> Pass:
     def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
+        # The naive kernels index by get_global_id(0) alone: they may run in pieces.
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
+                  item_flops=_naive_item_flops(kernel_name, g))
 
     return run
 
@@ -667,6 +706,7 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
                 return
             for j0, count in _position_chunks(call, n * p, kg):
                 for group in range(groups):
+                    call.checkpoint()
                     nhwc_wgrad(call, dy, j0 * k + group * kg, k, kg, x, j0 * c + group * cg,
                                c, cg, count, dw, group * kg * cg, accumulate=j0 > 0)
             return
@@ -745,6 +785,7 @@ def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y:
                                w_b1=kg * rows)
     for group in range(g.groups):
         for tile in tiles:
+            call.checkpoint()
             _im2col(call, g, x, col, group, tile)
             y0 = _first_positions(g, tile) * k + group * kg
             if weights is None:
@@ -777,6 +818,7 @@ def _im2col_forward(style: str) -> Pass:
         for group in range(g.groups):
             group_ep = ep.at(base=group * kg)
             for tile in tiles:
+                call.checkpoint()
                 _im2col(call, g, x, col, group, tile, transposed=nt)
                 y0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
@@ -816,6 +858,7 @@ def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Ar
                                w_b1=kg * rows)
     for group in range(g.groups):
         for index, tile in enumerate(tiles):
+            call.checkpoint()
             dy0 = _first_positions(g, tile) * k + group * kg
             if weights is None:
                 gemm_tiled(call, rows, tile.columns, kg, kg, tile.columns,
@@ -845,6 +888,7 @@ def _im2col_backward_data(style: str) -> Pass:
                                       sk=rows, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
+                call.checkpoint()
                 dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
                     gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
@@ -873,6 +917,7 @@ def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: 
     reordered = dw if style == "gpu" else call.empty((k * rows,))
     for group in range(g.groups):
         for index, tile in enumerate(tiles):
+            call.checkpoint()
             _im2col(call, g, x, col, group, tile)
             dy0 = _first_positions(g, tile) * k + group * kg
             dw0 = group * kg * rows
@@ -902,6 +947,7 @@ def _im2col_backward_weight(style: str) -> Pass:
         col = _col_buffer(call, rows, tiles)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
+                call.checkpoint()
                 _im2col(call, g, x, col, group, tile)
                 dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 dw0 = group * kg * rows
@@ -946,6 +992,7 @@ def _winograd_forward(style: str) -> Pass:
                     w.data, u.data, k, cg, groups, r, mpad)
         packed, per = u, mpad * cg
         for n0 in range(0, n, images):
+            call.checkpoint()
             nimg = min(images, n - n0)
             t = nimg * per_image
             grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
