@@ -196,16 +196,18 @@ def convflow_call(direction: str, layer: Layer, x: Any, w: Any, dy: Any,
     return backward
 
 
-def max_rel_diff(actual: Any, expected: Any) -> float:
-    """Largest |actual - expected| over the largest |expected| (at least 1), in float64 on the
-    host: the two results' agreement, whatever array types they are."""
-    import numpy as np
-
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
+def max_rel_diff(actual: Any, expected: Any, xp: Any = None) -> float:
+    """Largest |actual - expected| over the largest |expected| (at least 1), in float64 with
+    the array module *xp* (numpy by default; CuPy keeps a GPU's results on the GPU)."""
+    if xp is None:
+        import numpy as xp
+    a = xp.asarray(actual, dtype=xp.float64)
+    e = xp.asarray(expected, dtype=xp.float64)
     if a.shape != e.shape:
         return math.inf
-    return float(np.abs(a - e).max(initial=0.0) / max(1.0, float(np.abs(e).max(initial=0.0))))
+    if a.size == 0:
+        return 0.0
+    return float(xp.abs(a - e).max() / max(1.0, float(xp.abs(e).max())))
 
 
 def geomean(values: list[float]) -> float | None:
@@ -237,16 +239,19 @@ class Clock:
         return float(self.elapsed(start, stop)) / iterations
 
 
+Compare = Callable[[Any, Any], float]
+
+
 def _measure(row: dict[str, Any], key: str, clock: Clock, run: Callable[[], Any],
              args: argparse.Namespace, reference: Any = None,
-             to_host: Callable[[Any], Any] | None = None) -> Any:
-    """Time *run* into ``row[key + '_ms']``; compare its result with *reference* into
+             compare: Compare | None = None) -> Any:
+    """Time *run* into ``row[key + '_ms']``; ``compare(result, reference)`` goes into
     ``row[key + '_max_rel_diff']``; an exception is recorded as ``row[key + '_error']``."""
     try:
         result = run()
         row[f"{key}_ms"] = clock.time(run, args.iterations, args.warmup)
-        if reference is not None and to_host is not None:
-            row[f"{key}_max_rel_diff"] = max_rel_diff(to_host(result), to_host(reference))
+        if reference is not None and compare is not None:
+            row[f"{key}_max_rel_diff"] = compare(result, reference)
         return result
     except Exception as exc:  # a first GPU run: record what breaks and time the rest
         row[f"{key}_ms"] = None
@@ -399,7 +404,7 @@ def run_torch_cpu(args: argparse.Namespace, layers: list[Layer]) -> int:
         expected = _measure(row, "torch", clock, torch_call(
             torch, direction, layer, *(torch.from_numpy(a) for a in (x, w, dy))), args)
         _measure(row, "convflow", clock, convflow_call(direction, layer, x, w, dy, None), args,
-                 expected, lambda a: a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+                 expected, lambda result, reference: max_rel_diff(result, reference.numpy()))
         report.data["results"].append(row)
         report.write()
         print_row(row, len(report.data["results"]) == 1, CPU_COLUMNS)
@@ -450,11 +455,13 @@ def run_gpu(args: argparse.Namespace, layers: list[Layer]) -> int:
     cupy_clock = Clock(lambda: (cupy.cuda.Event(), cupy.cuda.Event()),
                        cupy.cuda.get_elapsed_time)
 
-    def to_host(a: Any) -> Any:
-        return a.cpu().float().numpy() if isinstance(a, torch.Tensor) else cupy.asnumpy(a)
+    def compare(result: Any, reference: Any) -> float:
+        """On the GPU: torch's result seen through DLPack, no copy to the host."""
+        return max_rel_diff(result, cupy.from_dlpack(reference.detach()), cupy)
 
     configs = configurations(layers, args.batch, args.dtypes)
     by_name = {layer.name: layer for layer in layers}
+    operands: dict[tuple[str, str], tuple[Any, ...]] = {}
     try:
         for index, config_row in enumerate(configs):
             if args.time_budget and time.monotonic() - report.started > args.time_budget:
@@ -464,28 +471,16 @@ def run_gpu(args: argparse.Namespace, layers: list[Layer]) -> int:
                       f"{len(configs)} configurations not run")
                 break
             layer = by_name[config_row["layer"]]
-            x_shape, w_shape, y_shape = layer.shapes(args.batch)
-            dtype = config_row["dtype"]
-            x, w, dy = (cupy.random.standard_normal(s, dtype=cupy.float32).astype(dtype)
-                        for s in (x_shape, w_shape, y_shape))
-            xt, wt, dyt = (torch.from_dlpack(a) for a in (x, w, dy))
             row = dict(config_row)
-            direction = row["direction"]
-            problem = pass_problem(layer, args.batch, dtype, direction)
-            expected = _measure(row, "torch", torch_clock,
-                                torch_call(torch, direction, layer, xt, wt, dyt), args)
-            if cudnn_rule is not None and cudnn_rule.can_run(problem)[0]:
-                _measure(row, "cudnn", cupy_clock,
-                         convflow_call(direction, layer, x, w, dy, "cudnn"), args, expected,
-                         to_host)
-            else:
-                row["cudnn_ms"] = None
-            _measure(row, "own", cupy_clock,
-                     convflow_call(direction, layer, x, w, dy, row["own_algorithm"]), args,
-                     expected, to_host)
-            if direction == "forward" and row.get("cudnn_ms") is not None:
-                _time_epilogue(row, args, layer, x, w, cupy, torch, torch_clock, cupy_clock,
-                               to_host)
+            try:
+                key = (layer.name, row["dtype"])
+                if key not in operands:          # one set of operands per layer and dtype
+                    operands.clear()
+                    operands[key] = _gpu_operands(cupy, torch, layer, args.batch, row["dtype"])
+                _gpu_row(row, args, layer, operands[key], cupy, torch, cudnn_rule,
+                         torch_clock, cupy_clock, compare)
+            except Exception as exc:  # setting up the row failed: record it, go on
+                row["setup_error"] = f"{type(exc).__name__}: {exc}"[:500]
             report.data["results"].append(row)
             report.write()
             print_row(row, index == 0, GPU_COLUMNS)
@@ -507,9 +502,40 @@ def run_gpu(args: argparse.Namespace, layers: list[Layer]) -> int:
     return 1 if args.enforce and missed else 0
 
 
+def _gpu_operands(cupy: Any, torch: Any, layer: Layer, batch: int, dtype: str) -> tuple[Any, ...]:
+    """Random x, w, dy as CuPy arrays and the same memory as torch tensors (DLPack)."""
+    arrays = [cupy.random.standard_normal(shape, dtype=cupy.float32).astype(dtype)
+              for shape in layer.shapes(batch)]
+    return (*arrays, *(torch.from_dlpack(a) for a in arrays))
+
+
+def _gpu_row(row: dict[str, Any], args: argparse.Namespace, layer: Layer,
+             operands: tuple[Any, ...], cupy: Any, torch: Any, cudnn_rule: Any,
+             torch_clock: Clock, cupy_clock: Clock, compare: Compare) -> None:
+    """torch, cudnn and the own algorithm on one pass of *layer* (and, forward, the epilogue)."""
+    x, w, dy, xt, wt, dyt = operands
+    direction = row["direction"]
+    expected = _measure(row, "torch", torch_clock,
+                        torch_call(torch, direction, layer, xt, wt, dyt), args)
+    problem = pass_problem(layer, args.batch, row["dtype"], direction)
+    runs, why = (False, "the cuDNN frontend is not available") if cudnn_rule is None else \
+        cudnn_rule.can_run(problem)
+    if runs:
+        _measure(row, "cudnn", cupy_clock, convflow_call(direction, layer, x, w, dy, "cudnn"),
+                 args, expected, compare)
+    else:
+        row["cudnn_ms"] = None
+        row["cudnn_not_run"] = why
+    _measure(row, "own", cupy_clock,
+             convflow_call(direction, layer, x, w, dy, row["own_algorithm"]), args, expected,
+             compare)
+    if direction == "forward" and row.get("cudnn_ms") is not None:
+        _time_epilogue(row, args, layer, x, w, cupy, torch, torch_clock, cupy_clock, compare)
+
+
 def _time_epilogue(row: dict[str, Any], args: argparse.Namespace, layer: Layer, x: Any, w: Any,
                    cupy: Any, torch: Any, torch_clock: Clock, cupy_clock: Clock,
-                   to_host: Callable[[Any], Any]) -> None:
+                   compare: Compare) -> None:
     """conv + bias + relu: convflow's fused cuDNN graph, convflow's convolution then the bias
     and relu as separate CuPy operations, and torch's conv2d with bias then relu."""
     import convflow
@@ -527,8 +553,8 @@ def _time_epilogue(row: dict[str, Any], args: argparse.Namespace, layer: Layer, 
         torch.nn.functional.conv2d(xt, wt, bt, stride=layer.stride,
                                    padding=layer.symmetric_padding)), args)
     _measure(row, "fused", cupy_clock, functools.partial(
-        convflow.conv2d, x, w, bias, activation="relu", **options), args, expected, to_host)
-    _measure(row, "separate", cupy_clock, separate, args, expected, to_host)
+        convflow.conv2d, x, w, bias, activation="relu", **options), args, expected, compare)
+    _measure(row, "separate", cupy_clock, separate, args, expected, compare)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -497,14 +497,15 @@ step_info() {
 # pytest over the selection: collected only in a dry run, else run on the workers.
 run_tests() {
   local name=$1 selection=$2
+  local ignore=(--ignore=tests/test_gpu_check.py)   # its name matches 'gpu'; this script's own tests
   if [ "$dry" = 1 ]; then
-    "$py" -m pytest tests -p no:cacheprovider --collect-only -q -k "$selection" \
+    "$py" -m pytest tests "${ignore[@]}" -p no:cacheprovider --collect-only -q -k "$selection" \
       > "$work/collect-$name.txt" 2>&1
     local rc=$?
     tail -n 3 "$work/collect-$name.txt"
     return $rc
   fi
-  "$py" -m pytest tests -p no:cacheprovider -q -n "$workers" --tb=short -rfE \
+  "$py" -m pytest tests "${ignore[@]}" -p no:cacheprovider -q -n "$workers" --tb=short -rfE \
     -k "$selection" --junitxml="$work/tests-$name.xml"
 }
 

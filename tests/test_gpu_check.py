@@ -374,3 +374,52 @@ def test_bench_torch_side_runs_on_the_cpu(tmp_path):
     assert all(r["convflow_max_rel_diff"] <= bench_cupy.AGREEMENT["float32"] for r in rows)
     assert report["summary"]["errors"] == [] and report["summary"]["disagreements"] == []
     assert "convflow/torch geomean" in result.stdout
+
+
+REFUSED = (r"ParameterError: conv(2d|_backward \(grad_(input|weight)\)): algorithm='cudnn' is "
+           r"not an algorithm of the numba backend")
+
+
+def test_bench_gpu_rows_run_with_numpy_standing_in_for_cupy():
+    """The GPU run's per-row code (operands, torch, cudnn, own, epilogue, comparisons) on the
+    CPU: numpy stands in for CuPy and a CPU clock for CUDA events. convflow computes on its
+    CPU backend, where the own algorithm (gemm_1x1) exists and 'cudnn' is refused, which
+    must be recorded as that error, not as a wrong call."""
+    torch = pytest.importorskip("torch", reason="torch is not installed here (tests only: pip "
+                                                "install torch==2.13.0)")
+    import types
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    fake_cupy = types.SimpleNamespace(
+        float32=np.float32, maximum=np.maximum, from_dlpack=np.from_dlpack,
+        random=types.SimpleNamespace(standard_normal=lambda shape, dtype: rng.standard_normal(
+            shape).astype(dtype)))
+    layer = bench_cupy.Layer(4, (5, 5), 6, (1, 1), (1, 1), ((0, 0), (0, 0)), 1)
+    args = bench_cupy.parse_args(["--iterations", "1", "--warmup", "0"])
+    args.batch = 2
+    clock = bench_cupy.Clock(None, None)
+    rule = types.SimpleNamespace(can_run=lambda problem: (True, "stand-in"))
+
+    def compare(result, reference):
+        return bench_cupy.max_rel_diff(result, reference.numpy())
+
+    operands = bench_cupy._gpu_operands(fake_cupy, torch, layer, 2, "float32")
+    assert [tuple(a.shape) for a in operands] == [(2, 4, 5, 5), (6, 4, 1, 1), (2, 6, 5, 5)] * 2
+    rows = []
+    for config in bench_cupy.configurations([layer], 2, ["float32"]):
+        row = dict(config)
+        bench_cupy._gpu_row(row, args, layer, operands, fake_cupy, torch, rule, clock, clock,
+                            compare)
+        rows.append(row)
+        assert row["own_algorithm"] == "gemm_1x1" and row["torch_ms"] > 0 and row["own_ms"] > 0
+        assert row["own_max_rel_diff"] <= bench_cupy.AGREEMENT["float32"]
+        assert row["cudnn_ms"] is None
+        assert re.match(REFUSED, row["cudnn_error"]), row["cudnn_error"]
+    forward = dict(rows[0], cudnn_ms=1.0)
+    x, w = operands[:2]
+    bench_cupy._time_epilogue(forward, args, layer, x, w, fake_cupy, torch, clock, clock, compare)
+    assert forward["torch_bias_relu_ms"] > 0
+    for key in ("fused_error", "separate_error"):
+        assert re.match(REFUSED, forward[key]), forward[key]
