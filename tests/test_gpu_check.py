@@ -33,8 +33,10 @@ finally:
 
 
 def gpu_check(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run the script with only the GPU_CHECK_* settings given here."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout, cwd=ROOT)
+                          env={**inherited, **env}, timeout=timeout, cwd=ROOT)
 
 
 def makefile_variable(name: str) -> list[str]:
