@@ -333,12 +333,20 @@ def summary(report, out):
             print(f"  tests {name}: {t['collected']} of {t['of']} collected, "
                   f"{t['errors']} collection errors")
     bench = report.get("bench") or {}
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}"
     for key, s in (bench.get("summary") or {}).items():
         if isinstance(s, dict) and "rows" in s and key in ("all", "float32", "float16"):
-            print(f"  bench {key}: {s['rows']} rows, cudnn/torch geomean "
-                  f"{s['cudnn_vs_torch_geomean']}, own vs cudnn geomean "
-                  f"{s['own_vs_cudnn_geomean']}, fused/separate geomean "
-                  f"{s['fused_vs_separate_geomean']}")
+            print(f"  bench {key}: {s['rows']} rows; geomeans: cudnn/torch time "
+                  f"{ratio(s['cudnn_vs_torch_geomean'])} (target <= 1.1), own throughput vs "
+                  f"cudnn {ratio(s['own_vs_cudnn_geomean'])} (>= 0.3), fused/separate time "
+                  f"{ratio(s['fused_vs_separate_geomean'])} (< 1)")
+    if bench:
+        print(f"  bench: {len(bench.get('results', []))} rows, complete: "
+              f"{bench.get('complete')}, not run: {len(bench.get('not_run', []))}, errors: "
+              f"{len((bench.get('summary') or {}).get('errors', []))}, disagreements with "
+              f"torch: {len((bench.get('summary') or {}).get('disagreements', []))}")
     print(f"  everything: {out}/gpu-check.json and {out}/gpu-check.log")
 
 

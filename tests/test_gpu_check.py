@@ -425,3 +425,40 @@ def test_bench_gpu_rows_run_with_numpy_standing_in_for_cupy():
     assert forward["torch_bias_relu_ms"] > 0
     for key in ("fused_error", "separate_error"):
         assert re.match(REFUSED, forward[key]), forward[key]
+
+
+def test_the_report_counts_test_results_and_keeps_the_benchmark(tmp_path):
+    """The script's report (its embedded Python) on a step table, a JUnit file as pytest
+    writes it and a benchmark JSON: the counts, failures and skip reasons in the JSON."""
+    helper = re.search(r"^cat > \"\$helper\" <<'PY'\n(.*?)\nPY\n", SCRIPT.read_text(),
+                       re.MULTILINE | re.DOTALL).group(1)
+    (tmp_path / "helper.py").write_text(helper)
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (work / "meta.json").write_text(json.dumps(dict(mode="gpu", budget_s=480)))
+    (work / "steps.tsv").write_text("tests-cupy\t170\t1\t12.5\ntests-opencl\t60\t0\t0.2\n"
+                                    "bench\t130\t124\t130.0\n")
+    (work / "tests-opencl.note").write_text("skipped: no libnvidia-opencl on this machine\n")
+    (work / "tests-cupy.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="4" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_forward" name="test_a[cupy]"/>'
+        '<testcase classname="tests.test_forward" name="test_b[cupy]">'
+        '<failure message="AssertionError: max abs error 1">tb</failure></testcase>'
+        '<testcase classname="tests.test_cupy_gpu" name="test_c">'
+        '<skipped message="torch is optional for the tests"/></testcase>'
+        '<testcase classname="tests.test_cupy_gpu" name="test_d"/></testsuite></testsuites>')
+    (work / "bench.json").write_text(json.dumps(dict(results=[{"layer": "x"}], complete=False)))
+    result = subprocess.run([sys.executable, str(tmp_path / "helper.py"), "report", str(work),
+                             str(out), "final"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert [(s["name"], s["status"], s["rc"]) for s in report["steps"]] == [
+        ("tests-cupy", "failed", 1), ("tests-opencl", "skipped", 0), ("bench", "timed out", 124)]
+    cupy = report["tests"]["cupy"]
+    assert (cupy["passed"], cupy["failures"], cupy["skipped"]) == (2, 1, 1)
+    assert cupy["failed"] == ["failure: tests.test_forward::test_b[cupy]: AssertionError: max "
+                              "abs error 1"]
+    assert cupy["skip_reasons"] == {"torch is optional for the tests": 1}
+    assert report["bench"]["results"] == [{"layer": "x"}] and report["finished"] is True
+    assert "tests cupy: 2 passed, 1 failed, 0 errors, 1 skipped" in result.stdout
