@@ -150,8 +150,8 @@ def configurations(layers: list[Layer], batch: int, dtypes: list[str]) -> list[d
 
 def set_torch_tf32(torch: Any, allow: bool) -> dict[str, str]:
     """TF32 for torch's cuDNN convolutions and matmuls as *allow* says; returns the settings
-    read back. Uses the fp32_precision API where torch has it (mixing it with the older
-    allow_tf32 flags is refused by recent torch), else the allow_tf32 flags."""
+    read back. Uses the fp32_precision API where torch has it (torch objects to a mix of it
+    and the legacy allow_tf32 flags), else the allow_tf32 flags."""
     torch.backends.cudnn.benchmark = False
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
