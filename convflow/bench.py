@@ -126,6 +126,14 @@ def convflow_contender(spec: str) -> Contender:
     status = backend_status(name)
     if not status.available:
         raise ParameterError(f"convflow bench: backend {name!r} is unavailable: {status.reason}")
+    if algorithm:
+        from .backends import get_backend
+
+        known = [rule.name for rule in get_backend(name).algorithm_rules()]
+        if algorithm not in known:
+            raise ParameterError(f"convflow bench: --backend {spec}: {algorithm!r} is not an "
+                                 f"algorithm of the {name} backend{did_you_mean(algorithm, known)}; "
+                                 f"its algorithms: {', '.join(known)}")
 
     def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner:
         if name == "numba":

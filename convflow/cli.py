@@ -474,8 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConvflowError as exc:
         message = str(exc)
-        if message.startswith(f"{args.command}: "):  # e.g. run_demo's own "demo: " prefix
-            message = message[len(args.command) + 2:]
+        # Library messages that already name the command ("demo: ...", "convflow bench: ...").
+        for prefix in (f"convflow {args.command}: ", f"{args.command}: "):
+            message = message[len(prefix):] if message.startswith(prefix) else message
         print(f"convflow {args.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `convflow info | head`: the reader left, nothing to report

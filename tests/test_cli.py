@@ -146,6 +146,11 @@ def test_help_lists_every_command_and_the_defaults():
     (["bench", "--layers", "0:5:0"], "argument --layers: expected a layer index or a slice"),
     (["tune", "--direction", "sideways"],
      "convflow tune: error: argument --direction: 'sideways' is not one of forward, backward_data, backward_weight"),
+    (["bench", "--net", "tiny", "--backend", "numbba"],
+     "convflow bench: error: --backend: unknown backend 'numbba' (did you mean 'numba'?)"),
+    (["bench", "--net", "tiny", "--backend", "numba:packed"],
+     "convflow bench: error: --backend numba:packed: 'packed' is not an algorithm of the numba backend "
+     "(did you mean 'packed_direct'?)"),
     (["tune", "--dtype", "int8"], "convflow tune: error: argument --dtype: invalid choice: 'int8'"),
     (["explain", "--input", "1,4,8,8", "--weight", "4,4,3,3", "--output-padding", "1"],
      "convflow explain: error: conv2d: output_padding applies only to transposed convolutions"),
@@ -166,7 +171,7 @@ def test_plot_without_matplotlib_fails_before_measuring(tmp_path):
             f"sys.exit(main(['bench', '--net', 'tiny', '--no-progress', '--plot', {str(tmp_path / 'x.png')!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.startswith("convflow bench: error: convflow bench: --plot needs matplotlib")
+    assert result.stderr.startswith("convflow bench: error: --plot needs matplotlib")
     assert "pip install 'convflow[plot]'" in result.stderr
     assert result.stdout == ""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -91,3 +92,15 @@ def test_each_cuda_extra_pulls_one_cuda_major():
     for extra, other in (("cuda12", "13"), ("cuda13", "12")):
         for requirement in extras[extra]:
             assert f"cu{other}" not in requirement and f"cuda{other}" not in requirement, requirement
+
+
+def test_make_run_installs_the_extras_the_machine_can_use_with_a_fallback():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(["make", "-n", "run"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout
+    assert "pip install -q -e '.[opencl" in commands  # pyopencl, for PoCL or a GPU driver
+    assert "pyopencl (the opencl extra) could not be installed here" in commands
+    assert "pip install -q -e .;" in commands  # the fallback: convflow alone
+    assert commands.rstrip().endswith("convflow demo")

@@ -163,3 +163,30 @@ def test_output_padding_needs_a_transposed_convolution(output_padding):
                                              r"transposed=False; pass transposed=True or drop output_padding"):
         ConvParams.normalize("conv2d", 2, output_padding=output_padding)
     assert ConvParams.normalize("conv2d", 2, output_padding=(0, 0)).output_padding == (0, 0)
+
+
+def test_one_element_tuples_in_calls_match_torch():
+    import convflow
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 9, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
+    y = convflow.conv3d(x, w, stride=(2,), padding=(1,), dilation=(1,))
+    np.testing.assert_array_equal(y, convflow.conv3d(x, w, stride=2, padding=1, dilation=1))
+    import reference
+    from conftest import assert_close
+
+    assert_close(y, reference.conv(x, w, stride=(2, 2, 2), padding=((1, 1),) * 3))
+    xt = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    yt = convflow.conv_transpose2d(xt, wt, stride=(2,), padding=(1,), output_padding=(1,))
+    assert yt.shape == (1, 2, 10, 10)
+    try:
+        import torch
+    except ImportError:
+        return  # the comparison with torch itself needs torch, a test-only extra
+    expected = torch.nn.functional.conv_transpose2d(torch.from_numpy(xt), torch.from_numpy(wt), stride=(2,),
+                                                    padding=(1,), output_padding=(1,))
+    np.testing.assert_allclose(yt, expected.numpy(), rtol=1e-4, atol=1e-4)
+    expected3 = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), stride=(2,), padding=(1,))
+    np.testing.assert_allclose(y, expected3.numpy(), rtol=1e-4, atol=1e-4)
