@@ -87,3 +87,5 @@ def test_every_link_to_a_section_resolves():
     links = re.findall(r"\]\(#([^)]+)\)", text)
     assert "set-up" in links and "command-line" in links  # the table of contents
     assert sorted(set(links) - anchors) == []
+    sections = {_github_anchor(line[3:]) for line in text.splitlines() if line.startswith("## ")}
+    assert sorted(sections - set(links)) == []  # the table of contents lists every section
