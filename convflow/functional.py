@@ -116,13 +116,19 @@ class _Operands:
     w: Tensor
     b: Tensor | None
     kind: ResultKind
+    # The top-level module of the input's type ("numpy", "torch", ...), for error advice.
+    library: str = "numpy"
 
     @classmethod
     def adopt(cls, op: str, input: Any, weight: Any, bias: Any) -> _Operands:
         x, kind = as_tensor(input, op, "input")
         w, _ = as_tensor(weight, op, "weight")
         b = None if bias is None else as_tensor(bias, op, "bias")[0]
-        return cls(x, w, b, kind)
+        return cls(x, w, b, kind, _library(input))
+
+
+def _library(obj: Any) -> str:
+    return type(obj).__module__.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     channels_last = normalize_layout(op, ndim, layout)
     activation_name = normalize_activation(op, activation)
     dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
-                                     ("bias", None if b is None else b.dtype)])
+                                     ("bias", None if b is None else b.dtype)], operands.library)
     input_shape = _to_channels_first(x.shape, ndim) if channels_last else x.shape
     unbatched = checks.check_operand_ranks(op, ndim, input_shape, w.shape, transposed)
     x_shape = (1, *input_shape) if unbatched else input_shape
@@ -196,16 +202,18 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
                                   output_padding=output_padding, padding_mode=padding_mode,
                                   input_spatial=x_shape[2:], kernel_spatial=w.shape[2:])
     bias_shape = None if b is None else b.shape
+    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None,
+                                        unbatched)
     notes = []
     extra: dict[str, Any] = {"channels_last": channels_last, "activation": activation_name}
     if transposed:
-        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params)
+        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params, given_input)
         problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params,
                            **extra)
         notes.append("a transposed convolution is computed as the backward-data pass of the "
                      "convolution it transposes")
     else:
-        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params)
+        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params, given_input)
         if params.needs_explicit_padding():
             padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
             problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
@@ -613,9 +621,10 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     w, _ = as_tensor(weight, op, "weight")
     mask = checks.check_output_mask(op, output_mask)
     dtype = checks.check_dtypes(op, [("grad_output", dy.dtype), ("input", x.dtype),
-                                     ("weight", w.dtype)])
+                                     ("weight", w.dtype)], _library(input))
     ndim = _ndim_from_weight(op, w)
     channels_last = normalize_layout(op, ndim, layout)
+    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None)
     if channels_last:
         dy = _channels_first_view(dy, True) if dy.ndim == ndim + 2 else dy
         x = _channels_first_view(x, True) if x.ndim == ndim + 2 else x
@@ -630,9 +639,9 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
                                   output_padding=output_padding,
                                   input_spatial=x.shape[2:], kernel_spatial=w.shape[2:])
     if params.transposed:
-        expected = checks.check_transposed(op, x.shape, w.shape, None, params)
+        expected = checks.check_transposed(op, x.shape, w.shape, None, params, given_input)
     else:
-        expected = checks.check_forward(op, x.shape, w.shape, None, params)
+        expected = checks.check_forward(op, x.shape, w.shape, None, params, given_input)
     checks.check_grad_output(op, dy.shape, expected, x.shape, w.shape, params)
     device = _data_device(op, [("grad_output", dy), ("input", x), ("weight", w)])
 

@@ -61,6 +61,8 @@ def normalize_int_tuple(op: str, name: str, value: Any, ndim: int, minimum: int)
         seq = _as_sequence(value)
         if seq is None or not all(_is_int(v) for v in seq):
             raise ArgumentTypeError(f"{op}: {name} must be {per_dim}, but got {value!r}")
+        if len(seq) == 1:  # as PyTorch: stride=(2,) means 2 in every dimension
+            seq = list(seq) * ndim
         if len(seq) != ndim:
             raise ParameterError(
                 f"{op}: {name} must be {per_dim}, but got {len(seq)} values {tuple(seq)!r}"
@@ -86,6 +88,8 @@ def _normalize_explicit_padding(op: str, value: Any, ndim: int,
         seq = _as_sequence(value)
         if seq is None:
             raise ArgumentTypeError(f"{op}: padding must be {forms}, but got {value!r}")
+        if len(seq) == 1 and _is_int(seq[0]):  # as PyTorch: padding=(1,) pads every dimension
+            seq = list(seq) * ndim
         if len(seq) != ndim:
             hint = ""
             if len(seq) == 2 * ndim and all(_is_int(v) for v in seq):
@@ -202,6 +206,13 @@ class ConvParams:
                 )
         else:
             output_padding_t = (0,) * ndim
+            if not (_is_int(output_padding) and output_padding == 0) and normalize_int_tuple(
+                    op, "output_padding", output_padding, ndim, 0) != output_padding_t:
+                raise ParameterError(
+                    f"{op}: output_padding applies only to transposed convolutions, but got "
+                    f"output_padding={output_padding!r} with transposed=False; pass "
+                    f"transposed=True or drop output_padding"
+                )
 
         request = "explicit"
         if isinstance(padding, str):

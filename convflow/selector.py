@@ -28,8 +28,8 @@ from typing import Any
 from . import backends as registry
 from . import config
 from .backends.base import Algorithm, Backend, BackendStatus, excluded_reason
-from .errors import BackendUnavailableError, ParameterError, did_you_mean
-from .params import ConvParams, ConvProblem
+from .errors import BackendUnavailableError, ConfigError, ParameterError, did_you_mean
+from .params import ConvParams, ConvProblem, Direction
 from .tensor import Device
 
 logger = logging.getLogger("convflow")
@@ -112,8 +112,18 @@ class Decision:
     def __str__(self) -> str:
         p = self.problem
         lines = [f"convflow decision for {self.op} ({p.direction.value} pass)"]
-        lines.append(f"  problem: x{list(p.x_shape)} w{list(p.w_shape)} y{list(p.y_shape)} "
-                     f"{p.dtype}, {p.flops / 1e9:.3g} GFLOP")
+        size = f"{p.dtype}, {p.flops / 1e9:.3g} GFLOP"
+        if self.params is not None and self.params.transposed:
+            # Named as the caller sees them: a transposed convolution's input is the y of the
+            # convolution it transposes, and its output that convolution's x.
+            lines.append(f"  problem: input{list(p.y_shape)} weight{list(p.w_shape)} "
+                         f"output{list(p.x_shape)} {size}")
+            lines.append(f"  computed as: the {p.direction.value} pass of the convolution it "
+                         f"transposes, x{list(p.x_shape)} (this call's output) -> "
+                         f"y{list(p.y_shape)} (this call's input)")
+        else:
+            lines.append(f"  problem: x{list(p.x_shape)} w{list(p.w_shape)} y{list(p.y_shape)} "
+                         f"{size}")
         if self.params is not None:
             lines.append(f"  params:  {self.params.describe()}")
         lines.append(f"  canonical pass: stride={p.stride}, zero padding={p.padding}, "
@@ -168,20 +178,21 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     """Apply the backend rules in order."""
     outcomes: list[RuleOutcome] = []
     if backend_arg is not None:
-        name = registry.validate_backend_name(backend_arg, f"{op}: backend=")
+        name = registry.validate_backend_name(backend_arg, op)
+        given = f"backend={backend_arg!r}" + (f" (= {name!r})" if backend_arg != name else "")
         backend, device, why_not = _try_backend(name, problem, data_device)
         if backend is None:
             raise BackendUnavailableError(
-                f"{op}: backend={name!r} was requested, but {why_not}; choose another backend "
+                f"{op}: {given} was requested, but {why_not}; choose another backend "
                 f"or drop the backend argument")
-        outcomes.append(RuleOutcome("backend argument", True, f"backend={name!r} given"))
+        outcomes.append(RuleOutcome("backend argument", True, f"{given} given"))
         return backend, device, outcomes
     outcomes.append(RuleOutcome("backend argument", False, "not given"))
 
     env_names = config.get("CONVFLOW_BACKEND")
     if env_names:
         source = f"environment variable CONVFLOW_BACKEND={','.join(env_names)!r}"
-        names = [registry.validate_backend_name(n, source) for n in env_names]
+        names = [registry.validate_backend_name(n, source, ConfigError) for n in env_names]
         reasons: list[str] = []
         for name in names:
             backend, device, why_not = _try_backend(name, problem, data_device)
@@ -251,10 +262,22 @@ def _check_disabled_names() -> None:
     if unknown:
         known = sorted(known_algorithm_names())
         name = sorted(unknown)[0]
-        raise ParameterError(
+        raise ConfigError(
             f"environment variable CONVFLOW_DISABLE_ALGOS={','.join(sorted(disabled))!r}: "
             f"unknown algorithm {name!r}{did_you_mean(name, known)}; known algorithms: "
             f"{', '.join(known)}")
+
+
+def _wrong_algorithm_hint(backend: Backend, forced: Any, candidates: tuple[str, ...]) -> str:
+    """Why a forced name is not among this pass's algorithms: the passes it does run, when it
+    is one of the backend's algorithms (so no look-alike is suggested in its place), else the
+    closest valid name."""
+    runs = [rule for rule in backend.algorithm_rules() if rule.name == forced]
+    if runs:
+        passes = [d.value for d in Direction if d in runs[0].directions]
+        return f" ({forced} runs only the {' and '.join(passes)} pass{'es' if len(passes) > 1 else ''})"
+    return did_you_mean(str(forced), candidates) or did_you_mean(
+        str(forced), [rule.name for rule in backend.algorithm_rules()])
 
 
 def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
@@ -272,21 +295,23 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
     if forced is None and config.get("CONVFLOW_ALGO"):
         forced, source = config.get("CONVFLOW_ALGO"), "CONVFLOW_ALGO="
     if forced is not None:
+        # A bad CONVFLOW_ALGO is a configuration error; a bad algorithm= a parameter error.
+        error = ConfigError if source == "CONVFLOW_ALGO=" else ParameterError
         by_name = {r.name: r for r in rules}
         valid = ", ".join(candidates) or "none"
         if not isinstance(forced, str) or forced not in by_name:
-            raise ParameterError(
+            raise error(
                 f"{op}: {source}{forced!r} is not an algorithm of the {backend.name} backend for "
-                f"the {problem.direction.value} pass{did_you_mean(str(forced), by_name)}; valid "
-                f"for this problem: {valid}")
+                f"the {problem.direction.value} pass{_wrong_algorithm_hint(backend, forced, candidates)}"
+                f"; valid for this problem: {valid}")
         rule = by_name[forced]
         ok, why = rule.can_run(problem)
         if not ok:
-            raise ParameterError(f"{op}: {source}{forced!r} cannot run this problem: {why}; valid "
-                                 f"for this problem: {valid}")
+            raise error(f"{op}: {source}{forced!r} cannot run this problem: {why}; valid "
+                        f"for this problem: {valid}")
         if excluded(rule):
-            raise ParameterError(f"{op}: {source}{forced!r} is {excluded(rule)}; valid for this "
-                                 f"problem: {valid}")
+            raise error(f"{op}: {source}{forced!r} is {excluded(rule)}; valid for this "
+                        f"problem: {valid}")
         reason = f"forced by {source}{rule.name!r}"
         return AlgorithmChoice(rule, reason, "forced", (RuleOutcome(rule.name, True, reason),),
                                (rule.name,))

@@ -145,9 +145,20 @@ class Tensor:
         return np.array(host, copy=True) if copy else host
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(self._data, "__dlpack__"):
+            # pyopencl arrays export nothing through DLPack, and no importer (numpy, torch,
+            # CuPy) reads OpenCL memory: say how to get the data instead of an AttributeError.
+            raise BufferError(
+                f"a convflow Tensor on {self._device} cannot be exported through DLPack (no "
+                f"DLPack importer reads {self._device.type} memory); copy it to the host first: "
+                f"numpy.from_dlpack(t.to('cpu')) or t.numpy()")
         return self._data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> Any:
+        if not hasattr(self._data, "__dlpack_device__"):
+            from .backends import dlpack_device_code
+
+            return (dlpack_device_code(self._device.type), self._device.index)
         return self._data.__dlpack_device__()
 
     def __repr__(self) -> str:
@@ -202,6 +213,31 @@ def _from_dlpack_of(obj: Any) -> ResultKind:
     return convert
 
 
+def _is_bfloat16(obj: Any) -> bool:
+    return str(getattr(obj, "dtype", "")).rpartition(".")[2] == "bfloat16"
+
+
+def _bfloat16_from_dlpack(obj: Any) -> tuple[Tensor, ResultKind] | None:
+    """A host bfloat16 array of another library (e.g. a torch bfloat16 tensor), read as
+    ``ml_dtypes.bfloat16``: numpy's DLPack importer has no bfloat16, so its bits cross as
+    int16 (the library's own ``view``) and are viewed back; results go back the same way.
+    None when *obj* is not bfloat16 or its library has no int16 view."""
+    module = sys.modules.get(type(obj).__module__.split(".")[0])
+    int16, bfloat16 = getattr(module, "int16", None), getattr(module, "bfloat16", None)
+    from_dlpack = getattr(module, "from_dlpack", None)
+    if not _is_bfloat16(obj) or int16 is None or bfloat16 is None or from_dlpack is None:
+        return None
+    import ml_dtypes
+
+    array = np.from_dlpack(obj.view(int16)).view(ml_dtypes.bfloat16)
+
+    def convert(t: Tensor) -> Any:
+        host = np.ascontiguousarray(t.numpy())
+        return from_dlpack(host.view(np.int16)).view(bfloat16)
+
+    return Tensor(array, CPU), convert
+
+
 def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
     """Adopt a user argument as a Tensor without copying; also return how to hand a result
     back in the same kind. Raises ArgumentTypeError naming *argname* for unusable objects."""
@@ -243,6 +279,9 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                                                                          int(device_index)))
         try:
             if owner is None:
+                bfloat16 = _bfloat16_from_dlpack(obj) if _is_bfloat16(obj) else None
+                if bfloat16 is not None:
+                    return bfloat16
                 array = np.from_dlpack(obj)
                 return Tensor(array, CPU), _from_dlpack_of(obj)
             return owner.adopt(obj), _from_dlpack_of(obj)

@@ -119,6 +119,12 @@ def dlpack_device_type(code: int) -> str | None:
     return None
 
 
+def dlpack_device_code(device_type: str) -> int | None:
+    """The DLPack ``DLDeviceType`` code of *device_type*'s memory (its owner's first), or None."""
+    owner = _ENTRIES.get(DEVICE_BACKENDS.get(device_type, ""))
+    return owner.dlpack_device_codes[0] if owner is not None and owner.dlpack_device_codes else None
+
+
 def _array_module_backend(module: str) -> str | None:
     for entry in reversed(_ENTRIES.values()):
         if module in entry.array_modules:
@@ -131,14 +137,39 @@ def _device_type_of(name: str) -> str:
     return entry.device_type if entry is not None else "?"
 
 
-def validate_backend_name(name: Any, source: str) -> str:
-    """Return *name* normalized, or raise naming *source* (an argument or variable)."""
-    if not isinstance(name, str) or name.strip().lower() not in _ENTRIES:
-        raise ParameterError(
-            f"{source}: unknown backend {name!r}{did_you_mean(str(name), BACKEND_NAMES)}; "
-            f"valid backends: {', '.join(BACKEND_NAMES)}"
-        )
-    return name.strip().lower()
+# Words users type for a backend that are device types, not backend names: each means the
+# backend that owns that device type's memory (DEVICE_BACKENDS), so "cpu" is numba and "cuda"
+# is cupy. "gpu" names no single backend (NVIDIA GPUs run cupy, AMD and other GPUs opencl), so
+# it is refused with both choices rather than guessed.
+_AMBIGUOUS_NAMES: dict[str, str] = {
+    "gpu": "'gpu' names no single backend: use 'cupy' for NVIDIA GPUs (CUDA) or 'opencl' for "
+           "AMD and other OpenCL GPUs",
+}
+
+
+def backend_aliases() -> dict[str, str]:
+    """Device-type words accepted as backend names: ``alias -> backend`` (``cpu``, ``cuda``)."""
+    return {device: backend for device, backend in DEVICE_BACKENDS.items()
+            if device not in _ENTRIES}
+
+
+def validate_backend_name(name: Any, source: str,
+                          error: type[ParameterError] = ParameterError) -> str:
+    """Return the backend *name* means (a backend name, or an alias such as ``"cpu"``),
+    normalized; raise *error* naming *source* (an argument or variable) otherwise."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    aliases = backend_aliases()
+    if key in _ENTRIES:
+        return key
+    if key in aliases:
+        return aliases[key]
+    alias_text = ", ".join(f"{alias} (= {backend})" for alias, backend in aliases.items())
+    hint = (f"; {_AMBIGUOUS_NAMES[key]}" if key in _AMBIGUOUS_NAMES
+            else did_you_mean(str(name), (*BACKEND_NAMES, *aliases)))
+    raise error(
+        f"{source}: unknown backend {name!r}{hint}; valid backends: {', '.join(BACKEND_NAMES)}"
+        f"{f'; aliases: {alias_text}' if alias_text else ''}"
+    )
 
 
 def _load(name: str) -> Backend | None:
@@ -265,6 +296,7 @@ __all__ = [
     "BackendStatus",
     "BackendStatuses",
     "available_backends",
+    "backend_aliases",
     "backend_for_array",
     "backend_for_device",
     "backend_status",
