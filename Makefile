@@ -42,7 +42,7 @@ readme: $(BIN)/python
 
 # The wheels ci/gpu-check.sh installs on the lent GPU machine, which has no network. Its
 # python3 (3.12) already has GPU_PREINSTALLED; GPU_WHEELS is exactly what the check needs on
-# top of it: convflow's runtime dependency platformdirs, the cuDNN frontend, pyopencl (the
+# top of it: convflow's runtime dependencies platformdirs and rich, the cuDNN frontend, pyopencl (the
 # opencl backend on NVIDIA's OpenCL), onnx (the conformance cases and the benchmark's
 # ResNet-50 layers), hypothesis and dask/distributed (the property tests and the gpu-marked
 # dask test), each with the requirements the machine lacks, pinned to the versions tested here.
@@ -55,7 +55,8 @@ GPU_PREINSTALLED := numpy numba llvmlite scipy ml-dtypes pytest pytest-xdist exe
   iniconfig packaging pluggy pygments torch filelock typing-extensions sympy mpmath \
   networkx jinja2 markupsafe fsspec setuptools cupy-cuda13x fastrlock cuda-pathfinder \
   nvidia-cudnn-cu13
-GPU_WHEELS := platformdirs==4.14.9 nvidia-cudnn-frontend==1.28.0 \
+GPU_WHEELS := platformdirs==4.14.9 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 \
+  nvidia-cudnn-frontend==1.28.0 \
   pyopencl==2026.1.4 pytools==2026.1.1 siphash24==1.9 \
   onnx==1.23.2 protobuf==7.36.2 hypothesis==6.170.17 sortedcontainers==2.4.0 \
   dask==2026.8.0 distributed==2026.8.0 click==8.5.1 cloudpickle==3.1.3 partd==1.4.2 \
