@@ -2,7 +2,8 @@
  * DW_OPI consecutive outputs along W of one channel, so the input row it reads is shared by
  * its outputs and no reduction over channels is needed. The weight gradient uses
  * direct_wrw.cl. w has shape (K, 1, KD, KH, KW). Outputs are written through the epilogue
- * (bias, activation; common.h).
+ * (bias, activation; common.h). The forward kernels skip the taps that read the padding and
+ * add their 0 * w, which is not 0 only for a non-finite weight (add_padding_product).
  *
  * The *_nhwc kernels read and write channels-last tensors (N, D, H, W, C) in place: the
  * channel is work-item dimension 0, so neighbouring work-items touch neighbouring
@@ -27,16 +28,25 @@ __kernel void depthwise_fwd(__global const T* restrict x, __global const T* rest
     for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
     for (int kd = 0; kd < KD; ++kd) {
         const int id = in_coord(od, kd, SD, PD, DD, D);
-        if (id < 0) continue;
+        if (id < 0) {
+            for (int j = 0; j < DW_OPI; ++j)
+                acc[j] = add_padding_products(acc[j], wp + kd * KH * KW, KH * KW);
+            continue;
+        }
         for (int kh = 0; kh < KH; ++kh) {
             const int ih = in_coord(oh, kh, SH, PH, DH, H);
-            if (ih < 0) continue;
+            if (ih < 0) {
+                for (int j = 0; j < DW_OPI; ++j)
+                    acc[j] = add_padding_products(acc[j], wp + (kd * KH + kh) * KW, KW);
+                continue;
+            }
             const __global T* row = xp + ((long)id * H + ih) * W;
             for (int kw = 0; kw < KW; ++kw) {
                 const T wv = wp[(kd * KH + kh) * KW + kw];
                 for (int j = 0; j < DW_OPI; ++j) {
                     const int iw = in_coord(ow0 + j, kw, SW, PW, DW, W);
                     if (iw >= 0) acc[j] += wv * row[iw];
+                    else acc[j] = add_padding_product(acc[j], wv);
                 }
             }
         }
@@ -105,16 +115,25 @@ __kernel void depthwise_fwd_nhwc(__global const T* restrict x, __global const T*
     for (int j = 0; j < DW_OPI; ++j) acc[j] = 0;
     for (int kd = 0; kd < KD; ++kd) {
         const int id = in_coord(od, kd, SD, PD, DD, D);
-        if (id < 0) continue;
+        if (id < 0) {
+            for (int j = 0; j < DW_OPI; ++j)
+                acc[j] = add_padding_products(acc[j], wp + kd * KH * KW, KH * KW);
+            continue;
+        }
         for (int kh = 0; kh < KH; ++kh) {
             const int ih = in_coord(oh, kh, SH, PH, DH, H);
-            if (ih < 0) continue;
+            if (ih < 0) {
+                for (int j = 0; j < DW_OPI; ++j)
+                    acc[j] = add_padding_products(acc[j], wp + (kd * KH + kh) * KW, KW);
+                continue;
+            }
             const __global T* row = x + (((long)n * D + id) * H + ih) * W * C + c;
             for (int kw = 0; kw < KW; ++kw) {
                 const T wv = wp[(kd * KH + kh) * KW + kw];
                 for (int j = 0; j < DW_OPI; ++j) {
                     const int iw = in_coord(ow0 + j, kw, SW, PW, DW, W);
                     if (iw >= 0) acc[j] += wv * row[(long)iw * C];
+                    else acc[j] = add_padding_product(acc[j], wv);
                 }
             }
         }

@@ -61,7 +61,9 @@ class Geom:
     """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
     y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
     Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
-    them as (N, D, H, W, C) in memory."""
+    them as (N, D, H, W, C) in memory. ``pad_products``: whether a tap that reads the zero
+    padding stands for a product ``0 * w`` (NaN for an Inf or NaN weight), as in a forward
+    pass; a data gradient computed as the forward pass of the flipped problem has none."""
 
     x: tuple[int, int, int, int, int]
     w: tuple[int, int, int, int, int]
@@ -71,6 +73,7 @@ class Geom:
     dilation: tuple[int, int, int]
     groups: int
     channels_last: bool = False
+    pad_products: bool = True
 
     @classmethod
     def of(cls, problem: ConvProblem) -> Geom:
@@ -112,12 +115,13 @@ class Geom:
     def flipped(self) -> Geom:
         """The data gradient of a stride-1 pass as a forward convolution of dy with the
         flipped, channel-swapped weights (util.cl flip_weights) and padding
-        ``dilation * (k - 1) - pad`` (negative values crop)."""
+        ``dilation * (k - 1) - pad`` (negative values crop), whose padding taps stand for
+        no product: the scatter definition of the data gradient sums real entries only."""
         assert self.unit_stride()
         k, c = self.w[0], self.x[1]
         pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
         return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
-                       pad=pad)  # type: ignore[arg-type]
+                       pad=pad, pad_products=False)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -493,7 +497,8 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
                 x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
-                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
+                int(g.pad_products), cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes),
+                fixed=True)
 
 
 def via_flipped_forward(forward: Pass) -> Pass:
@@ -963,7 +968,7 @@ def _winograd_forward(style: str) -> Pass:
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
                         m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
-                        tiles_h, tiles_w)
+                        tiles_h, tiles_w, int(g.pad_products))
 
     return run
 
