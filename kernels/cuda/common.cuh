@@ -249,7 +249,7 @@ CF_HD int cf_out_coord(int i, int t, int stride, int pad, int dilation, int size
 }
 
 // Non-finite values have one IEEE answer on every own algorithm, as in the opencl backend
-// (README, "What is guaranteed"): a forward pass multiplies the zero padding by the weights,
+// (README, "Guarantees"): a forward pass multiplies the zero padding by the weights,
 // so a tap that reads the padding adds 0 * w, NaN for an Inf or NaN weight (as PyTorch's
 // im2col path and our im2col + cuBLAS do); a weight gradient likewise adds 0 * dy for every
 // output that reads the padding; a data gradient (or transposed convolution) sums only the

@@ -6,9 +6,11 @@
  */
 
 /* y[n, k, od, oh, ow] = sum_{c, kd, kh, kw} x[n, g*CG + c, ...] * w[k, c, kd, kh, kw]
- * (direct_output, padding taps adding 0 * w), then the epilogue of channel k. */
+ * (direct_output; the padding taps' 0 * w only when w has an Inf or NaN: w_nonfinite, util.cl
+ * any_nonfinite), then the epilogue of channel k. */
 __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict w,
-                        __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
+                        __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS,
+                        __global const T* restrict w_nonfinite)
 {
     const long gid = get_global_id(0);
     const long total = (long)N * K * OD * OH * OW;
@@ -19,7 +21,7 @@ __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict
     const int od = (int)(r % OD); r /= OD;
     const int k = (int)(r % K);
     const int n = (int)(r / K);
-    const T acc = direct_output(x, w, GEOM_ARGS, n, k, od, oh, ow, 1);
+    const T acc = direct_output(x, w, GEOM_ARGS, n, k, od, oh, ow, w_nonfinite[0] != 0);
     y[gid] = epilogue(acc, ep_bias, ep_base + k, ep_mode);
 }
 
@@ -67,9 +69,10 @@ __kernel void naive_bwd_data(__global const T* restrict dy, __global const T* re
 
 /* dw[k, c, kd, kh, kw] = sum_{n, od, oh, ow} x[n, g*CG + c, id, ih, iw] * dy[n, k, od, oh, ow]:
  * one work-item per weight element, a fixed summation order (deterministic); the outputs
- * that read the padding add 0 * dy (add_padding_grads). */
+ * that read the padding add 0 * dy (add_padding_grads) when dy has an Inf or NaN. */
 __kernel void naive_bwd_weight(__global const T* restrict x, __global const T* restrict dy,
-                               __global T* restrict dw, GEOM_PARAMS)
+                               __global T* restrict dw, GEOM_PARAMS,
+                               __global const T* restrict dy_nonfinite)
 {
     const long gid = get_global_id(0);
     const long total = (long)K * CG * KD * KH * KW;
@@ -101,7 +104,8 @@ __kernel void naive_bwd_weight(__global const T* restrict x, __global const T* r
             }
         }
     }
-    acc = add_padding_grads(acc, dy + (long)k * oplane, (long)K * oplane, (long)OH * OW, OW, 1,
-                            N, OD, OH, OW, rd, rh, rw, 0, 1);
+    if (dy_nonfinite[0] != 0)
+        acc = add_padding_grads(acc, dy + (long)k * oplane, (long)K * oplane, (long)OH * OW,
+                                OW, 1, N, OD, OH, OW, rd, rh, rw, 0, 1);
     dw[gid] = acc;
 }

@@ -227,6 +227,17 @@ def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: 
     return out, per_batch
 
 
+def nonfinite_flag(call: Call, a: Array) -> Array:
+    """A one-element buffer holding 1 if *a* has an Inf or NaN, else 0 (util.cl
+    any_nonfinite): the kernels that skip the zero padding add its products ``0 * v`` only
+    when it says they can change a sum (common.h), so finite problems keep their speed."""
+    flag = call.empty((1,))
+    group = call.state.reduction_group()
+    call.launch(call.kernel("util", "any_nonfinite", RED_WG=group), (group,), (group,),
+                a.data, L(a.size), flag.data, fixed=True)
+    return flag
+
+
 def flip_weights(call: Call, g: Geom, w: Array) -> Array:
     k, cg = g.w[0], g.w[1]
     out = call.empty((g.x[1], k // g.groups, *g.w[2:]))
@@ -416,11 +427,16 @@ def _channels_first(g: Geom, solver: str) -> None:
 
 
 # naive -------------------------------------------------------------------------------------
-def _naive(kernel_name: str, epilogue: bool) -> Pass:
+def _naive(kernel_name: str, epilogue: bool, padding_meets_b: bool) -> Pass:
+    """*padding_meets_b*: the kernel multiplies its second operand by the zero padding (the
+    weights of the forward pass, dy of the weight gradient) and takes its nonfinite_flag."""
+
     def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
+        flag = (nonfinite_flag(call, b).data,) if padding_meets_b else ()
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
+                  *flag)
 
     return run
 
@@ -435,10 +451,11 @@ def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epi
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
                     (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
-                    *g.args, *ep.args(call))
+                    *g.args, *ep.args(call), nonfinite_flag(call, w).data)
         return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call))
+                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call),
+                nonfinite_flag(call, w).data)
 
 
 def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
@@ -463,7 +480,7 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
     rows = -(-total // 65535)
     cols = min(total, 65535)
     call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
-                g.channels_last, fixed=True)
+                g.channels_last, nonfinite_flag(call, dy).data, fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
@@ -976,8 +993,8 @@ def _winograd_forward(style: str) -> Pass:
 # The solver table --------------------------------------------------------------------------
 def _build_solvers() -> dict[str, Solver]:
     naive = Solver("naive", "any", "one work-item per output element; handles every problem",
-                   _naive("naive_fwd", True), _naive("naive_bwd_data", True),
-                   _naive("naive_bwd_weight", False))
+                   _naive("naive_fwd", True, True), _naive("naive_bwd_data", True, False),
+                   _naive("naive_bwd_weight", False, True))
     solvers = [
         naive,
         Solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
