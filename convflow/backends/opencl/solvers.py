@@ -63,7 +63,9 @@ class Geom:
     """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
     y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
     Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
-    them as (N, D, H, W, C) in memory."""
+    them as (N, D, H, W, C) in memory. ``pad_products``: whether a tap that reads the zero
+    padding stands for a product ``0 * w`` (NaN for an Inf or NaN weight), as in a forward
+    pass; a data gradient computed as the forward pass of the flipped problem has none."""
 
     x: tuple[int, int, int, int, int]
     w: tuple[int, int, int, int, int]
@@ -73,6 +75,7 @@ class Geom:
     dilation: tuple[int, int, int]
     groups: int
     channels_last: bool = False
+    pad_products: bool = True
 
     @classmethod
     def of(cls, problem: ConvProblem) -> Geom:
@@ -114,12 +117,13 @@ class Geom:
     def flipped(self) -> Geom:
         """The data gradient of a stride-1 pass as a forward convolution of dy with the
         flipped, channel-swapped weights (util.cl flip_weights) and padding
-        ``dilation * (k - 1) - pad`` (negative values crop)."""
+        ``dilation * (k - 1) - pad`` (negative values crop), whose padding taps stand for
+        no product: the scatter definition of the data gradient sums real entries only."""
         assert self.unit_stride()
         k, c = self.w[0], self.x[1]
         pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
         return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
-                       pad=pad)  # type: ignore[arg-type]
+                       pad=pad, pad_products=False)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -250,6 +254,17 @@ def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: 
                 (1, FLAT_GROUP // 8, 1), src.data, out.data, m, k, r, mpad, L(s0), sm, sk,
                 L(sb1), L(sb2), nb2)
     return out, per_batch
+
+
+def nonfinite_flag(call: Call, a: Array) -> Array:
+    """A one-element buffer holding 1 if *a* has an Inf or NaN, else 0 (util.cl
+    any_nonfinite): the kernels that skip the zero padding add its products ``0 * v`` only
+    when it says they can change a sum (common.h), so finite problems keep their speed."""
+    flag = call.empty((1,))
+    group = call.state.reduction_group()
+    call.launch(call.kernel("util", "any_nonfinite", RED_WG=group), (group,), (group,),
+                a.data, L(a.size), flag.data, fixed=True)
+    return flag
 
 
 def flip_weights(call: Call, g: Geom, w: Array) -> Array:
@@ -449,13 +464,17 @@ def _naive_item_flops(kernel_name: str, g: Geom) -> float:
     return 2.0 * g.x[0] * g.positions
 
 
-def _naive(kernel_name: str, epilogue: bool) -> Pass:
+def _naive(kernel_name: str, epilogue: bool, padding_meets_b: bool) -> Pass:
+    """*padding_meets_b*: the kernel multiplies its second operand by the zero padding (the
+    weights of the forward pass, dy of the weight gradient) and takes its nonfinite_flag."""
+
     def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
+        flag = (nonfinite_flag(call, b).data,) if padding_meets_b else ()
         # The naive kernels index by get_global_id(0) alone: they may run in pieces.
         call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
-                  item_flops=_naive_item_flops(kernel_name, g))
+                  *flag, item_flops=_naive_item_flops(kernel_name, g))
 
     return run
 
@@ -470,10 +489,11 @@ def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epi
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
                     (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
-                    *g.args, *ep.args(call))
+                    *g.args, *ep.args(call), nonfinite_flag(call, w).data)
         return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call))
+                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call),
+                nonfinite_flag(call, w).data)
 
 
 def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
@@ -498,7 +518,7 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
     rows = -(-total // 65535)
     cols = min(total, 65535)
     call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
-                g.channels_last, fixed=True)
+                g.channels_last, nonfinite_flag(call, dy).data, fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
@@ -532,7 +552,8 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
                 x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
-                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
+                int(g.pad_products), cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes),
+                fixed=True)
 
 
 def via_flipped_forward(forward: Pass) -> Pass:
@@ -1010,7 +1031,7 @@ def _winograd_forward(style: str) -> Pass:
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
                         m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
-                        tiles_h, tiles_w)
+                        tiles_h, tiles_w, int(g.pad_products))
 
     return run
 
@@ -1059,8 +1080,8 @@ def _build_algorithms() -> tuple[Solver, ...]:
                 rules.weight_grad_only, rules.weight_grad_only, backward_weight=direct_wrw,
                 channels_last=True),
         _solver("naive", "any", "one work-item per output element; handles every problem",
-                rules.naive_rule, rules.always, _naive("naive_fwd", True),
-                _naive("naive_bwd_data", True), _naive("naive_bwd_weight", False)),
+                rules.naive_rule, rules.always, _naive("naive_fwd", True, True),
+                _naive("naive_bwd_data", True, False), _naive("naive_bwd_weight", False, True)),
     )
 
 
