@@ -283,7 +283,8 @@ class NumbaBackend(Backend):
     def _prepared(self, problem: ConvProblem, algorithm: str) -> _Prepared:
         prepared = self._prepared_passes.get((problem, algorithm))
         if prepared is None:
-            from .algorithms import PASSES, Geometry
+            from ...geometry import Geometry
+            from .algorithms import PASSES
 
             run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
             assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
@@ -294,7 +295,7 @@ class NumbaBackend(Backend):
             rule = next(r for r in RULES if r.name == algorithm)
             out_shape = (problem.y_shape, problem.x_shape, problem.w_shape)[index]
             prepared = _Prepared(
-                run, Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups),
+                run, Geometry.from_problem(problem),
                 self._compute_dtype(np.dtype(problem.dtype)), out_shape,
                 (algorithm, index) in FUSED, ACTIVATION_CODES[problem.activation],
                 problem.channels_last,

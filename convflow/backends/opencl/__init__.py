@@ -51,6 +51,7 @@ from ...errors import (
     KernelBuildError,
     SolverFallbackWarning,
 )
+from ...geometry import Geometry
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import (
@@ -73,7 +74,7 @@ from .runtime import (
     pocl_cache_scope,
     query_info,
 )
-from .solvers import NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
+from .solvers import NO_EPILOGUE, SOLVERS, Call, Epilogue, Solver
 
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = 32
@@ -518,7 +519,7 @@ class OpenCLBackend(Backend):
         solver whose rule applies (``naive`` last), so a call never crashes on one kernel.
         ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
         returns the result and whether it is channels-last."""
-        geometry = Geom.of(problem)
+        geometry = Geometry.from_problem(problem)
         rules = [r for r in self.algorithm_rules() if problem.direction in r.directions]
         tried: list[str] = []
         name = algorithm

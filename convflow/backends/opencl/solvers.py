@@ -1,8 +1,8 @@
 """The opencl backend's solvers: host code that sizes workspaces and launches kernels.
 
 Every solver works on contiguous device arrays in the compute dtype (float32 or float64)
-and 5-D geometry (1-D and 2-D problems lifted, :class:`Geom`). A solver that cannot run on
-this device (local memory, work-group limits, buffer sizes) raises
+and 5-D geometry (1-D and 2-D problems lifted, :class:`~convflow.geometry.Geometry`). A
+solver that cannot run on this device (local memory, work-group limits, buffer sizes) raises
 :class:`~.runtime.SolverUnavailable`; one whose kernel fails to build raises
 :class:`~convflow.errors.KernelBuildError`; the backend then falls back to the next solver.
 
@@ -10,7 +10,7 @@ GPU-style solvers (``tiled_direct``, ``gemm_1x1``, ``im2col_gemm``, ``winograd``
 ``direct_wrw``) use local-memory tiles and barriers; CPU-style ones (``vec_gemm_1x1``,
 ``vec_im2col_gemm``, ``vec_winograd``) use explicit vectors and no local memory.
 
-Layouts: with ``Geom.channels_last`` the activations (x, y, dx, dy) are channels-last
+Layouts: with ``Geometry.channels_last`` the activations (x, y, dx, dy) are channels-last
 (N, D, H, W, C) arrays, read and written in place; only solvers with ``channels_last=True``
 (the GEMM and 1x1 solvers of both styles, ``depthwise`` and ``direct_wrw``) accept that,
 the backend converts for the others. Epilogue: forward and data-gradient passes take an
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ...params import ConvProblem, Direction
+from ...geometry import Geometry, Tile, plan_tiles
+from ...params import Direction
 from .runtime import ContextState, SolverUnavailable
 
 Array = Any  # pyopencl.array.Array
@@ -56,68 +57,9 @@ WINO_RUN = 8             # tiles (channels) one Winograd transform work-item han
 INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
 
 
-@dataclass(frozen=True)
-class Geom:
-    """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
-    y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
-    Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
-    them as (N, D, H, W, C) in memory."""
-
-    x: tuple[int, int, int, int, int]
-    w: tuple[int, int, int, int, int]
-    y: tuple[int, int, int, int, int]
-    stride: tuple[int, int, int]
-    pad: tuple[int, int, int]
-    dilation: tuple[int, int, int]
-    groups: int
-    channels_last: bool = False
-
-    @classmethod
-    def of(cls, problem: ConvProblem) -> Geom:
-        missing = 3 - problem.ndim
-
-        def lift(shape: tuple[int, ...]) -> Any:
-            return shape[:2] + (1,) * missing + shape[2:]
-
-        return cls(lift(problem.x_shape), lift(problem.w_shape), lift(problem.y_shape),
-                   (1,) * missing + problem.stride,  # type: ignore[arg-type]
-                   (0,) * missing + tuple(lo for lo, _ in problem.padding),  # type: ignore[arg-type]
-                   (1,) * missing + problem.dilation,  # type: ignore[arg-type]
-                   problem.groups)
-
-    @property
-    def args(self) -> tuple[int, ...]:
-        return (*self.x, *self.w, *self.y[2:], *self.stride, *self.pad, *self.dilation,
-                self.groups)
-
-    @property
-    def taps(self) -> int:
-        return self.w[2] * self.w[3] * self.w[4]
-
-    @property
-    def positions(self) -> int:
-        return self.y[2] * self.y[3] * self.y[4]
-
-    @property
-    def plane(self) -> int:
-        return self.x[2] * self.x[3] * self.x[4]
-
-    @property
-    def out_per_group(self) -> int:
-        return self.w[0] // self.groups
-
-    def unit_stride(self) -> bool:
-        return self.stride == (1, 1, 1)
-
-    def flipped(self) -> Geom:
-        """The data gradient of a stride-1 pass as a forward convolution of dy with the
-        flipped, channel-swapped weights (util.cl flip_weights) and padding
-        ``dilation * (k - 1) - pad`` (negative values crop)."""
-        assert self.unit_stride()
-        k, c = self.w[0], self.x[1]
-        pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
-        return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
-                       pad=pad)  # type: ignore[arg-type]
+def kernel_args(g: Geometry) -> tuple[int, ...]:
+    """The geometry as the kernels' ``GEOM_PARAMS`` (common.h), in order."""
+    return (*g.x, *g.w, *g.y[2:], *g.spatial_args, g.groups)
 
 
 @dataclass
@@ -223,7 +165,7 @@ def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: 
     return out, per_batch
 
 
-def flip_weights(call: Call, g: Geom, w: Array) -> Array:
+def flip_weights(call: Call, g: Geometry, w: Array) -> Array:
     k, cg = g.w[0], g.w[1]
     out = call.empty((g.x[1], k // g.groups, *g.w[2:]))
     call.flat("util", "flip_weights", out.size, w.data, out.data, k, cg, g.groups, g.taps)
@@ -349,36 +291,10 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                 nb2, accumulate, *ep.args(call), fixed=True)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """Output positions ``p_start .. p_start + pcount`` of images ``n0 .. n0 + nimg``."""
-
-    n0: int
-    nimg: int
-    p_start: int
-    pcount: int
-
-    @property
-    def columns(self) -> int:
-        return self.nimg * self.pcount
-
-
-def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int,
-               min_columns: int = 16) -> list[Tile]:
-    """Split (image, position) columns into tiles whose scratch fits *budget*: whole
-    images when one fits (several per tile), else ranges of one image's positions."""
-    max_columns = max(min_columns, budget // max(1, bytes_per_column))
-    if positions <= max_columns:
-        per = max(1, max_columns // positions)
-        return [Tile(n, min(per, n_images - n), 0, positions) for n in range(0, n_images, per)]
-    return [Tile(n, 1, p, min(max_columns, positions - p))
-            for n in range(n_images) for p in range(0, positions, max_columns)]
-
-
 # Solvers -----------------------------------------------------------------------------------
 # (call, geometry, a, b, out, epilogue): forward (x, w -> y) and data-gradient (dy, w -> dx)
 # passes write through the epilogue; weight-gradient passes (x, dy -> dw) get NO_EPILOGUE.
-Pass = Callable[[Call, Geom, Array, Array, Array, Epilogue], None]
+Pass = Callable[[Call, Geometry, Array, Array, Array, Epilogue], None]
 
 
 @dataclass(frozen=True)
@@ -407,16 +323,16 @@ class Solver:
         return run
 
 
-def _channels_first(g: Geom, solver: str) -> None:
+def _channels_first(g: Geometry, solver: str) -> None:
     assert not g.channels_last, f"{solver} computes channels-first tensors only"
 
 
 # naive -------------------------------------------------------------------------------------
 def _naive(kernel_name: str, epilogue: bool) -> Pass:
-    def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *kernel_args(g), *extra)
 
     return run
 
@@ -426,31 +342,31 @@ DW_OPI = 4
 DW_NHWC_GROUP = (16, 4, 1)   # channels along dimension 0: neighbours read neighbours
 
 
-def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+def depthwise_forward(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
     n, k, od, oh, ow = g.y
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
                     (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
-                    *g.args, *ep.args(call))
+                    *kernel_args(g), *ep.args(call))
         return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call))
+                (8, 8, 1), x.data, w.data, y.data, *kernel_args(g), *ep.args(call))
 
 
-def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
+def depthwise_backward_data(call: Call, g: Geometry, dy: Array, w: Array, dx: Array,
                             ep: Epilogue) -> None:
     n, c, d, h, wd = g.x
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_bwd_data_nhwc"),
                     (c, -(-wd // DW_OPI), n * d * h), DW_NHWC_GROUP, dy.data, w.data, dx.data,
-                    *g.args, *ep.args(call))
+                    *kernel_args(g), *ep.args(call))
         return
     call.launch(call.kernel("depthwise", "depthwise_bwd_data"),
-                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *g.args,
+                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *kernel_args(g),
                 *ep.args(call))
 
 
-def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+def direct_wrw(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
                ep: Epilogue = NO_EPILOGUE) -> None:
     group = call.state.reduction_group(RED_GROUP)
     kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=group)
@@ -458,7 +374,7 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
     total = dw.size
     rows = -(-total // 65535)
     cols = min(total, 65535)
-    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
+    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *kernel_args(g),
                 g.channels_last, fixed=True)
 
 
@@ -466,7 +382,7 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
 OWPI, OCPI, CIC = 2, 4, 4
 
 
-def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
+def tiled_direct_forward(call: Call, g: Geometry, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     _channels_first(g, "tiled_direct")
     info = call.state.info
@@ -492,7 +408,7 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
     co_blocks = -(-g.out_per_group // OCPI)
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
-                x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
+                x.data, w.data, y.data, *kernel_args(g), *ep.args(call), in_tw, in_th, co_blocks,
                 cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
 
 
@@ -500,7 +416,7 @@ def via_flipped_forward(forward: Pass) -> Pass:
     """The data gradient of a stride-1 problem as a forward pass with flipped weights (the
     bias and activation per input channel are the flipped pass's per output channel)."""
 
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         forward(call, g.flipped(), dy, flip_weights(call, g, w), dx, ep)
 
     return run
@@ -570,19 +486,19 @@ def _position_chunks(call: Call, total: int, per_position: int) -> list[tuple[in
 
 
 # 1x1 and im2col GEMMs ----------------------------------------------------------------------
-def _pointwise_in_place(g: Geom) -> bool:
-    return g.unit_stride() and g.x[2:] == g.y[2:] and g.taps == 1 and g.pad == (0, 0, 0)
+def _pointwise_in_place(g: Geometry) -> bool:
+    return g.unit_stride() and g.x[2:] == g.y[2:] and g.taps == 1 and g.pad_low == (0, 0, 0)
 
 
 def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
-        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+        if not _pointwise_in_place(g) or (style == "cpu" and g.out_plane < NT_MAX_POSITIONS
                                           and not g.channels_last):
             fallback(call, g, x, w, y, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # Y(j, ko) = sum_ci X(j, ci) W(ko, ci), j over every image
             if style == "gpu":
                 gemm_tiled(call, kg, n * p, cg, cg, n * p,
@@ -613,13 +529,13 @@ def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
 
 
 def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         if not _pointwise_in_place(g):
             fallback(call, g, dy, w, dx, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # dX(j, ci) = sum_ko dY(j, ko) W(ko, ci)
             if style == "gpu":
                 gemm_tiled(call, cg, n * p, kg, kg, n * p,
@@ -650,14 +566,14 @@ def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
 
 
 def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+    def run(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
             ep: Epilogue = NO_EPILOGUE) -> None:
         if not _pointwise_in_place(g):
             fallback(call, g, x, dy, dw, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # dW(ko, ci) = sum_j dY(j, ko) X(j, ci), j over every image
             if style == "gpu":
                 gemm_tiled(call, kg, cg, n * p, n * p, cg,
@@ -682,56 +598,56 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
     return run
 
 
-def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
+def _im2col(call: Call, g: Geometry, x: Array, col: Array, group: int, tile: Tile,
             transposed: bool = False) -> None:
     if g.channels_last:  # col[j * rows + tap * CG + c]
         call.launch(call.kernel("util", "im2col_nhwc"), (tile.columns,), (FLAT_GROUP,),
-                    x.data, col.data, *g.args, tile.n0, group, tile.p_start, tile.pcount,
-                    tile.nimg)
+                    x.data, col.data, *kernel_args(g), tile.n0, group, tile.p0, tile.width,
+                    tile.count)
         return
     rows = g.w[1] * g.taps
     ow = g.y[4]
-    line0 = tile.p_start // ow
-    lines = (tile.p_start + tile.pcount - 1) // ow - line0 + 1
-    grid = (rows, tile.nimg * lines) if transposed else (tile.nimg * lines, rows)
-    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *g.args,
-                tile.n0, group, tile.p_start, tile.pcount, tile.nimg, line0, lines, transposed)
+    line0 = tile.p0 // ow
+    lines = (tile.p0 + tile.width - 1) // ow - line0 + 1
+    grid = (rows, tile.count * lines) if transposed else (tile.count * lines, rows)
+    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *kernel_args(g),
+                tile.n0, group, tile.p0, tile.width, tile.count, line0, lines, transposed)
 
 
-def _col2im(call: Call, g: Geom, col: Array, dx: Array, group: int, tile: Tile,
+def _col2im(call: Call, g: Geometry, col: Array, dx: Array, group: int, tile: Tile,
             accumulate: bool, ep: Epilogue) -> None:
     if g.channels_last:
-        call.launch(call.kernel("util", "col2im_nhwc"), (g.w[1], tile.nimg * g.plane),
-                    (16, 4), col.data, dx.data, *g.args, *ep.args(call), tile.n0, group,
-                    tile.p_start, tile.pcount, tile.nimg, accumulate)
+        call.launch(call.kernel("util", "col2im_nhwc"), (g.w[1], tile.count * g.in_plane),
+                    (16, 4), col.data, dx.data, *kernel_args(g), *ep.args(call), tile.n0, group,
+                    tile.p0, tile.width, tile.count, accumulate)
         return
-    count = tile.nimg * g.w[1] * g.plane
-    call.flat("util", "col2im", count, col.data, dx.data, *g.args, *ep.args(call), tile.n0,
-              group, tile.p_start, tile.pcount, tile.nimg, accumulate)
+    count = tile.count * g.w[1] * g.in_plane
+    call.flat("util", "col2im", count, col.data, dx.data, *kernel_args(g), *ep.args(call), tile.n0,
+              group, tile.p0, tile.width, tile.count, accumulate)
 
 
-def _tiles(call: Call, g: Geom, rows: int) -> list[Tile]:
-    return plan_tiles(g.x[0], g.positions, rows * call.itemsize, call.budget)
+def _tiles(call: Call, g: Geometry, rows: int) -> list[Tile]:
+    return plan_tiles(g.x[0], g.out_plane, rows * call.itemsize, call.budget, min_columns=16)
 
 
 def _col_buffer(call: Call, rows: int, tiles: list[Tile]) -> Array:
     return call.empty((rows * max(t.columns for t in tiles),))
 
 
-def _nhwc_order_weights(call: Call, g: Geom, w: Array) -> Array:
+def _nhwc_order_weights(call: Call, g: Geometry, w: Array) -> Array:
     """The weights (K, CG, taps) reordered to (K, taps, CG): the row order of im2col_nhwc."""
     k, cg, taps = g.w[0], g.w[1], g.taps
     out, _ = pack_panels(call, w, taps, cg, 1, s0=0, sm=1, sk=taps, sb1=cg * taps, nb1=k)
     return out
 
 
-def _first_positions(g: Geom, tile: Tile) -> int:
+def _first_positions(g: Geometry, tile: Tile) -> int:
     """Index of the tile's first column among all (image, position) pairs: channels-last
     tensors hold them in this order, a row of channels each."""
-    return tile.n0 * g.positions + tile.p_start
+    return tile.n0 * g.out_plane + tile.p0
 
 
-def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y: Array,
+def _im2col_forward_nhwc(style: str, call: Call, g: Geometry, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     k, cg = g.w[:2]
     kg = g.out_per_group
@@ -758,16 +674,16 @@ def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y:
 
 
 def _im2col_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
         if g.channels_last:
             _im2col_forward_nhwc(style, call, g, x, w, y, ep)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
-        kind = vgemm_kind(call, tiles[0].pcount)
+        kind = vgemm_kind(call, tiles[0].width)
         # Few positions per image: B is small, so transpose it (im2col's transposed layout)
         # and read the weights as they are instead of packing them.
         nt = style == "cpu" and p < NT_MAX_POSITIONS
@@ -778,20 +694,20 @@ def _im2col_forward(style: str) -> Pass:
             group_ep = ep.at(base=group * kg)
             for tile in tiles:
                 _im2col(call, g, x, col, group, tile, transposed=nt)
-                y0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                y0 = tile.n0 * k * p + group * kg * p + tile.p0
                 if style == "gpu":
-                    gemm_tiled(call, kg, tile.columns, rows, rows, tile.pcount,
+                    gemm_tiled(call, kg, tile.columns, rows, rows, tile.width,
                                w, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
-                               col, GOperand(s_k=tile.columns, s_jimg=tile.pcount, s_j=1),
+                               col, GOperand(s_k=tile.columns, s_jimg=tile.width, s_j=1),
                                y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1), ep=group_ep)
                     continue
                 if nt:
                     vgemm_nt(call, kg, tile.columns, 1, rows, w,
                              VOperand(group * kg * rows, 0, rows), col, VOperand(0, 0, rows),
-                             y, y0, p, c_img=k * p, cp=tile.pcount, ep=group_ep)
+                             y, y0, p, c_img=k * p, cp=tile.width, ep=group_ep)
                     continue
-                vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.nimg, tile.pcount,
-                      col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p),
+                vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.count, tile.width,
+                      col, VOperand(0, tile.width, tile.columns), y, VOperand(y0, k * p, p),
                       ep=group_ep)
 
     return run
@@ -802,7 +718,7 @@ def _last_of_image(tiles: list[Tile], index: int) -> bool:
     return index + 1 == len(tiles) or tiles[index + 1].n0 != tiles[index].n0
 
 
-def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Array,
+def _im2col_backward_data_nhwc(style: str, call: Call, g: Geometry, dy: Array, w: Array,
                                dx: Array, ep: Epilogue) -> None:
     k, cg = g.w[:2]
     kg = g.out_per_group
@@ -825,44 +741,44 @@ def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Ar
             else:
                 nhwc_gemm(call, weights, tile.columns, dy, dy0, k, col, 0, rows, group=group)
             last = _last_of_image(tiles, index)
-            _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+            _col2im(call, g, col, dx, group, tile, accumulate=tile.p0 > 0,
                     ep=ep if last else NO_EPILOGUE)
 
 
 def _im2col_backward_data(style: str) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         if g.channels_last:
             _im2col_backward_data_nhwc(style, call, g, dy, w, dx, ep)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
-        kind = vgemm_kind(call, tiles[0].pcount)
+        kind = vgemm_kind(call, tiles[0].width)
         if style == "cpu":
             packed, per = pack_panels(call, w, rows, kg, _vgemm_rows(kind, call), s0=0, sm=1,
                                       sk=rows, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
-                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p0
                 if style == "gpu":
-                    gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
+                    gemm_tiled(call, rows, tile.columns, kg, kg, tile.width,
                                w, GOperand(base=group * kg * rows, s_m=1, s_k=rows),
                                dy, GOperand(base=dy0, s_k=p, s_jimg=k * p, s_j=1),
-                               col, GOperand(s_m=tile.columns, s_jimg=tile.pcount, s_j=1))
+                               col, GOperand(s_m=tile.columns, s_jimg=tile.width, s_j=1))
                 else:
-                    vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.nimg,
-                          tile.pcount, dy, VOperand(dy0, k * p, p),
-                          col, VOperand(0, tile.pcount, tile.columns))
+                    vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.count,
+                          tile.width, dy, VOperand(dy0, k * p, p),
+                          col, VOperand(0, tile.width, tile.columns))
                 last = _last_of_image(tiles, index)
-                _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+                _col2im(call, g, col, dx, group, tile, accumulate=tile.p0 > 0,
                         ep=ep if last else NO_EPILOGUE)
 
     return run
 
 
-def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: Array,
+def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geometry, x: Array, dy: Array,
                                  dw: Array) -> None:
     k, cg = g.w[:2]
     kg, taps = g.out_per_group, g.taps
@@ -890,29 +806,29 @@ def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: 
 
 
 def _im2col_backward_weight(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+    def run(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
             ep: Epilogue = NO_EPILOGUE) -> None:
         if g.channels_last:
             _im2col_backward_weight_nhwc(style, call, g, x, dy, dw)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
                 _im2col(call, g, x, col, group, tile)
-                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p0
                 dw0 = group * kg * rows
                 if style == "gpu":
-                    gemm_tiled(call, kg, rows, tile.columns, tile.pcount, rows,
+                    gemm_tiled(call, kg, rows, tile.columns, tile.width, rows,
                                dy, GOperand(base=dy0, s_m=p, s_kimg=k * p, s_k=1),
-                               col, GOperand(s_kimg=tile.pcount, s_k=1, s_j=tile.columns),
+                               col, GOperand(s_kimg=tile.width, s_k=1, s_j=tile.columns),
                                dw, GOperand(base=dw0, s_m=rows, s_j=1), accumulate=index > 0)
                 else:
-                    vgemm_nt(call, kg, rows, tile.nimg, tile.pcount, dy, VOperand(dy0, k * p, p),
-                             col, VOperand(0, tile.pcount, tile.columns), dw, dw0, rows,
+                    vgemm_nt(call, kg, rows, tile.count, tile.width, dy, VOperand(dy0, k * p, p),
+                             col, VOperand(0, tile.width, tile.columns), dw, dw0, rows,
                              accumulate=index > 0)
 
     return run
@@ -920,7 +836,7 @@ def _im2col_backward_weight(style: str) -> Pass:
 
 # Winograd F(2x2, 3x3) ----------------------------------------------------------------------
 def _winograd_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
         _channels_first(g, "winograd")
         n, c = g.x[:2]
         k, cg = g.w[:2]
@@ -950,7 +866,7 @@ def _winograd_forward(style: str) -> Pass:
             t = nimg * per_image
             grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
             call.launch(call.kernel("winograd", "wino_input"), (*grid, c), (1, 8, 1),
-                        x.data, v.data, *g.args, n0, nimg, tiles_h, tiles_w)
+                        x.data, v.data, *kernel_args(g), n0, nimg, tiles_h, tiles_w)
             if style == "gpu":
                 gemm_tiled(call, kg, t, cg, cg, t,
                            u, GOperand(s_m=cg, s_k=1, s_b1=k * cg, s_b2=kg * cg),
@@ -962,7 +878,7 @@ def _winograd_forward(style: str) -> Pass:
                       v, VOperand(0, 0, t, s_b1=c * t, s_b2=cg * t),
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
-                        m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
+                        m.data, y.data, x.data, w.data, *kernel_args(g), *ep.args(call), n0, nimg,
                         tiles_h, tiles_w)
 
     return run
