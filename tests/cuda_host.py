@@ -17,9 +17,9 @@ import ml_dtypes  # noqa: F401  (registers the dtype name "bfloat16")
 import numpy as np
 
 from convflow.backends.cupy import algorithms
-from convflow.backends.cupy.geometry import REDUCTION_BLOCK, kernel_args
+from convflow.backends.cupy.geometry import kernel_args
 from convflow.backends.cupy.kernels import epilogue_mode
-from convflow.backends.cupy.sources import DTYPE_CODES
+from convflow.backends.cupy.sources import DTYPE_CODES, compile_options
 from convflow.geometry import Geometry, Tile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -41,9 +41,8 @@ def build(directory: pathlib.Path, dtype: str) -> pathlib.Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler (c++, g++ or clang++) on PATH")
     out = directory / f"libconvflow_cuda_host_{dtype}.so"
-    command = [cxx, "-O1", "-std=c++14", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-               f"-DCF_DTYPE={DTYPE_CODES[dtype]}", f"-DCF_BLOCK={REDUCTION_BLOCK}",
-               f"-I{KERNEL_DIR}", "-o", str(out), str(SOURCE)]
+    command = [cxx, "-O1", *compile_options(dtype), "-shared", "-fPIC", "-Wall", "-Wextra",
+               "-Werror", f"-I{KERNEL_DIR}", "-o", str(out), str(SOURCE)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")

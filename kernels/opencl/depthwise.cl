@@ -7,7 +7,9 @@
  * The *_nhwc kernels read and write channels-last tensors (N, D, H, W, C) in place: the
  * channel is work-item dimension 0, so neighbouring work-items touch neighbouring
  * addresses (coalesced on GPUs, vectorized across work-items by PoCL). */
-#define DW_OPI 4
+#ifndef DW_OPI
+#error "DW_OPI is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
 
 __kernel void depthwise_fwd(__global const T* restrict x, __global const T* restrict w,
                             __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)

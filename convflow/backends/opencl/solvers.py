@@ -47,14 +47,42 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
 # Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
 FLAT_GROUP = 64          # 1-D element-wise kernels
 VGEMM_GROUP = 8          # CPU-style GEMMs: 8 row panels share one B strip in cache
+RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
+NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
+INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
+
+# The constants that shape the kernels' code. Every program is built with all of them as -D
+# values (Call.defines); the .cl files define none of them and refuse to compile without
+# them (#error), so the host's launch arithmetic and the kernels cannot drift apart.
 MR = 6                   # rows of a vgemm_n micro-tile
 NRJ = 6                  # columns of a vgemm_m micro-tile
 NT_RM, NT_RJ = 4, 3      # vgemm_nt micro-tile
-RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
 PACK_RUN = 16            # k values one pack_panels work-item copies
-NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
 WINO_RUN = 8             # tiles (channels) one Winograd transform work-item handles
-INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
+DW_OPI = 4               # outputs along W one depthwise work-item computes
+OWPI, OCPI, CIC = 2, 4, 4  # tiled_direct: outputs along W and output channels per work-item,
+#                            input channels per chunk staged in local memory
+WPT = 4                  # gemm_tiled: outputs per work-item along each side of a tile
+VECTOR_WIDTHS = {"float32": 16, "float64": 8}  # lanes of the CPU-style GEMMs' vectors
+KERNEL_CONSTANTS: dict[str, int] = {
+    "MR": MR, "NRJ": NRJ, "NT_RM": NT_RM, "NT_RJ": NT_RJ, "PACK_RUN": PACK_RUN,
+    "WINO_RUN": WINO_RUN, "DW_OPI": DW_OPI, "OWPI": OWPI, "OCPI": OCPI, "CIC": CIC,
+    "WPT": WPT,
+    # Winograd's filter transform stages panels of up to the widest vector's rows.
+    "WINO_MAX_R": max(VECTOR_WIDTHS.values()),
+}
+
+
+def vector_width(dtype: np.dtype) -> int:
+    """Lanes of the CPU-style GEMMs' vectors (vgemm.cl VW) in compute dtype *dtype*."""
+    return VECTOR_WIDTHS[np.dtype(dtype).name]
+
+
+def kernel_constants(dtype: np.dtype) -> dict[str, int]:
+    """Every -D constant the kernel sources require, for compute dtype *dtype*: the table
+    and the vector widths (vgemm_nt's are half as wide)."""
+    width = vector_width(dtype)
+    return {**KERNEL_CONSTANTS, "VW": width, "NT_VW": width // 2}
 
 
 def kernel_args(g: Geometry) -> tuple[int, ...]:
@@ -84,6 +112,7 @@ class Call:
 
     def defines(self, **extra: Any) -> dict[str, Any]:
         defines: dict[str, Any] = {"USE_DOUBLE": True} if self.dtype == np.float64 else {}
+        defines.update(kernel_constants(self.dtype))
         defines.update(extra)
         return defines
 
@@ -173,14 +202,13 @@ def flip_weights(call: Call, g: Geometry, w: Array) -> Array:
 
 
 def _vgemm_rows(kind: str, call: Call) -> int:
-    vw = 16 if call.dtype == np.float32 else 8
-    return MR if kind == "vgemm_n" else vw
+    return MR if kind == "vgemm_n" else vector_width(call.dtype)
 
 
 def vgemm_kind(call: Call, pcount: int) -> str:
     """vgemm_n (vectors along positions) unless an image has too few positions to fill the
     vectors, then vgemm_m (vectors along output channels)."""
-    vw = 16 if call.dtype == np.float32 else 8
+    vw = vector_width(call.dtype)
     if pcount % vw == 0 or pcount >= 8 * vw:
         return "vgemm_n"
     return "vgemm_m"
@@ -207,8 +235,8 @@ def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int
     """C(m, (img, p)) (+)= sum_k A(m, k) B(k, (img, p)) with A packed for *kind*, written
     through *ep* (the channel is the row m)."""
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
-    kernel = call.kernel("vgemm", kind, MR=MR, NRJ=NRJ)
-    vw = 16 if call.dtype == np.float32 else 8
+    kernel = call.kernel("vgemm", kind)
+    vw = vector_width(call.dtype)
     if kind == "vgemm_n":
         assert bo.s_p == 1 and co.s_p == 1, "vgemm_n reads and writes positions as vectors"
         columns, rows = nimg * -(-pcount // vw), -(-m // MR)
@@ -232,7 +260,7 @@ def vgemm_nt(call: Call, m: int, nj: int, nimg: int, pcount: int, a: Array, ao: 
     column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``, written through *ep*
     (the channel is m, or ``j % cp`` with ``ep.by_column``)."""
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
-    kernel = call.kernel("vgemm", "vgemm_nt", MR=MR, NRJ=NRJ)
+    kernel = call.kernel("vgemm", "vgemm_nt")
     call.launch(kernel, (-(-nj // NT_RJ), -(-m // NT_RM), nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, nj, nimg, pcount, a.data, L(ao.base), L(ao.s_img), ao.ld, L(ao.s_b1),
                 L(ao.s_b2), b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
@@ -263,7 +291,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
     kernel, why = None, ""
     for ts in (64, 32):
-        threads = (ts // 4) ** 2
+        threads = (ts // WPT) ** 2
         if threads > call.state.info.max_work_group_size:
             why = (f"the tiled GEMM needs work-groups of at least 64 items; "
                    f"{call.state.info.name!r} allows {call.state.info.max_work_group_size}")
@@ -281,7 +309,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                f"allows {call.state.max_group(candidate)} for it")
     if kernel is None:
         raise SolverUnavailable(why)
-    rt = ts // 4
+    rt = ts // WPT
     call.launch(kernel, (-(-n // ts) * rt, -(-m // ts) * rt, nb1 * nb2), (rt, rt, 1),
                 m, n, k, max(kp, 1), max(np_, 1),
                 a.data, L(ao.base), L(ao.s_m), L(ao.s_kimg), L(ao.s_k), L(ao.s_b1), L(ao.s_b2),
@@ -338,7 +366,6 @@ def _naive(kernel_name: str, epilogue: bool) -> Pass:
 
 
 # depthwise ---------------------------------------------------------------------------------
-DW_OPI = 4
 DW_NHWC_GROUP = (16, 4, 1)   # channels along dimension 0: neighbours read neighbours
 
 
@@ -379,9 +406,6 @@ def direct_wrw(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
 
 
 # tiled direct ------------------------------------------------------------------------------
-OWPI, OCPI, CIC = 2, 4, 4
-
-
 def tiled_direct_forward(call: Call, g: Geometry, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     _channels_first(g, "tiled_direct")
