@@ -9,6 +9,7 @@ what was expected and, where one exists, the fix.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from .errors import (
     ShapeError,
     WorkspaceTooLargeError,
 )
-from .params import SPATIAL_NAMES, ConvParams
+from .params import SPATIAL_NAMES, ConvParams, normalize_activation, normalize_layout
 
 SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -245,3 +246,79 @@ def check_memory(op: str, device: str, needs: Sequence[tuple[str, int]], availab
             f"{_fmt_bytes(available)} is available; split the batch into smaller calls, or use "
             f"convflow.dask for data larger than memory"
         )
+
+
+def channels_first_shape(shape: Shape, ndim: int, allow_unbatched: bool = True) -> Shape:
+    """A channels-last shape, batched (or, with *allow_unbatched*, not), in channels-first
+    order; a shape of any other rank as it is (its rank check reports it)."""
+    if len(shape) == ndim + 2:
+        return (shape[0], shape[-1], *shape[1:-1])
+    if len(shape) == ndim + 1 and allow_unbatched:
+        return (shape[-1], *shape[:-1])
+    return shape
+
+
+@dataclass(frozen=True)
+class CheckedCall:
+    """A convolution call's arguments after :func:`check_call`: the validated parameters and
+    the operands' shapes in canonical form (batched, channels-first axis order)."""
+
+    params: ConvParams
+    dtype: np.dtype[Any]
+    x_shape: Shape
+    # The shape the call's pass produces from x and w: the convolution's output, or for a
+    # transposed convolution its input (``check_forward`` / ``check_transposed``).
+    out_shape: Shape
+    unbatched: bool
+    channels_last: bool
+    activation: str
+    grad_output_shape: Shape | None = None
+
+
+def check_call(op: str, ndim: int, x_shape: Shape, w_shape: Shape, bias_shape: Shape | None,
+               dtypes: Sequence[tuple[str, np.dtype[Any] | None]], *, stride: Any,
+               padding: Any, dilation: Any, groups: Any, transposed: Any,
+               output_padding: Any = 0, padding_mode: Any = "zeros", layout: Any = None,
+               activation: Any = None, grad_output_shape: Shape | None = None,
+               library: str = "numpy") -> CheckedCall:
+    """Normalize and check one call's arguments, from its operands' shapes (in the caller's
+    *layout*) and dtypes: the one validation step of forward, backward and dask planning.
+
+    With *grad_output_shape* (a backward call) the input must be batched and the output
+    gradient must have the forward output's shape. *library* is the top-level module of the
+    caller's arrays, so a suggested fix is in its terms; shape errors name the input as the
+    caller passed it (its layout, unbatched or not).
+    """
+    channels_last = normalize_layout(op, ndim, layout)
+    activation_name = normalize_activation(op, activation)
+    dtype = check_dtypes(op, dtypes, library)
+    backward = grad_output_shape is not None
+    given_shape = tuple(x_shape)
+    if channels_last:
+        x_shape = channels_first_shape(x_shape, ndim, allow_unbatched=not backward)
+        if grad_output_shape is not None:
+            grad_output_shape = channels_first_shape(grad_output_shape, ndim, False)
+    unbatched = check_operand_ranks(op, ndim, x_shape, w_shape, transposed,
+                                    allow_unbatched=not backward)
+    if grad_output_shape is not None and len(grad_output_shape) != ndim + 2:
+        raise ShapeError(f"{op}: grad_output must be {ndim + 2}-D like the forward output, but "
+                         f"got {len(grad_output_shape)}-D grad_output of size "
+                         f"{list(grad_output_shape)}")
+    if not isinstance(transposed, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{op}: transposed must be a bool, but got {transposed!r}")
+    given_input = describe_input(given_shape, str(layout).upper() if channels_last else None,
+                                 unbatched)
+    if unbatched:
+        x_shape = (1, *x_shape)
+    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
+                                  groups=groups, transposed=bool(transposed),
+                                  output_padding=output_padding, padding_mode=padding_mode,
+                                  input_spatial=x_shape[2:], kernel_spatial=w_shape[2:])
+    if params.transposed:
+        out_shape = check_transposed(op, x_shape, w_shape, bias_shape, params, given_input)
+    else:
+        out_shape = check_forward(op, x_shape, w_shape, bias_shape, params, given_input)
+    if grad_output_shape is not None:
+        check_grad_output(op, grad_output_shape, out_shape, x_shape, w_shape, params)
+    return CheckedCall(params, dtype, tuple(x_shape), out_shape, unbatched, channels_last,
+                       activation_name, grad_output_shape)

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from . import checks
+from .activations import apply_activation
 from .backends import validate_backend_name
 from .chunking import OutputChunk, Piece, plan_forward, plan_transposed
 from .errors import ArgumentTypeError, ShapeError
-from .params import ConvParams
 from .tensor import as_tensor
 
 try:
@@ -73,6 +73,11 @@ class _ChunkCall:
     output_padding: tuple[int, ...]
     shape: tuple[int, ...]
     meta: Any
+    # The caller's layout (passed through; ``shape`` and the graph are channels-first) and
+    # activation name ("" for none).
+    layout: str | None = None
+    channels_last: bool = False
+    activation: str = ""
 
 
 def _cut(block: Any, index: tuple[slice, ...], repeats: tuple[int, ...]) -> Any:
@@ -98,23 +103,39 @@ def _conv_chunk(pieces: Any, weight: Any, bias: Any, call: _ChunkCall) -> Any:
     import convflow
 
     if pieces is None:
-        # No input reaches this chunk: every output is the bias alone (or zero).
+        # No input reaches this chunk: every output is the bias alone (or zero), activated.
         out = np.zeros_like(call.meta, shape=call.shape)
         if bias is not None:
-            out += np.asarray(bias, like=call.meta).reshape((-1,) + (1,) * len(call.stride))
+            out += _activated_bias(bias, call).reshape((-1,) + (1,) * len(call.stride))
         return out
+    ndim = len(call.stride)
     window = _concatenate(pieces, 2)
+    if call.channels_last:  # the graph's channels-first view back in the caller's layout
+        window = window.transpose((0, *range(2, ndim + 2), 1))
     function = getattr(convflow, call.function)
+    options = {"backend": call.backend, "layout": call.layout,
+               "activation": call.activation or None}
     if call.transposed:
         y = function(window, weight, bias, call.stride, call.padding, call.output_padding,
-                     call.groups, call.dilation, backend=call.backend)
+                     call.groups, call.dilation, **options)
     else:
         y = function(window, weight, bias, call.stride, call.padding, call.dilation, call.groups,
-                     backend=call.backend)
+                     **options)
+    if call.channels_last:
+        y = y.transpose((0, ndim + 1, *range(1, ndim + 1)))
     if tuple(y.shape) != call.shape:  # pragma: no cover - a planning bug, never the user's
         raise RuntimeError(f"convflow.dask: chunk of shape {tuple(y.shape)} computed where "
                            f"{call.shape} was planned ({call})")
     return y
+
+
+def _activated_bias(bias: Any, call: _ChunkCall) -> Any:
+    """The bias, after the call's activation, as an array like the chunks."""
+    if not call.activation:
+        return np.asarray(bias, like=call.meta)
+    host, _ = as_tensor(bias, call.function, "bias")
+    values = apply_activation(np.array(host.numpy(), dtype=np.float64), call.activation)
+    return np.asarray(values.astype(call.meta.dtype), like=call.meta)
 
 
 @dataclass(frozen=True)
@@ -161,7 +182,8 @@ def _dask_input(op: str, input: Any) -> Any:
 
 def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
           dilation: Any, groups: Any, padding_mode: Any, backend: Any,
-          transposed: bool = False, output_padding: Any = 0) -> Any:
+          transposed: bool = False, output_padding: Any = 0, layout: Any = None,
+          activation: Any = None) -> Any:
     if getattr(da, "array_expr_enabled", lambda: False)():
         raise NotImplementedError(
             f"convflow.dask.{op} builds classic dask arrays (a HighLevelGraph), but dask's array "
@@ -172,23 +194,22 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
     w = _operand(op, "weight", weight)
     b = None if bias is None else _operand(op, "bias", bias)
     token = tokenize(op, x.name, w.key, None if b is None else b.key, stride, padding, dilation,
-                     groups, padding_mode, backend, transposed, output_padding)
-    dtype = checks.check_dtypes(op, [("input", np.dtype(x.dtype)), ("weight", w.dtype),
-                                     ("bias", None if b is None else b.dtype)])
-    unbatched = checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed)
-    if unbatched:
-        x = x[None]
-    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
-                                  groups=groups, transposed=transposed,
-                                  output_padding=output_padding, padding_mode=padding_mode,
-                                  input_spatial=x.shape[2:], kernel_spatial=w.shape[2:])
-    bias_shape = None if b is None else b.shape
-    if transposed:
-        out_shape = checks.check_transposed(op, x.shape, w.shape, bias_shape, params)
-    else:
-        out_shape = checks.check_forward(op, x.shape, w.shape, bias_shape, params)
+                     groups, padding_mode, backend, transposed, output_padding, layout,
+                     activation)
+    checked = checks.check_call(
+        op, ndim, tuple(x.shape), w.shape, None if b is None else b.shape,
+        [("input", np.dtype(x.dtype)), ("weight", w.dtype),
+         ("bias", None if b is None else b.dtype)],
+        stride=stride, padding=padding, dilation=dilation, groups=groups, transposed=transposed,
+        output_padding=output_padding, padding_mode=padding_mode, layout=layout,
+        activation=activation)
+    params = checked.params
     if backend is not None:
         backend = validate_backend_name(backend, op)
+    if checked.unbatched:
+        x = x[None]
+    if checked.channels_last:  # the graph is planned on a channels-first view
+        x = x.transpose((0, ndim + 1, *range(1, ndim + 1)))
 
     if x.numblocks[1] > 1:
         x = x.rechunk({1: -1})
@@ -203,17 +224,20 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
         else:
             plans.append(plan_forward(chunks, k, s, d, params.padding[axis],
                                       params.padding_mode))
-    y = _graph(op, ndim, x, w, b, params, plans, out_shape, dtype, backend, token)
-    return y[0] if unbatched else y
+    y = _graph(op, ndim, x, w, b, checked, plans, backend, layout, token)
+    if checked.channels_last:
+        y = y.transpose((0, *range(2, ndim + 2), 1))
+    return y[0] if checked.unbatched else y
 
 
 def _graph(op: str, ndim: int, x: Any, w: _Operand, b: _Operand | None,
-           params: ConvParams, plans: list[list[OutputChunk]], out_shape: tuple[int, ...],
-           dtype: np.dtype[Any], backend: str | None, token: str) -> Any:
+           checked: checks.CheckedCall, plans: list[list[OutputChunk]], backend: str | None,
+           layout: Any, token: str) -> Any:
+    params, out_shape = checked.params, checked.out_shape
     name = f"{op}-{token}"
     halo = f"convflow-halo-{token}"
     layer: dict[Any, Any] = {**w.layer, **(b.layer if b is not None else {})}
-    meta = meta_from_array(x._meta, ndim=ndim + 2, dtype=dtype)
+    meta = meta_from_array(x._meta, ndim=ndim + 2, dtype=checked.dtype)
     function = f"conv_transpose{ndim}d" if params.transposed else f"conv{ndim}d"
     c_out = out_shape[1]
     channel_chunks = (c_out,)
@@ -224,7 +248,8 @@ def _graph(op: str, ndim: int, x: Any, w: _Operand, b: _Operand | None,
             call = _ChunkCall(function, params.transposed, params.stride, params.dilation,
                               params.groups, backend, tuple(c.padding for c in chunks),
                               tuple(c.output_padding for c in chunks),
-                              (n, c_out, *(c.size for c in chunks)), meta)
+                              (n, c_out, *(c.size for c in chunks)), meta, layout,
+                              checked.channels_last, checked.activation)
             pieces: Any = None
             if all(c.reads_input for c in chunks):
                 pieces = _pieces_tree(layer, x.name, halo, n_block, chunks)
@@ -268,21 +293,27 @@ def _slice(piece: Piece) -> slice:
 
 def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
-           backend: str | None = None) -> Any:
+           backend: str | None = None, layout: str | None = None,
+           activation: str | None = None) -> Any:
     """:func:`convflow.conv1d` of a dask array; see :func:`conv2d`."""
     return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend)
+                 padding_mode, backend, layout=layout, activation=activation)
 
 
 def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
-           backend: str | None = None) -> Any:
+           backend: str | None = None, layout: str | None = None,
+           activation: str | None = None) -> Any:
     """:func:`convflow.conv2d` of a ``dask.array.Array``, as a lazy dask array.
 
     ``input`` may be chunked in any way along the batch and spatial axes (its channel axis is
     gathered into one chunk); ``weight`` and ``bias`` are arrays in memory (numpy, CuPy) or
     dask arrays (gathered into one chunk). The arguments mean what they mean for
     :func:`convflow.conv2d` and are checked the same way, here, before any graph is built.
+
+    ``layout`` and ``activation`` are passed through to each chunk's call: with
+    ``layout="NHWC"`` the input and the result are channels-last, ``(N, H, W, C)``; the
+    activation is applied with the bias, also to output chunks that read no input.
 
     Returns a dask array of shape ``(N, C_out, H_out, W_out)`` (or unbatched), chunked like
     the batch of ``input``, with all output channels in one chunk and spatial chunks that
@@ -292,28 +323,32 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     ``CONVFLOW_WORKSPACE_MB`` per running task (see the README, "Beyond one machine").
     """
     return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend)
+                 padding_mode, backend, layout=layout, activation=activation)
 
 
 def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: Any = 1, *, padding_mode: str = "zeros",
-           backend: str | None = None) -> Any:
+           backend: str | None = None, layout: str | None = None,
+           activation: str | None = None) -> Any:
     """:func:`convflow.conv3d` of a dask array; see :func:`conv2d`."""
     return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode, backend)
+                 padding_mode, backend, layout=layout, activation=activation)
 
 
 def conv_transpose1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                      padding: Any = 0, output_padding: Any = 0, groups: Any = 1,
-                     dilation: Any = 1, *, backend: str | None = None) -> Any:
+                     dilation: Any = 1, *, backend: str | None = None,
+                     layout: str | None = None, activation: str | None = None) -> Any:
     """:func:`convflow.conv_transpose1d` of a dask array; see :func:`conv_transpose2d`."""
     return _conv("conv_transpose1d", 1, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, transposed=True, output_padding=output_padding)
+                 "zeros", backend, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 
 
 def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                      padding: Any = 0, output_padding: Any = 0, groups: Any = 1,
-                     dilation: Any = 1, *, backend: str | None = None) -> Any:
+                     dilation: Any = 1, *, backend: str | None = None,
+                     layout: str | None = None, activation: str | None = None) -> Any:
     """:func:`convflow.conv_transpose2d` of a ``dask.array.Array``, as a lazy dask array.
 
     Same arguments and checks as :func:`convflow.conv_transpose2d`. Each output chunk is
@@ -321,13 +356,16 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     ``kernel extent / stride`` inputs; output chunks are about ``chunk * stride``.
     """
     return _conv("conv_transpose2d", 2, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, transposed=True, output_padding=output_padding)
+                 "zeros", backend, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 
 
 def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                      padding: Any = 0, output_padding: Any = 0, groups: Any = 1,
-                     dilation: Any = 1, *, backend: str | None = None) -> Any:
+                     dilation: Any = 1, *, backend: str | None = None,
+                     layout: str | None = None, activation: str | None = None) -> Any:
     """:func:`convflow.conv_transpose3d` of a dask array; see :func:`conv_transpose2d`."""
     return _conv("conv_transpose3d", 3, input, weight, bias, stride, padding, dilation, groups,
-                 "zeros", backend, transposed=True, output_padding=output_padding)
+                 "zeros", backend, transposed=True, output_padding=output_padding,
+                 layout=layout, activation=activation)
 

@@ -25,7 +25,6 @@ from . import checks, config, find, selector
 from .backends import is_current
 from .backends.base import Backend, run_pass
 from .errors import (
-    ArgumentTypeError,
     DeviceError,
     ParameterError,
     ShapeError,
@@ -36,8 +35,6 @@ from .params import (
     ConvParams,
     ConvProblem,
     Direction,
-    normalize_activation,
-    normalize_layout,
 )
 from .selector import Decision
 from .tensor import Device, ResultKind, Tensor, as_tensor, native_byte_order
@@ -149,15 +146,6 @@ class _ConvPlan:
     fallback_epoch: int = 0
 
 
-def _to_channels_first(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    """A channels-last shape, batched or not, in channels-first order."""
-    if len(shape) == ndim + 2:
-        return (shape[0], shape[-1], *shape[1:-1])
-    if len(shape) == ndim + 1:
-        return (shape[-1], *shape[:-1])
-    return shape
-
-
 def _channels_first_view(t: Tensor, channels_last: bool) -> Tensor:
     """The batched tensor in channels-first axis order (a view: no data moves)."""
     if not channels_last:
@@ -190,39 +178,32 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
                output_padding: Any, backend: Any, algorithm: Any, layout: Any = None,
                activation: Any = None) -> _ConvPlan:
     x, w, b = operands.x, operands.w, operands.b
-    channels_last = normalize_layout(op, ndim, layout)
-    activation_name = normalize_activation(op, activation)
-    dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
-                                     ("bias", None if b is None else b.dtype)], operands.library)
-    input_shape = _to_channels_first(x.shape, ndim) if channels_last else x.shape
-    unbatched = checks.check_operand_ranks(op, ndim, input_shape, w.shape, transposed)
-    x_shape = (1, *input_shape) if unbatched else input_shape
-    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
-                                  groups=groups, transposed=transposed,
-                                  output_padding=output_padding, padding_mode=padding_mode,
-                                  input_spatial=x_shape[2:], kernel_spatial=w.shape[2:])
-    bias_shape = None if b is None else b.shape
-    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None,
-                                        unbatched)
+    checked = checks.check_call(
+        op, ndim, x.shape, w.shape, None if b is None else b.shape,
+        [("input", x.dtype), ("weight", w.dtype), ("bias", None if b is None else b.dtype)],
+        stride=stride, padding=padding, dilation=dilation, groups=groups, transposed=transposed,
+        output_padding=output_padding, padding_mode=padding_mode, layout=layout,
+        activation=activation, library=operands.library)
+    params, dtype, x_shape, out_shape = (checked.params, checked.dtype, checked.x_shape,
+                                         checked.out_shape)
+    unbatched, channels_last = checked.unbatched, checked.channels_last
+    activation_name = checked.activation
     notes = []
     extra: dict[str, Any] = {"channels_last": channels_last, "activation": activation_name}
     if transposed:
-        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params, given_input)
         problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params,
                            **extra)
         notes.append("a transposed convolution is computed as the backward-data pass of the "
                      "convolution it transposes")
+    elif params.needs_explicit_padding():
+        padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
+        problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
+                           padding=((0, 0),) * ndim, **extra)
+        notes.append(f"the input is padded with padding_mode={params.padding_mode!r} "
+                     f"before a convolution without padding")
     else:
-        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params, given_input)
-        if params.needs_explicit_padding():
-            padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
-            problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
-                               padding=((0, 0),) * ndim, **extra)
-            notes.append(f"the input is padded with padding_mode={params.padding_mode!r} "
-                         f"before a convolution without padding")
-        else:
-            problem = _problem(Direction.FORWARD, x_shape, w.shape, out_shape, dtype, params,
-                               **extra)
+        problem = _problem(Direction.FORWARD, x_shape, w.shape, out_shape, dtype, params,
+                           **extra)
     device = _data_device(op, [("input", x), ("weight", w), ("bias", b)])
     decision, chosen = selector.select(op, problem, device, params=params, backend=backend,
                                        algorithm=algorithm)
@@ -620,29 +601,16 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     x, kind = as_tensor(input, op, "input")
     w, _ = as_tensor(weight, op, "weight")
     mask = checks.check_output_mask(op, output_mask)
-    dtype = checks.check_dtypes(op, [("grad_output", dy.dtype), ("input", x.dtype),
-                                     ("weight", w.dtype)], _library(input))
     ndim = _ndim_from_weight(op, w)
-    channels_last = normalize_layout(op, ndim, layout)
-    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None)
-    if channels_last:
-        dy = _channels_first_view(dy, True) if dy.ndim == ndim + 2 else dy
-        x = _channels_first_view(x, True) if x.ndim == ndim + 2 else x
-    checks.check_operand_ranks(op, ndim, x.shape, w.shape, transposed, allow_unbatched=False)
-    if dy.ndim != ndim + 2:
-        raise ShapeError(f"{op}: grad_output must be {ndim + 2}-D like the forward output, but "
-                         f"got {dy.ndim}-D grad_output of size {list(dy.shape)}")
-    if not isinstance(transposed, (bool, np.bool_)):
-        raise ArgumentTypeError(f"{op}: transposed must be a bool, but got {transposed!r}")
-    params = ConvParams.normalize(op, ndim, stride=stride, padding=padding, dilation=dilation,
-                                  groups=groups, transposed=bool(transposed),
-                                  output_padding=output_padding,
-                                  input_spatial=x.shape[2:], kernel_spatial=w.shape[2:])
-    if params.transposed:
-        expected = checks.check_transposed(op, x.shape, w.shape, None, params, given_input)
-    else:
-        expected = checks.check_forward(op, x.shape, w.shape, None, params, given_input)
-    checks.check_grad_output(op, dy.shape, expected, x.shape, w.shape, params)
+    checked = checks.check_call(
+        op, ndim, x.shape, w.shape, None,
+        [("grad_output", dy.dtype), ("input", x.dtype), ("weight", w.dtype)],
+        stride=stride, padding=padding, dilation=dilation, groups=groups, transposed=transposed,
+        output_padding=output_padding, layout=layout, grad_output_shape=dy.shape,
+        library=_library(input))
+    params, dtype, channels_last = checked.params, checked.dtype, checked.channels_last
+    dy = _channels_first_view(dy, channels_last)
+    x = _channels_first_view(x, channels_last)
     device = _data_device(op, [("grad_output", dy), ("input", x), ("weight", w)])
 
     # In cuDNN's geometry: for a plain convolution x is the input and y the output; for a

@@ -17,9 +17,10 @@ import ml_dtypes  # noqa: F401  (registers the dtype name "bfloat16")
 import numpy as np
 
 from convflow.backends.cupy import algorithms
-from convflow.backends.cupy.geometry import REDUCTION_BLOCK, KernelGeometry, Tile
+from convflow.backends.cupy.geometry import kernel_args
 from convflow.backends.cupy.kernels import epilogue_mode
-from convflow.backends.cupy.sources import DTYPE_CODES
+from convflow.backends.cupy.sources import DTYPE_CODES, compile_options
+from convflow.geometry import Geometry, Tile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "cuda_emulation.cpp"
@@ -40,9 +41,8 @@ def build(directory: pathlib.Path, dtype: str) -> pathlib.Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler (c++, g++ or clang++) on PATH")
     out = directory / f"libconvflow_cuda_host_{dtype}.so"
-    command = [cxx, "-O1", "-std=c++14", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-               f"-DCF_DTYPE={DTYPE_CODES[dtype]}", f"-DCF_BLOCK={REDUCTION_BLOCK}",
-               f"-I{KERNEL_DIR}", "-o", str(out), str(SOURCE)]
+    command = [cxx, "-O1", *compile_options(dtype), "-shared", "-fPIC", "-Wall", "-Wextra",
+               "-Werror", f"-I{KERNEL_DIR}", "-o", str(out), str(SOURCE)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")
@@ -93,10 +93,10 @@ class HostKernels:
         return a.ctypes.data
 
     @staticmethod
-    def _geometry(geometry: KernelGeometry) -> np.ndarray:
-        return np.array(geometry.args(), dtype=np.int32)
+    def _geometry(geometry: Geometry) -> np.ndarray:
+        return np.array(kernel_args(geometry), dtype=np.int32)
 
-    def _with_bias(self, name: str, a, w, bias, out, geometry: KernelGeometry,
+    def _with_bias(self, name: str, a, w, bias, out, geometry: Geometry,
                    activation: int) -> None:
         self.calls.append(name)
         geom = self._geometry(geometry)
@@ -105,7 +105,7 @@ class HostKernels:
                                          epilogue_mode(bias, activation), self._ptr(out),
                                          geom.ctypes.data)
 
-    def _reduce(self, name: str, a, b, out, geometry: KernelGeometry) -> None:
+    def _reduce(self, name: str, a, b, out, geometry: Geometry) -> None:
         self.calls.append(name)
         geom = self._geometry(geometry)
         getattr(self.lib, f"emu_{name}")(self._ptr(a), self._ptr(b), self._ptr(out),
@@ -130,14 +130,14 @@ class HostKernels:
     def wgrad_depthwise(self, x, dy, dw, geometry):
         self._reduce("wgrad_depthwise", x, dy, dw, geometry)
 
-    def im2col(self, x, col, geometry: KernelGeometry, tile: Tile, wide: bool) -> None:
+    def im2col(self, x, col, geometry: Geometry, tile: Tile, wide: bool) -> None:
         self.calls.append("im2col")
         assert col.size == tile.count * geometry.rows * tile.width
         geom = self._geometry(geometry)
         self.lib.emu_im2col(self._ptr(x), self._ptr(col), tile.n0, tile.count, tile.p0,
                             tile.width, int(wide), geom.ctypes.data)
 
-    def col2im(self, col, out, geometry: KernelGeometry, tile: Tile, accumulate: bool) -> None:
+    def col2im(self, col, out, geometry: Geometry, tile: Tile, accumulate: bool) -> None:
         self.calls.append("col2im")
         assert col.size == tile.count * geometry.rows * tile.width
         assert out.size == tile.count * geometry.c * geometry.in_plane

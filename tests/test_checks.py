@@ -251,3 +251,38 @@ def test_dtype_advice_for_torch_tensors_uses_torch():
         convflow.conv_backward(torch.ones(1, 4, 6, 6), x, torch.ones(4, 4, 3, 3, dtype=torch.float64))
     with pytest.raises(DTypeError, match=r"e\.g\. weight\.astype\(input\.dtype\)$"):
         convflow.conv2d(np.ones((1, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3)))
+# The one validation step forward, backward and dask planning share ----------------------------
+
+F32 = np.dtype(np.float32)
+
+
+def test_check_call_gives_canonical_shapes():
+    """An unbatched channels-last input is checked as the batched channels-first problem."""
+    from convflow.checks import check_call
+
+    checked = check_call("conv2d", 2, (9, 10, 3), (4, 3, 3, 3), (4,),
+                         [("input", F32), ("weight", F32), ("bias", F32)], stride=1,
+                         padding=1, dilation=1, groups=1, transposed=False, layout="nhwc",
+                         activation="ReLU")
+    assert (checked.x_shape, checked.out_shape) == ((1, 3, 9, 10), (1, 4, 9, 10))
+    assert checked.unbatched and checked.channels_last and checked.activation == "relu"
+    assert checked.params.padding == ((1, 1), (1, 1)) and checked.dtype == F32
+
+
+def test_check_call_for_a_backward_pass_checks_the_output_gradient():
+    from convflow.checks import check_call
+
+    def call(x_shape, dy_shape, transposed=False, layout=None):
+        return check_call("conv_backward", 2, x_shape, (6, 4, 3, 3), None,
+                          [("grad_output", F32), ("input", F32), ("weight", F32)], stride=1,
+                          padding=0, dilation=1, groups=1, transposed=transposed,
+                          layout=layout, grad_output_shape=dy_shape)
+
+    checked = call((2, 9, 9, 4), (2, 7, 7, 6), layout="NHWC")
+    assert checked.grad_output_shape == (2, 6, 7, 7) and not checked.unbatched
+    with pytest.raises(ShapeError, match=r"expected input to be 4-D \(N, C, H, W\), but got 3-D"):
+        call((4, 9, 9), (2, 6, 7, 7))
+    with pytest.raises(ShapeError, match="grad_output must be 4-D like the forward output"):
+        call((2, 4, 9, 9), (6, 7, 7))
+    with pytest.raises(ArgumentTypeError, match="transposed must be a bool, but got 'no'"):
+        call((2, 4, 9, 9), (2, 6, 7, 7), transposed="no")

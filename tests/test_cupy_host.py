@@ -30,19 +30,18 @@ from convflow.backends.cupy.cudnn_plans import CudnnPlans, Policy, Resolution, e
 from convflow.backends.cupy.geometry import (
     MAX_ELEMENT_BLOCKS,
     CudnnMapping,
-    KernelGeometry,
     PlanKey,
-    Tile,
     channels_last_strides,
     cudnn_mapping,
     descriptor,
     elementwise_launch,
+    kernel_args,
     packed_strides,
     plan_key,
-    plan_tiles,
     reduction_launch,
 )
 from convflow.errors import BackendUnavailableError
+from convflow.geometry import Geometry, Tile, plan_tiles
 from convflow.params import ConvProblem, Direction
 from convflow.tensor import Device, as_tensor
 
@@ -72,14 +71,14 @@ def test_descriptors_are_packed_nchw_and_lift_1d():
 def test_kernel_geometry_lifts_to_three_dims():
     p = ConvProblem(Direction.FORWARD, (2, 4, 11), (6, 2, 3), (2, 6, 5), "float32", (2,),
                     ((1, 0),), (2,), 2)
-    g = KernelGeometry.from_problem(p)
-    assert g.args() == (2, 4, 1, 1, 11, 6, 1, 1, 5, 1, 1, 3, 1, 1, 2, 0, 0, 1, 1, 1, 2, 2)
+    g = Geometry.from_problem(p)
+    assert kernel_args(g) == (2, 4, 1, 1, 11, 6, 1, 1, 5, 1, 1, 3, 1, 1, 2, 0, 0, 1, 1, 1, 2, 2)
     assert (g.taps, g.rows, g.group_rows, g.in_per_group, g.out_per_group) == (3, 12, 6, 2, 3)
     p3 = problem(x=(1, 2, 4, 5, 6), w=(3, 2, 1, 2, 3), y=(1, 3, 4, 4, 4), stride=(1, 1, 1),
                  padding=((0, 0), (0, 0), (0, 0)), dilation=(1, 1, 1))
-    assert KernelGeometry.from_problem(p3).args()[:12] == (1, 2, 4, 5, 6, 3, 4, 4, 4, 1, 2, 3)
+    assert kernel_args(Geometry.from_problem(p3))[:12] == (1, 2, 4, 5, 6, 3, 4, 4, 4, 1, 2, 3)
     with pytest.raises(OverflowError):
-        KernelGeometry.from_problem(problem(x=(2**31, 4, 9, 9))).args()
+        kernel_args(Geometry.from_problem(problem(x=(2**31, 4, 9, 9))))
 
 
 # Launch geometry and tiles -------------------------------------------------------------------

@@ -32,7 +32,9 @@ from dask.distributed import Client, LocalCluster
 
 import convflow
 import convflow.dask as cdask
+import convflow.params
 
+import reference
 from cases import Case, forward_cases, random_cases, transposed_cases
 from conftest import assert_close
 from helpers import (
@@ -141,6 +143,70 @@ def test_forward_every_chunking(case, chunking):
 def test_transposed_every_chunking(case, chunking):
     x, w, b, y = transposed_problem(case, "float64", chunking)
     check_transposed(case, "float64", x, w, b, y.compute(scheduler="sync"))
+
+
+# --- layout and activation, passed through to every chunk's call -----------------------------
+
+# A spread of the grids (every dimensionality, padding kinds, strides, groups).
+LAYOUT_CASES = FORWARD[:: max(1, len(FORWARD) // 8)]
+LAYOUT_TRANSPOSED = TRANSPOSED[:: max(1, len(TRANSPOSED) // 4)]
+
+
+def _channels_last(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(array, 1, -1))
+
+
+def _channels_last_chunks(chunks: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (chunks[0], *chunks[2:], chunks[1])
+
+
+@pytest.mark.parametrize("layout_last, activation", [(True, None), (False, "relu"),
+                                                     (True, "relu")])
+@pytest.mark.parametrize("chunking", ["uneven", "mixed"])
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: c.id)
+def test_forward_layout_and_activation(case, chunking, layout_last, activation):
+    x, w, b = forward_operands(case, "float64")
+    layout = convflow.params.LAYOUTS[case.nd][1] if layout_last else None
+    chunks = CHUNKINGS[chunking](case)
+    source = _channels_last(x) if layout_last else x
+    y = DASK_CONV[case.nd](da.from_array(source, chunks=_channels_last_chunks(chunks)
+                                         if layout_last else chunks),
+                           w, b, layout=layout, activation=activation, **conv_kwargs(case))
+    result = y.compute(scheduler="sync")
+    expected = reference.activate(reference_forward(case, x, w, b), activation)
+    assert_close(np.moveaxis(result, -1, 1) if layout_last else result, expected, "float64")
+    in_memory = CONV[case.nd](source, w, b, layout=layout, activation=activation,
+                              **conv_kwargs(case))
+    assert y.shape == in_memory.shape
+    assert_close(result, in_memory.astype(np.float64), "float64")
+
+
+@pytest.mark.parametrize("layout_last, activation", [(True, None), (False, "relu"),
+                                                     (True, "relu")])
+@pytest.mark.parametrize("case", LAYOUT_TRANSPOSED, ids=lambda c: c.id)
+def test_transposed_layout_and_activation(case, layout_last, activation):
+    x, w, b = forward_operands(case, "float64", transposed=True)
+    layout = convflow.params.LAYOUTS[case.nd][1] if layout_last else None
+    chunks = CHUNKINGS["uneven"](case)
+    source = _channels_last(x) if layout_last else x
+    y = DASK_CONV_TRANSPOSE[case.nd](
+        da.from_array(source, chunks=_channels_last_chunks(chunks) if layout_last else chunks),
+        w, b, layout=layout, activation=activation, **transpose_kwargs(case))
+    result = y.compute(scheduler="sync")
+    expected = reference.activate(reference_transposed(case, x, w, b), activation)
+    assert_close(np.moveaxis(result, -1, 1) if layout_last else result, expected, "float64")
+
+
+def test_padding_only_chunks_are_activated():
+    """A chunk that reads only padding is the activated bias, in the caller's layout."""
+    x = np.arange(2 * 3 * 9, dtype=np.float64).reshape(2, 3, 9)
+    w = np.ones((2, 3, 1))
+    b = np.array([0.5, -1.0])
+    expected = reference.activate(reference.conv(x, w, b, (5,), ((4, 0),), (1,), 1), "relu")
+    y = cdask.conv1d(da.from_array(_channels_last(x), chunks=(1, 1, 3)), w, b, stride=5,
+                     padding=((4, 0),), layout="NWC", activation="relu")
+    assert _bias_only_chunks(y) == 2
+    assert_close(np.moveaxis(y.compute(scheduler="sync"), -1, 1), expected, "float64")
 
 
 # --- on the LocalCluster ---------------------------------------------------------------------
@@ -265,8 +331,9 @@ def test_large_output_chunk_counts_and_padding_only_chunks(client):
 
 
 def _bias_only_chunks(y) -> int:
-    layer = y.__dask_graph__().layers[y.name]
-    return sum(1 for task in layer.values()
+    """Chunk tasks of *y*'s graph that read no input (in any layer: a channels-last result
+    is a transpose of the convolution's layer)."""
+    return sum(1 for layer in y.__dask_graph__().layers.values() for task in layer.values()
                if isinstance(task, tuple) and task[0] is cdask._conv_chunk and task[1] is None)
 
 

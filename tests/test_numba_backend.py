@@ -10,7 +10,7 @@ import pytest
 
 import convflow
 from convflow import config
-from convflow.backends.numba.algorithms import plan_tiles
+from convflow.geometry import plan_tiles
 
 import reference
 from conftest import assert_close
@@ -24,14 +24,15 @@ from conftest import assert_close
     (3, 7, 3, 8, 8 * 21 * 3),     # exactly three images
 ])
 def test_tiles_cover_every_output_once_within_budget(n_images, rows, out_w, per_column, budget):
-    tiles = plan_tiles(n_images, rows, out_w, per_column, budget)
+    tiles = plan_tiles(n_images, rows * out_w, per_column, budget, row_length=out_w)
     covered = np.zeros((n_images * rows, out_w), dtype=int)
     for tile in tiles:
         assert tile.columns >= 1
         assert tile.columns * per_column <= max(budget, per_column)
-        covered[tile.row0:tile.row0 + tile.n_rows, tile.w0:tile.w0 + tile.w_count] += 1
-        if tile.n_rows > 1:
-            assert tile.w_count == out_w
+        span = tile.row_span(rows * out_w, out_w)
+        covered[span.row0:span.row0 + span.n_rows, span.w0:span.w0 + span.w_count] += 1
+        if span.n_rows > 1:
+            assert span.w_count == out_w
     assert (covered == 1).all()
 
 

@@ -361,6 +361,17 @@ def test_a_build_error_carries_the_build_log(state):
     assert isinstance(info.value, RuntimeError) and info.value.__cause__ is not None
 
 
+def test_a_kernel_built_without_its_constants_does_not_compile(state):
+    """The .cl files take their shape constants only from the host's table: without one, the
+    build stops at its #error instead of compiling another shape than the host launches."""
+    from convflow.backends.opencl.solvers import PROGRAMS, kernel_constants
+
+    defines = kernel_constants(np.dtype(np.float32))
+    del defines["DW_OPI"]
+    with pytest.raises(convflow.KernelBuildError, match="DW_OPI is a -D value from the host"):
+        state.program(PROGRAMS["depthwise"], defines)
+
+
 @pytest.fixture
 def broken_source(state, monkeypatch):
     """Make one kernel source fail to compile (until the test ends)."""

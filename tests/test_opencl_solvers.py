@@ -14,7 +14,8 @@ import pytest
 
 import convflow
 from convflow import config
-from convflow.backends.opencl.solvers import SOLVERS, Geom
+from convflow.backends.opencl.solvers import SOLVERS
+from convflow.geometry import Geometry
 
 import reference
 from conftest import assert_close, require_backend
@@ -138,14 +139,14 @@ def test_workspace_tiling(opencl, solver, dtype):
 
 
 def test_tiles_split_inside_images():
-    from convflow.backends.opencl.solvers import plan_tiles
+    from convflow.geometry import plan_tiles
 
-    tiles = plan_tiles(2, 2256, 288 * 4, 1 << 20)
-    assert all(t.nimg == 1 for t in tiles) and len(tiles) > 4
-    assert sum(t.pcount for t in tiles) == 2 * 2256
-    assert any(t.p_start % 47 for t in tiles)        # not aligned to output rows of 47
-    grouped = plan_tiles(5, 64, 16, 1 << 20)
-    assert len(grouped) == 1 and grouped[0].nimg == 5
+    tiles = plan_tiles(2, 2256, 288 * 4, 1 << 20, min_columns=16)
+    assert all(t.count == 1 for t in tiles) and len(tiles) > 4
+    assert sum(t.width for t in tiles) == 2 * 2256
+    assert any(t.p0 % 47 for t in tiles)        # not aligned to output rows of 47
+    grouped = plan_tiles(5, 64, 16, 1 << 20, min_columns=16)
+    assert len(grouped) == 1 and grouped[0].count == 5
 
 
 @pytest.mark.parametrize("solver", ["naive", "direct_wrw", "depthwise", "gemm_1x1",
@@ -168,10 +169,10 @@ def test_flipped_geometry_is_the_data_gradient():
     problem = convflow.ConvProblem(convflow.Direction.BACKWARD_DATA, (2, 6, 9, 10),
                                    (8, 3, 3, 3), (2, 8, 9, 8), "float32", (1, 1),
                                    ((3, 0), (1, 2)), (1, 2), 2)
-    flipped = Geom.of(problem).flipped()
+    flipped = Geometry.from_problem(problem).flipped()
     assert flipped.x == (2, 8, 1, 9, 8) and flipped.y == (2, 6, 1, 9, 10)
     assert flipped.w == (6, 4, 1, 3, 3)
-    assert flipped.pad == (0, 2 - 3, 2 * 2 - 1)
+    assert flipped.pad_low == (0, 2 - 3, 2 * 2 - 1)
 
 
 def test_winograd_keeps_inf_and_nan_exact(opencl):

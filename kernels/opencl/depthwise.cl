@@ -9,7 +9,9 @@
  * The *_nhwc kernels read and write channels-last tensors (N, D, H, W, C) in place: the
  * channel is work-item dimension 0, so neighbouring work-items touch neighbouring
  * addresses (coalesced on GPUs, vectorized across work-items by PoCL). */
-#define DW_OPI 4
+#ifndef DW_OPI
+#error "DW_OPI is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
 
 /* acc[j] + 0 * w for the taps through which output (od, oh, ow0 + j) of a work-item's block
  * reads the zero padding, wp the output channel's filter: only a non-finite weight changes

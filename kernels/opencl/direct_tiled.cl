@@ -21,9 +21,15 @@
 #ifndef TH
 #define TH 8
 #endif
-#define OWPI 2
-#define OCPI 4
-#define CIC 4
+#ifndef OWPI
+#error "OWPI is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
+#ifndef OCPI
+#error "OCPI is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
+#ifndef CIC
+#error "CIC is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
 
 __kernel __attribute__((reqd_work_group_size(TW, TH, 1)))
 void direct_tiled_fwd(__global const T* restrict x, __global const T* restrict w,

@@ -15,7 +15,9 @@
 #ifndef TS
 #define TS 64
 #endif
-#define WPT 4
+#ifndef WPT
+#error "WPT is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
 #define RT (TS / WPT)
 #define TK 16
 

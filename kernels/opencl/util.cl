@@ -63,7 +63,9 @@ void bias_grad(__global const T* restrict dy, __global T* restrict out, const in
  * into panels of R rows: dst[b][m / R][k][m % R], rows m >= M zero. The CPU-style GEMMs
  * (vgemm.cl) then read each panel as one contiguous stream. A work-item copies PACK_RUN
  * consecutive k of one row (contiguous reads when sk == 1, the usual case). */
-#define PACK_RUN 16
+#ifndef PACK_RUN
+#error "PACK_RUN is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
 __kernel void pack_panels(__global const T* restrict src, __global T* restrict dst,
                           const int M, const int Kd, const int R, const int Mpad, const long s0,
                           const int sm, const int sk, const long sb1, const long sb2,

@@ -11,36 +11,38 @@
  * callers that accumulate pass none): the channel is the row m (vgemm_nt: or, with
  * EP_BY_COLUMN, the column j % cp), plus ep_b1 per batch b1.
  */
-#ifdef USE_DOUBLE
-#define VW 8
-typedef double8 VT;
-#define VLOAD vload8
-#define VSTORE vstore8
-#define NT_VW 4
-typedef double4 VT_NT;
-#define VLOAD_NT vload4
-#else
-#define VW 16
-typedef float16 VT;
-#define VLOAD vload16
-#define VSTORE vstore16
-#define NT_VW 8
-typedef float8 VT_NT;
-#define VLOAD_NT vload8
+#ifndef VW
+#error "VW is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
 #endif
+#ifndef NT_VW
+#error "NT_VW is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
+#define CF_CAT_(a, b) a##b
+#define CF_CAT(a, b) CF_CAT_(a, b)
+#ifdef USE_DOUBLE
+typedef CF_CAT(double, VW) VT;
+typedef CF_CAT(double, NT_VW) VT_NT;
+#else
+typedef CF_CAT(float, VW) VT;
+typedef CF_CAT(float, NT_VW) VT_NT;
+#endif
+#define VLOAD CF_CAT(vload, VW)
+#define VSTORE CF_CAT(vstore, VW)
+#define VLOAD_NT CF_CAT(vload, NT_VW)
+#define VSTORE_NT CF_CAT(vstore, NT_VW)
 DEFINE_ACTIVATE(activate_v, VT)
 
 #ifndef MR
-#define MR 6
+#error "MR is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
 #endif
 #ifndef NRJ
-#define NRJ 6
+#error "NRJ is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
 #endif
 #ifndef NT_RM
-#define NT_RM 4
+#error "NT_RM is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
 #endif
 #ifndef NT_RJ
-#define NT_RJ 3
+#error "NT_RJ is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
 #endif
 
 /* Vectors along the columns: a work-item computes MR rows x VW consecutive positions of
@@ -247,11 +249,7 @@ __kernel void vgemm_nt(const int M, const int Nj, const int nimg, const int pcou
             const int n = jb * NT_RJ + j;
             if (n >= Nj) break;
             T lanes[NT_VW];
-#ifdef USE_DOUBLE
-            vstore4(acc[i][j], 0, lanes);
-#else
-            vstore8(acc[i][j], 0, lanes);
-#endif
+            VSTORE_NT(acc[i][j], 0, lanes);
             T sum = tail[i][j];
             for (int v = 0; v < NT_VW; ++v) sum += lanes[v];
             __global T* p = c + (n / cp) * c_img + (long)m * ldc + n % cp;

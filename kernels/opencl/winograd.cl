@@ -12,8 +12,14 @@
 /* Work-items handle RUN consecutive tiles (or, for the filter, RUN input channels) so each
  * of the 16 transformed elements is written as one contiguous run: on CPU devices 16 single-
  * element streams per work-item are several times slower than 16 runs. */
-#define RUN 8
-#define WINO_MAX_R 16   /* the largest panel height R (vgemm_m's float16 rows) */
+#ifndef WINO_RUN
+#error "WINO_RUN is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
+#ifndef WINO_MAX_R
+#error "WINO_MAX_R is a -D value from the host: kernel_constants() in convflow/backends/opencl/solvers.py"
+#endif
+#define RUN WINO_RUN
+/* WINO_MAX_R: the largest panel height R (vgemm_m's float16 rows) */
 
 /* G g G^T for one 3x3 filter g (row-major) into u[16]. */
 inline void filter_transform(const __global T* g, T* u)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ...activations import ACTIVATION_CODES
+from ...geometry import Geometry, Tile, plan_tiles
 from ...params import ConvProblem, Direction
-from .geometry import KernelGeometry, Tile, plan_tiles
 
 Array = Any
 
@@ -34,26 +34,26 @@ class KernelLauncher(Protocol):
     """Runs the CUDA kernels (or, in tests, their host builds) on arrays of one dtype."""
 
     def fprop_direct(self, x: Array, w: Array, bias: Array | None, y: Array,
-                     geometry: KernelGeometry, activation: int = 0) -> None: ...
+                     geometry: Geometry, activation: int = 0) -> None: ...
 
     def dgrad_direct(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                     geometry: KernelGeometry, activation: int = 0) -> None: ...
+                     geometry: Geometry, activation: int = 0) -> None: ...
 
-    def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: KernelGeometry) -> None: ...
+    def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: Geometry) -> None: ...
 
     def fprop_depthwise(self, x: Array, w: Array, bias: Array | None, y: Array,
-                        geometry: KernelGeometry, activation: int = 0) -> None: ...
+                        geometry: Geometry, activation: int = 0) -> None: ...
 
     def dgrad_depthwise(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                        geometry: KernelGeometry, activation: int = 0) -> None: ...
+                        geometry: Geometry, activation: int = 0) -> None: ...
 
     def wgrad_depthwise(self, x: Array, dy: Array, dw: Array,
-                        geometry: KernelGeometry) -> None: ...
+                        geometry: Geometry) -> None: ...
 
-    def im2col(self, x: Array, col: Array, geometry: KernelGeometry, tile: Tile,
+    def im2col(self, x: Array, col: Array, geometry: Geometry, tile: Tile,
                wide: bool) -> None: ...
 
-    def col2im(self, col: Array, out: Array, geometry: KernelGeometry, tile: Tile,
+    def col2im(self, col: Array, out: Array, geometry: Geometry, tile: Tile,
                accumulate: bool) -> None: ...
 
     def bias_activation(self, y: Array, bias: Array | None, activation: int,
@@ -124,7 +124,7 @@ def _positions(shape: tuple[int, ...]) -> int:
 
 def fprop_direct(ctx: Context, x: Array, w: Array, b: Array | None, problem: ConvProblem) -> Array:
     y = ctx.xp.empty(problem.y_shape, dtype=x.dtype)
-    ctx.launcher.fprop_direct(x, w, b, y, KernelGeometry.from_problem(problem),
+    ctx.launcher.fprop_direct(x, w, b, y, Geometry.from_problem(problem),
                               activation_code(problem))
     return y
 
@@ -132,21 +132,21 @@ def fprop_direct(ctx: Context, x: Array, w: Array, b: Array | None, problem: Con
 def dgrad_direct(ctx: Context, dy: Array, w: Array, b: Array | None,
                  problem: ConvProblem) -> Array:
     dx = ctx.xp.empty(problem.x_shape, dtype=dy.dtype)
-    ctx.launcher.dgrad_direct(dy, w, b, dx, KernelGeometry.from_problem(problem),
+    ctx.launcher.dgrad_direct(dy, w, b, dx, Geometry.from_problem(problem),
                               activation_code(problem))
     return dx
 
 
 def wgrad_direct(ctx: Context, x: Array, dy: Array, problem: ConvProblem) -> Array:
     dw = ctx.xp.empty(problem.w_shape, dtype=x.dtype)
-    ctx.launcher.wgrad_direct(x, dy, dw, KernelGeometry.from_problem(problem))
+    ctx.launcher.wgrad_direct(x, dy, dw, Geometry.from_problem(problem))
     return dw
 
 
 def fprop_depthwise(ctx: Context, x: Array, w: Array, b: Array | None,
                     problem: ConvProblem) -> Array:
     y = ctx.xp.empty(problem.y_shape, dtype=x.dtype)
-    ctx.launcher.fprop_depthwise(x, w, b, y, KernelGeometry.from_problem(problem),
+    ctx.launcher.fprop_depthwise(x, w, b, y, Geometry.from_problem(problem),
                                  activation_code(problem))
     return y
 
@@ -154,20 +154,20 @@ def fprop_depthwise(ctx: Context, x: Array, w: Array, b: Array | None,
 def dgrad_depthwise(ctx: Context, dy: Array, w: Array, b: Array | None,
                     problem: ConvProblem) -> Array:
     dx = ctx.xp.empty(problem.x_shape, dtype=dy.dtype)
-    ctx.launcher.dgrad_depthwise(dy, w, b, dx, KernelGeometry.from_problem(problem),
+    ctx.launcher.dgrad_depthwise(dy, w, b, dx, Geometry.from_problem(problem),
                                  activation_code(problem))
     return dx
 
 
 def wgrad_depthwise(ctx: Context, x: Array, dy: Array, problem: ConvProblem) -> Array:
     dw = ctx.xp.empty(problem.w_shape, dtype=x.dtype)
-    ctx.launcher.wgrad_depthwise(x, dy, dw, KernelGeometry.from_problem(problem))
+    ctx.launcher.wgrad_depthwise(x, dy, dw, Geometry.from_problem(problem))
     return dw
 
 
 # im2col + GEMM ------------------------------------------------------------------------------
 
-def _tiles(ctx: Context, geometry: KernelGeometry, rows: int, itemsize: int) -> list[Tile]:
+def _tiles(ctx: Context, geometry: Geometry, rows: int, itemsize: int) -> list[Tile]:
     """Tiles of output columns whose scratch (``rows`` values per column) fits the budget."""
     return plan_tiles(geometry.n, geometry.out_plane, rows * itemsize, ctx.workspace_bytes)
 
@@ -175,7 +175,7 @@ def _tiles(ctx: Context, geometry: KernelGeometry, rows: int, itemsize: int) -> 
 def fprop_im2col(ctx: Context, x: Array, w: Array, b: Array | None,
                  problem: ConvProblem) -> Array:
     """``y[n, g] = W[g] @ col[n, g]`` per image and group, batched in one cuBLAS call per tile."""
-    xp, geometry = ctx.xp, KernelGeometry.from_problem(problem)
+    xp, geometry = ctx.xp, Geometry.from_problem(problem)
     groups, positions = problem.groups, geometry.out_plane
     y = xp.empty(problem.y_shape, dtype=x.dtype)
     w_mat = _weight_matrix(w, groups)
@@ -205,7 +205,7 @@ def fprop_im2col(ctx: Context, x: Array, w: Array, b: Array | None,
 def dgrad_im2col(ctx: Context, dy: Array, w: Array, b: Array | None,
                  problem: ConvProblem) -> Array:
     """``col[n, g] = W[g]^T @ dy[n, g]`` by cuBLAS, then col2im sums the columns into dx."""
-    xp, geometry = ctx.xp, KernelGeometry.from_problem(problem)
+    xp, geometry = ctx.xp, Geometry.from_problem(problem)
     groups, positions = problem.groups, geometry.out_plane
     dx = xp.empty(problem.x_shape, dtype=dy.dtype)
     acc_dtype = ctx.accumulator(dy.dtype)
@@ -238,7 +238,7 @@ def dgrad_im2col(ctx: Context, dy: Array, w: Array, b: Array | None,
 
 def wgrad_im2col(ctx: Context, x: Array, dy: Array, problem: ConvProblem) -> Array:
     """``dW[g] += dy[g] @ col[g]^T`` per tile, with the tile's images side by side."""
-    xp, geometry = ctx.xp, KernelGeometry.from_problem(problem)
+    xp, geometry = ctx.xp, Geometry.from_problem(problem)
     groups, positions = problem.groups, geometry.out_plane
     acc_dtype = ctx.accumulator(x.dtype)
     total = xp.zeros((groups, geometry.out_per_group, geometry.group_rows), dtype=acc_dtype)

@@ -1,9 +1,9 @@
 """Host-side arithmetic of the cupy backend: pure functions of shapes, no CuPy, no GPU.
 
-* :class:`KernelGeometry` -- a problem lifted to three spatial dims, in the argument order
-  of ``CF_GEOM_PARAMS`` (``kernels/cuda/common.cuh``);
-* launch geometry (:func:`elementwise_launch`, :func:`reduction_launch`) and the GEMM
-  algorithms' tiles (:func:`plan_tiles`);
+* :func:`kernel_args` -- a problem's :class:`~convflow.geometry.Geometry` in the argument
+  order of ``CF_GEOM_PARAMS`` (``kernels/cuda/common.cuh``);
+* launch geometry (:func:`elementwise_launch`, :func:`reduction_launch`); the GEMM
+  algorithms' tiles are :func:`convflow.geometry.plan_tiles`;
 * the mapping of a problem onto cuDNN's convolution (:func:`cudnn_mapping`): ``(low, high)``
   padding and outputs that may be fewer than the convolution gives become cuDNN's pre/post
   padding, cropping the input where needed, or, for engines that refuse asymmetric padding,
@@ -16,9 +16,9 @@ Everything here is unit-tested on machines without a GPU.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from ...geometry import Geometry
 from ...params import ConvProblem, Direction
 
 # Threads per block of the element-wise kernels, and of the reduction kernels (the -D
@@ -36,75 +36,13 @@ GEOMETRY_FIELDS = ("n", "c", "id", "ih", "iw", "k", "od", "oh", "ow", "kd", "kh"
 INT32_MAX = 2**31 - 1
 
 
-def _lift(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
-    lifted = (fill,) * (3 - len(values)) + tuple(values)
-    return lifted  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class KernelGeometry:
-    """A problem as the CUDA kernels see it: 1-D and 2-D problems lifted to 3-D."""
-
-    n: int
-    c: int
-    x_spatial: tuple[int, int, int]
-    k: int
-    y_spatial: tuple[int, int, int]
-    kernel: tuple[int, int, int]
-    stride: tuple[int, int, int]
-    pad_low: tuple[int, int, int]
-    dilation: tuple[int, int, int]
-    groups: int
-
-    @classmethod
-    def from_problem(cls, problem: ConvProblem) -> KernelGeometry:
-        return cls(problem.batch, problem.in_channels, _lift(problem.x_spatial, 1),
-                   problem.out_channels, _lift(problem.y_spatial, 1),
-                   _lift(problem.kernel_size, 1), _lift(problem.stride, 1),
-                   _lift(tuple(lo for lo, _ in problem.padding), 0),
-                   _lift(problem.dilation, 1), problem.groups)
-
-    def with_batch(self, n: int) -> KernelGeometry:
-        return KernelGeometry(n, self.c, self.x_spatial, self.k, self.y_spatial, self.kernel,
-                              self.stride, self.pad_low, self.dilation, self.groups)
-
-    def args(self) -> tuple[int, ...]:
-        """The CF_GEOM_PARAMS values, in order."""
-        values = (self.n, self.c, *self.x_spatial, self.k, *self.y_spatial, *self.kernel,
-                  *self.stride, *self.pad_low, *self.dilation, self.groups)
-        if any(v > INT32_MAX for v in values):
-            raise OverflowError(f"a dimension of {self} does not fit the kernels' 32-bit ints")
-        return values
-
-    @property
-    def taps(self) -> int:
-        return math.prod(self.kernel)
-
-    @property
-    def in_plane(self) -> int:
-        return math.prod(self.x_spatial)
-
-    @property
-    def out_plane(self) -> int:
-        return math.prod(self.y_spatial)
-
-    @property
-    def in_per_group(self) -> int:
-        return self.c // self.groups
-
-    @property
-    def out_per_group(self) -> int:
-        return self.k // self.groups
-
-    @property
-    def rows(self) -> int:
-        """Rows of the im2col matrix: every (input channel, tap)."""
-        return self.c * self.taps
-
-    @property
-    def group_rows(self) -> int:
-        """Rows of one group's im2col matrix (the reduction length of a GEMM)."""
-        return self.in_per_group * self.taps
+def kernel_args(geometry: Geometry) -> tuple[int, ...]:
+    """The CF_GEOM_PARAMS values of *geometry*, in the order of :data:`GEOMETRY_FIELDS`."""
+    values = (geometry.n, geometry.c, *geometry.x_spatial, geometry.k, *geometry.y_spatial,
+              *geometry.kernel, *geometry.spatial_args, geometry.groups)
+    if any(v > INT32_MAX for v in values):
+        raise OverflowError(f"a dimension of {geometry} does not fit the kernels' 32-bit ints")
+    return values
 
 
 @dataclass(frozen=True)
@@ -131,42 +69,6 @@ def reduction_launch(outputs: int, block: int = REDUCTION_BLOCK) -> Launch:
     if block & (block - 1) or not 32 <= block <= 1024:
         raise ValueError(f"reduction blocks must be a power of two in [32, 1024], got {block}")
     return Launch(max(1, min(outputs, MAX_REDUCTION_BLOCKS)), block)
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Images ``n0 .. n0 + count - 1`` and output positions ``p0 .. p0 + width - 1`` of each."""
-
-    n0: int
-    count: int
-    p0: int
-    width: int
-
-    @property
-    def columns(self) -> int:
-        return self.count * self.width
-
-    def covers_whole_images(self, positions: int) -> bool:
-        return self.p0 == 0 and self.width == positions
-
-
-def plan_tiles(n_images: int, positions: int, bytes_per_column: int,
-               budget_bytes: int) -> list[Tile]:
-    """Split ``n_images x positions`` output columns into tiles whose scratch fits the budget.
-
-    Whole images are grouped while they fit; an image larger than the budget is split into
-    position ranges. A tile always has at least one column, so a budget too small for even
-    one column still makes progress (one column at a time).
-    """
-    if n_images <= 0 or positions <= 0:
-        return []
-    max_columns = max(1, budget_bytes // max(1, bytes_per_column))
-    if positions <= max_columns:
-        per_tile = max_columns // positions
-        return [Tile(n0, min(per_tile, n_images - n0), 0, positions)
-                for n0 in range(0, n_images, per_tile)]
-    return [Tile(n, 1, p0, min(max_columns, positions - p0))
-            for n in range(n_images) for p0 in range(0, positions, max_columns)]
 
 
 # cuDNN --------------------------------------------------------------------------------------

@@ -13,14 +13,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import KernelBuildError
+from ...geometry import Geometry, Tile
 from . import sources
-from .geometry import (
-    KernelGeometry,
-    Launch,
-    Tile,
-    elementwise_launch,
-    reduction_launch,
-)
+from .geometry import Launch, elementwise_launch, kernel_args, reduction_launch
 
 Array = Any
 
@@ -58,11 +53,11 @@ class CudaKernels:
         function((launch.grid,), (launch.block,), args, shared_mem=launch.shared_mem)
 
     @staticmethod
-    def _geometry_args(geometry: KernelGeometry) -> tuple[np.int32, ...]:
-        return tuple(np.int32(v) for v in geometry.args())
+    def _geometry_args(geometry: Geometry) -> tuple[np.int32, ...]:
+        return tuple(np.int32(v) for v in kernel_args(geometry))
 
     def _with_bias(self, name: str, a: Array, w: Array, bias: Array | None, out: Array,
-                   geometry: KernelGeometry, activation: int) -> None:
+                   geometry: Geometry, activation: int) -> None:
         # A kernel without a bias still needs a pointer of the right type: pass the output,
         # which the epilogue mode keeps it from reading.
         args = (a, w, out if bias is None else bias, np.int32(epilogue_mode(bias, activation)),
@@ -70,40 +65,40 @@ class CudaKernels:
         self._launch(name, out.dtype, elementwise_launch(out.size), args)
 
     def _reduce(self, name: str, a: Array, b: Array, out: Array,
-                geometry: KernelGeometry) -> None:
+                geometry: Geometry) -> None:
         self._launch(name, out.dtype, reduction_launch(out.size),
                      (a, b, out, *self._geometry_args(geometry)))
 
     def fprop_direct(self, x: Array, w: Array, bias: Array | None, y: Array,
-                     geometry: KernelGeometry, activation: int = 0) -> None:
+                     geometry: Geometry, activation: int = 0) -> None:
         self._with_bias("cf_fprop_direct", x, w, bias, y, geometry, activation)
 
     def dgrad_direct(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                     geometry: KernelGeometry, activation: int = 0) -> None:
+                     geometry: Geometry, activation: int = 0) -> None:
         self._with_bias("cf_dgrad_direct", dy, w, bias, dx, geometry, activation)
 
-    def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: KernelGeometry) -> None:
+    def wgrad_direct(self, x: Array, dy: Array, dw: Array, geometry: Geometry) -> None:
         self._reduce("cf_wgrad_direct", x, dy, dw, geometry)
 
     def fprop_depthwise(self, x: Array, w: Array, bias: Array | None, y: Array,
-                        geometry: KernelGeometry, activation: int = 0) -> None:
+                        geometry: Geometry, activation: int = 0) -> None:
         self._with_bias("cf_fprop_depthwise", x, w, bias, y, geometry, activation)
 
     def dgrad_depthwise(self, dy: Array, w: Array, bias: Array | None, dx: Array,
-                        geometry: KernelGeometry, activation: int = 0) -> None:
+                        geometry: Geometry, activation: int = 0) -> None:
         self._with_bias("cf_dgrad_depthwise", dy, w, bias, dx, geometry, activation)
 
     def wgrad_depthwise(self, x: Array, dy: Array, dw: Array,
-                        geometry: KernelGeometry) -> None:
+                        geometry: Geometry) -> None:
         self._reduce("cf_wgrad_depthwise", x, dy, dw, geometry)
 
-    def im2col(self, x: Array, col: Array, geometry: KernelGeometry, tile: Tile,
+    def im2col(self, x: Array, col: Array, geometry: Geometry, tile: Tile,
                wide: bool) -> None:
         args = (x, col, np.int32(tile.n0), np.int32(tile.count), np.int64(tile.p0),
                 np.int64(tile.width), np.int32(wide), *self._geometry_args(geometry))
         self._launch("cf_im2col", x.dtype, elementwise_launch(col.size), args)
 
-    def col2im(self, col: Array, out: Array, geometry: KernelGeometry, tile: Tile,
+    def col2im(self, col: Array, out: Array, geometry: Geometry, tile: Tile,
                accumulate: bool) -> None:
         args = (col, out, np.int32(tile.count), np.int64(tile.p0), np.int64(tile.width),
                 np.int32(accumulate), *self._geometry_args(geometry))

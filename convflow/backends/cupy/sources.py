@@ -34,9 +34,15 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 _PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$", re.MULTILINE)
 
 
+def kernel_constants(dtype: str) -> dict[str, int]:
+    """Every -D constant the CUDA sources require for storage dtype *dtype* (each is guarded
+    by an ``#error`` there, so a source compiled without it does not compile)."""
+    return {"CF_DTYPE": DTYPE_CODES[dtype], "CF_BLOCK": REDUCTION_BLOCK}
+
+
 def compile_options(dtype: str) -> tuple[str, ...]:
     """The NVRTC / nvcc options a source is compiled with for storage dtype *dtype*."""
-    return ("-std=c++14", f"-DCF_DTYPE={DTYPE_CODES[dtype]}", f"-DCF_BLOCK={REDUCTION_BLOCK}")
+    return ("-std=c++14", *(f"-D{name}={value}" for name, value in kernel_constants(dtype).items()))
 
 
 def expanded_source(name: str) -> str:

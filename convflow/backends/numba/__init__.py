@@ -370,6 +370,7 @@ class NumbaBackend(Backend):
         prepared = self._prepared_passes.get((problem, algorithm))
         if prepared is None:
             from ...activations import ACTIVATION_CODES
+            from ...geometry import Geometry
             from . import algorithms
 
             record = self.algorithm(algorithm)
@@ -378,8 +379,7 @@ class NumbaBackend(Backend):
             out_shape = (problem.y_shape, problem.x_shape, problem.w_shape)[index]
             variant = record.variant(problem)
             prepared = _Prepared(
-                run, algorithms.Geometry.lift(problem.stride, problem.padding, problem.dilation,
-                                              problem.groups),
+                run, Geometry.from_problem(problem),
                 self._compute_dtype(np.dtype(problem.dtype)), out_shape,
                 problem.direction in record.fused, ACTIVATION_CODES[problem.activation],
                 problem.channels_last,

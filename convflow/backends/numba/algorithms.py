@@ -16,35 +16,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem
 from . import kernels
 
 Array = np.ndarray
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Stride, low padding and dilation lifted to three spatial dims, plus groups."""
-
-    stride: tuple[int, int, int]
-    pad_low: tuple[int, int, int]
-    dilation: tuple[int, int, int]
-    groups: int
-
-    @classmethod
-    def lift(cls, stride: tuple[int, ...], padding: tuple[tuple[int, int], ...],
-             dilation: tuple[int, ...], groups: int) -> Geometry:
-        missing = 3 - len(stride)
-        return cls((1,) * missing + tuple(stride),  # type: ignore[arg-type]
-                   (0,) * missing + tuple(lo for lo, _ in padding),  # type: ignore[arg-type]
-                   (1,) * missing + tuple(dilation), groups)  # type: ignore[arg-type]
-
-    @property
-    def args(self) -> tuple[int, ...]:
-        return (*self.stride, *self.pad_low, *self.dilation)
-
-    def is_unit_stride(self) -> bool:
-        return self.stride == (1, 1, 1)
 
 
 def lift(array: Array) -> Array:
@@ -64,49 +40,6 @@ def no_epilogue(dtype: np.dtype) -> Epilogue:
     return Epilogue(np.zeros(1, dtype=dtype), False, 0)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """A block of output positions: global rows ``row0 .. row0 + n_rows`` (a row is one
-    ``(n, od, oh)``) and columns ``w0 .. w0 + w_count`` of each."""
-
-    row0: int
-    n_rows: int
-    w0: int
-    w_count: int
-
-    @property
-    def columns(self) -> int:
-        return self.n_rows * self.w_count
-
-
-def plan_tiles(n_images: int, rows_per_image: int, out_w: int, bytes_per_column: int,
-               budget_bytes: int) -> list[Tile]:
-    """Split the output positions into tiles whose scratch fits *budget_bytes*.
-
-    Small images are grouped several per tile (bigger GEMMs); large ones are split into
-    whole rows, and rows wider than the budget into column chunks. A tile never has fewer
-    than one column.
-    """
-    max_columns = max(1, budget_bytes // max(1, bytes_per_column))
-    image_columns = rows_per_image * out_w
-    tiles = []
-    if image_columns <= max_columns:
-        images = max_columns // image_columns
-        for first in range(0, n_images, images):
-            count = min(images, n_images - first)
-            tiles.append(Tile(first * rows_per_image, count * rows_per_image, 0, out_w))
-    elif out_w <= max_columns:
-        rows = max_columns // out_w
-        for n in range(n_images):
-            for r in range(0, rows_per_image, rows):
-                tiles.append(Tile(n * rows_per_image + r, min(rows, rows_per_image - r), 0, out_w))
-    else:
-        for row in range(n_images * rows_per_image):
-            for w0 in range(0, out_w, max_columns):
-                tiles.append(Tile(row, 1, w0, min(max_columns, out_w - w0)))
-    return tiles
-
-
 class _Im2colLayout:
     """Shapes, tiles and scratch buffers shared by the three im2col passes."""
 
@@ -120,7 +53,9 @@ class _Im2colLayout:
         self.out_d, self.out_h, self.out_w = y_shape[2:]
         self.rows_per_image = self.out_d * self.out_h
         per_column = (self.rows + self.c_out_per_group) * dtype.itemsize
-        self.tiles = plan_tiles(self.n_images, self.rows_per_image, self.out_w, per_column, budget)
+        self.positions = self.rows_per_image * self.out_w
+        self.tiles = plan_tiles(self.n_images, self.positions, per_column, budget,
+                                row_length=self.out_w)
         widest = max(t.columns for t in self.tiles)
         self._col = np.empty(self.rows * widest, dtype=dtype)
         self._other = np.empty(self.c_out_per_group * widest, dtype=dtype)
@@ -134,18 +69,22 @@ class _Im2colLayout:
 
     def output_view(self, y_flat: Array, tile: Tile, c_first: int) -> Array | None:
         """A no-copy view of the tile in the flat output when it lies in one image."""
-        n, r = divmod(tile.row0, self.rows_per_image)
-        if tile.w_count != self.out_w or r + tile.n_rows > self.rows_per_image:
+        span = self.row_span(tile)
+        n, r = divmod(span.row0, self.rows_per_image)
+        if span.w_count != self.out_w or r + span.n_rows > self.rows_per_image:
             return None
         return y_flat[n, c_first:c_first + self.c_out_per_group,
-                      r * self.out_w:(r + tile.n_rows) * self.out_w]
+                      r * self.out_w:(r + span.n_rows) * self.out_w]
+
+    def row_span(self, tile: Tile) -> RowSpan:
+        return tile.row_span(self.positions, self.out_w)
 
     def tile_args(self, tile: Tile) -> tuple[int, ...]:
-        return (tile.row0, tile.n_rows, tile.w0, tile.w_count, self.out_d, self.out_h)
+        return (*self.row_span(tile), self.out_d, self.out_h)
 
     def im2col(self, x: Array, c_first: int, tile: Tile, geometry: Geometry) -> Array:
         col = self.col(tile)
-        kernels.im2col(x, c_first, col, *self.tile_args(tile), *self.kernel, *geometry.args)
+        kernels.im2col(x, c_first, col, *self.tile_args(tile), *self.kernel, *geometry.spatial_args)
         return col
 
     def gather_output(self, y: Array, y_flat: Array, tile: Tile, c_first: int) -> Array:
@@ -193,7 +132,7 @@ def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
             col = layout.col(tile)
             np.matmul(w_group_t, grad, out=col)
             kernels.col2im(col, dx, g * layout.c_per_group, *layout.tile_args(tile),
-                           *layout.kernel, *geometry.args)
+                           *layout.kernel, *geometry.spatial_args)
 
 
 def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
@@ -279,7 +218,7 @@ def _direct(name: str) -> Callable[..., None]:
     # Looked up at call time: after a fork the module's kernels may be single-threaded twins.
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
             epilogue: Epilogue | None = None, variant: str = "") -> None:
-        getattr(kernels, name)(a, b, out, *geometry.args, geometry.groups)
+        getattr(kernels, name)(a, b, out, *geometry.spatial_args, geometry.groups)
 
     return run
 
@@ -287,7 +226,7 @@ def _direct(name: str) -> Callable[..., None]:
 def _depthwise(name: str) -> Callable[..., None]:
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
             epilogue: Epilogue | None = None, variant: str = "") -> None:
-        getattr(kernels, name)(a, b, out, *geometry.args)
+        getattr(kernels, name)(a, b, out, *geometry.spatial_args)
 
     return run
 
@@ -349,12 +288,9 @@ def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
                            y_shape: tuple[int, ...], stride: tuple[int, ...],
                            dilation: tuple[int, ...], itemsize: int) -> int:
     """Scratch one image needs in :func:`fprop_packed` (its packed input)."""
-    lifted = (1,) * (3 - len(stride))
-    geometry = Geometry(lifted + tuple(stride), (0, 0, 0),  # type: ignore[arg-type]
-                        lifted + tuple(dilation), 1)  # type: ignore[arg-type]
-    kernel = (1,) * (5 - len(w_shape)) + tuple(w_shape[2:])
-    out = (1,) * (5 - len(y_shape)) + tuple(y_shape[2:])
-    layout = PackedLayout.of(kernel, out, geometry)  # type: ignore[arg-type]
+    geometry = Geometry.of_shapes(x_shape, w_shape, y_shape, stride, (0,) * len(stride),
+                                  dilation, 1)
+    layout = PackedLayout.of(geometry.kernel, geometry.y_spatial, geometry)
     return x_shape[1] * layout.row_length(1) * itemsize
 
 
@@ -389,7 +325,7 @@ def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
         length = layout.row_length(n_images)
         offsets = layout.pair_offsets(groups, c_per_group, length, n_images * plane)
         kernels.packed_small(x, w2, offsets, y, length, layout.phases, layout.dq, layout.hq,
-                             layout.wq, *geometry.args[:6], *ep)
+                             layout.wq, *geometry.spatial_args[:6], *ep)
         return
     if variant == IN_PLACE_1X1:
         offsets = layout.pair_offsets(groups, c_per_group, plane, 0)
@@ -402,7 +338,7 @@ def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
     for n0 in range(0, n_images, images):
         count = min(images, n_images - n0)
         kernels.pack_input(x, n0, count, packed_x, layout.phases, layout.dq, layout.hq,
-                           layout.wq, *geometry.args[:6])
+                           layout.wq, *geometry.spatial_args[:6])
         offsets = layout.pair_offsets(groups, c_per_group, packed_x.shape[1], count * plane)
         kernels.packed_direct(packed_x.reshape(-1), w2, offsets, y, n0, count, plane,
                               layout.hq, layout.wq, True, *ep)
@@ -453,7 +389,7 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     serial = variant == PER_PLANE_SERIAL
     kernel = kernels.depthwise_packed_serial if serial else kernels.depthwise_packed
     kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
-           layout.dq, layout.hq, layout.wq, *geometry.args[:6], *ep)
+           layout.dq, layout.hq, layout.wq, *geometry.spatial_args[:6], *ep)
 
 
 # Long passes in chunks ------------------------------------------------------------------------
@@ -570,6 +506,10 @@ def chunk_operands(pass_index: int, chunk: Chunk, a: Array, b: Array, out: Array
             a, out = a[:, :, :, s:e], out[:, :, :, r0:r1]
         pad_low = (geometry.pad_low[0], pad, geometry.pad_low[2])
         geometry = dataclasses.replace(geometry, pad_low=pad_low)
+    # The chunk's own shapes, so the geometry describes exactly the call it goes with.
+    s0, s1, s2 = (tuple(array.shape) for array in (a, b, out))
+    x, w, y = ((s0, s1, s2), (s2, s1, s0), (s0, s2, s1))[pass_index]  # (a, b, out) per pass
+    geometry = dataclasses.replace(geometry, x=x, w=w, y=y)  # type: ignore[arg-type]
     return a, b, out, geometry
 
 

@@ -51,6 +51,7 @@ from ...errors import (
     KernelBuildError,
     SolverFallbackWarning,
 )
+from ...geometry import Geometry
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import Algorithm, Backend, BackendStatus, excluded_reason
@@ -66,7 +67,7 @@ from .runtime import (
     pocl_cache_scope,
     query_info,
 )
-from .solvers import ALGORITHMS, NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
+from .solvers import ALGORITHMS, NO_EPILOGUE, SOLVERS, Call, Epilogue, Solver
 
 _PAD_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
 _ELEMENT_KERNELS = {2: "u16", 4: "u32", 8: "u64"}
@@ -423,7 +424,7 @@ class OpenCLBackend(Backend):
         and record the fallback so later Decisions name the solver that runs.
         ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
         returns the result and whether it is channels-last."""
-        geometry = Geom.of(problem)
+        geometry = Geometry.from_problem(problem)
         rules = [r for r in self.algorithm_rules(device) if problem.direction in r.directions]
         tried: list[str] = []
         name = algorithm

@@ -1,8 +1,8 @@
 """The opencl backend's solvers: host code that sizes workspaces and launches kernels.
 
 Every solver works on contiguous device arrays in the compute dtype (float32 or float64)
-and 5-D geometry (1-D and 2-D problems lifted, :class:`Geom`). A solver that cannot run on
-this device (local memory, work-group limits, buffer sizes) raises
+and 5-D geometry (1-D and 2-D problems lifted, :class:`~convflow.geometry.Geometry`). A
+solver that cannot run on this device (local memory, work-group limits, buffer sizes) raises
 :class:`~.runtime.SolverUnavailable`; one whose kernel fails to build raises
 :class:`~convflow.errors.KernelBuildError`; the backend then falls back to the next solver.
 
@@ -10,7 +10,7 @@ GPU-style solvers (``tiled_direct``, ``gemm_1x1``, ``im2col_gemm``, ``winograd``
 ``direct_wrw``) use local-memory tiles and barriers; CPU-style ones (``vec_gemm_1x1``,
 ``vec_im2col_gemm``, ``vec_winograd``) use explicit vectors and no local memory.
 
-Layouts: with ``Geom.channels_last`` the activations (x, y, dx, dy) are channels-last
+Layouts: with ``Geometry.channels_last`` the activations (x, y, dx, dy) are channels-last
 (N, D, H, W, C) arrays, read and written in place; only solvers with ``channels_last=True``
 (the GEMM and 1x1 solvers of both styles, ``depthwise`` and ``direct_wrw``) accept that,
 the backend converts for the others. Epilogue: forward and data-gradient passes take an
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ...geometry import Geometry, Tile, plan_tiles
 from ...params import ConvProblem, Direction
 from ..base import Algorithm
 from . import rules
@@ -48,82 +49,47 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
 # Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
 FLAT_GROUP = 64          # 1-D element-wise kernels
 VGEMM_GROUP = 8          # CPU-style GEMMs: 8 row panels share one B strip in cache
+RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
+NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
+INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
+
+# The constants that shape the kernels' code. Every program is built with all of them as -D
+# values (Call.defines); the .cl files define none of them and refuse to compile without
+# them (#error), so the host's launch arithmetic and the kernels cannot drift apart.
 MR = 6                   # rows of a vgemm_n micro-tile
 NRJ = 6                  # columns of a vgemm_m micro-tile
 NT_RM, NT_RJ = 4, 3      # vgemm_nt micro-tile
-RED_GROUP = 64           # reductions (bias gradient, direct_wrw)
 PACK_RUN = 16            # k values one pack_panels work-item copies
-NT_MAX_POSITIONS = 64    # forward passes with fewer positions per image use vgemm_nt
 WINO_RUN = 8             # tiles (channels) one Winograd transform work-item handles
-INT_LIMIT = 2**31 - 1    # index arithmetic of the fast kernels is 32-bit
+DW_OPI = 4               # outputs along W one depthwise work-item computes
+OWPI, OCPI, CIC = 2, 4, 4  # tiled_direct: outputs along W and output channels per work-item,
+#                            input channels per chunk staged in local memory
+WPT = 4                  # gemm_tiled: outputs per work-item along each side of a tile
+VECTOR_WIDTHS = {"float32": 16, "float64": 8}  # lanes of the CPU-style GEMMs' vectors
+KERNEL_CONSTANTS: dict[str, int] = {
+    "MR": MR, "NRJ": NRJ, "NT_RM": NT_RM, "NT_RJ": NT_RJ, "PACK_RUN": PACK_RUN,
+    "WINO_RUN": WINO_RUN, "DW_OPI": DW_OPI, "OWPI": OWPI, "OCPI": OCPI, "CIC": CIC,
+    "WPT": WPT,
+    # Winograd's filter transform stages panels of up to the widest vector's rows.
+    "WINO_MAX_R": max(VECTOR_WIDTHS.values()),
+}
 
 
-@dataclass(frozen=True)
-class Geom:
-    """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
-    y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
-    Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
-    them as (N, D, H, W, C) in memory. ``pad_products``: whether a tap that reads the zero
-    padding stands for a product ``0 * w`` (NaN for an Inf or NaN weight), as in a forward
-    pass; a data gradient computed as the forward pass of the flipped problem has none."""
+def vector_width(dtype: np.dtype) -> int:
+    """Lanes of the CPU-style GEMMs' vectors (vgemm.cl VW) in compute dtype *dtype*."""
+    return VECTOR_WIDTHS[np.dtype(dtype).name]
 
-    x: tuple[int, int, int, int, int]
-    w: tuple[int, int, int, int, int]
-    y: tuple[int, int, int, int, int]
-    stride: tuple[int, int, int]
-    pad: tuple[int, int, int]
-    dilation: tuple[int, int, int]
-    groups: int
-    channels_last: bool = False
-    pad_products: bool = True
 
-    @classmethod
-    def of(cls, problem: ConvProblem) -> Geom:
-        missing = 3 - problem.ndim
+def kernel_constants(dtype: np.dtype) -> dict[str, int]:
+    """Every -D constant the kernel sources require, for compute dtype *dtype*: the table
+    and the vector widths (vgemm_nt's are half as wide)."""
+    width = vector_width(dtype)
+    return {**KERNEL_CONSTANTS, "VW": width, "NT_VW": width // 2}
 
-        def lift(shape: tuple[int, ...]) -> Any:
-            return shape[:2] + (1,) * missing + shape[2:]
 
-        return cls(lift(problem.x_shape), lift(problem.w_shape), lift(problem.y_shape),
-                   (1,) * missing + problem.stride,  # type: ignore[arg-type]
-                   (0,) * missing + tuple(lo for lo, _ in problem.padding),  # type: ignore[arg-type]
-                   (1,) * missing + problem.dilation,  # type: ignore[arg-type]
-                   problem.groups)
-
-    @property
-    def args(self) -> tuple[int, ...]:
-        return (*self.x, *self.w, *self.y[2:], *self.stride, *self.pad, *self.dilation,
-                self.groups)
-
-    @property
-    def taps(self) -> int:
-        return self.w[2] * self.w[3] * self.w[4]
-
-    @property
-    def positions(self) -> int:
-        return self.y[2] * self.y[3] * self.y[4]
-
-    @property
-    def plane(self) -> int:
-        return self.x[2] * self.x[3] * self.x[4]
-
-    @property
-    def out_per_group(self) -> int:
-        return self.w[0] // self.groups
-
-    def unit_stride(self) -> bool:
-        return self.stride == (1, 1, 1)
-
-    def flipped(self) -> Geom:
-        """The data gradient of a stride-1 pass as a forward convolution of dy with the
-        flipped, channel-swapped weights (util.cl flip_weights) and padding
-        ``dilation * (k - 1) - pad`` (negative values crop), whose padding taps stand for
-        no product: the scatter definition of the data gradient sums real entries only."""
-        assert self.unit_stride()
-        k, c = self.w[0], self.x[1]
-        pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
-        return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
-                       pad=pad, pad_products=False)  # type: ignore[arg-type]
+def kernel_args(g: Geometry) -> tuple[int, ...]:
+    """The geometry as the kernels' ``GEOM_PARAMS`` (common.h), in order."""
+    return (*g.x, *g.w, *g.y[2:], *g.spatial_args, g.groups)
 
 
 @dataclass
@@ -150,6 +116,7 @@ class Call:
 
     def defines(self, **extra: Any) -> dict[str, Any]:
         defines: dict[str, Any] = {"USE_DOUBLE": True} if self.dtype == np.float64 else {}
+        defines.update(kernel_constants(self.dtype))
         defines.update(extra)
         return defines
 
@@ -267,7 +234,7 @@ def nonfinite_flag(call: Call, a: Array) -> Array:
     return flag
 
 
-def flip_weights(call: Call, g: Geom, w: Array) -> Array:
+def flip_weights(call: Call, g: Geometry, w: Array) -> Array:
     k, cg = g.w[0], g.w[1]
     out = call.empty((g.x[1], k // g.groups, *g.w[2:]))
     call.flat("util", "flip_weights", out.size, w.data, out.data, k, cg, g.groups, g.taps)
@@ -275,14 +242,13 @@ def flip_weights(call: Call, g: Geom, w: Array) -> Array:
 
 
 def _vgemm_rows(kind: str, call: Call) -> int:
-    vw = 16 if call.dtype == np.float32 else 8
-    return MR if kind == "vgemm_n" else vw
+    return MR if kind == "vgemm_n" else vector_width(call.dtype)
 
 
 def vgemm_kind(call: Call, pcount: int) -> str:
     """vgemm_n (vectors along positions) unless an image has too few positions to fill the
     vectors, then vgemm_m (vectors along output channels)."""
-    vw = 16 if call.dtype == np.float32 else 8
+    vw = vector_width(call.dtype)
     if pcount % vw == 0 or pcount >= 8 * vw:
         return "vgemm_n"
     return "vgemm_m"
@@ -309,8 +275,8 @@ def vgemm(call: Call, kind: str, packed: Array, ap0: int, ap_b1: int, ap_b2: int
     """C(m, (img, p)) (+)= sum_k A(m, k) B(k, (img, p)) with A packed for *kind*, written
     through *ep* (the channel is the row m)."""
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
-    kernel = call.kernel("vgemm", kind, MR=MR, NRJ=NRJ)
-    vw = 16 if call.dtype == np.float32 else 8
+    kernel = call.kernel("vgemm", kind)
+    vw = vector_width(call.dtype)
     if kind == "vgemm_n":
         assert bo.s_p == 1 and co.s_p == 1, "vgemm_n reads and writes positions as vectors"
         columns, rows = nimg * -(-pcount // vw), -(-m // MR)
@@ -334,7 +300,7 @@ def vgemm_nt(call: Call, m: int, nj: int, nimg: int, pcount: int, a: Array, ao: 
     column j of C at ``c0 + (j // cp) * c_img + m * ldc + j % cp``, written through *ep*
     (the channel is m, or ``j % cp`` with ``ep.by_column``)."""
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
-    kernel = call.kernel("vgemm", "vgemm_nt", MR=MR, NRJ=NRJ)
+    kernel = call.kernel("vgemm", "vgemm_nt")
     call.launch(kernel, (-(-nj // NT_RJ), -(-m // NT_RM), nb1 * nb2), (VGEMM_GROUP, 1, 1),
                 m, nj, nimg, pcount, a.data, L(ao.base), L(ao.s_img), ao.ld, L(ao.s_b1),
                 L(ao.s_b2), b.data, L(bo.base), L(bo.s_img), bo.ld, L(bo.s_b1), L(bo.s_b2),
@@ -365,7 +331,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
     assert not (accumulate and ep.active), "the epilogue applies to complete results only"
     kernel, why = None, ""
     for ts in (64, 32):
-        threads = (ts // 4) ** 2
+        threads = (ts // WPT) ** 2
         if threads > call.state.info.max_work_group_size:
             why = (f"the tiled GEMM needs work-groups of at least 64 items; "
                    f"{call.state.info.name!r} allows {call.state.info.max_work_group_size}")
@@ -383,7 +349,7 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                f"allows {call.state.max_group(candidate)} for it")
     if kernel is None:
         raise SolverUnavailable(why)
-    rt = ts // 4
+    rt = ts // WPT
     call.launch(kernel, (-(-n // ts) * rt, -(-m // ts) * rt, nb1 * nb2), (rt, rt, 1),
                 m, n, k, max(kp, 1), max(np_, 1),
                 a.data, L(ao.base), L(ao.s_m), L(ao.s_kimg), L(ao.s_k), L(ao.s_b1), L(ao.s_b2),
@@ -393,36 +359,10 @@ def gemm_tiled(call: Call, m: int, n: int, k: int, kp: int, np_: int, a: Array, 
                 nb2, accumulate, *ep.args(call), fixed=True)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """Output positions ``p_start .. p_start + pcount`` of images ``n0 .. n0 + nimg``."""
-
-    n0: int
-    nimg: int
-    p_start: int
-    pcount: int
-
-    @property
-    def columns(self) -> int:
-        return self.nimg * self.pcount
-
-
-def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int,
-               min_columns: int = 16) -> list[Tile]:
-    """Split (image, position) columns into tiles whose scratch fits *budget*: whole
-    images when one fits (several per tile), else ranges of one image's positions."""
-    max_columns = max(min_columns, budget // max(1, bytes_per_column))
-    if positions <= max_columns:
-        per = max(1, max_columns // positions)
-        return [Tile(n, min(per, n_images - n), 0, positions) for n in range(0, n_images, per)]
-    return [Tile(n, 1, p, min(max_columns, positions - p))
-            for n in range(n_images) for p in range(0, positions, max_columns)]
-
-
 # Solvers -----------------------------------------------------------------------------------
 # (call, geometry, a, b, out, epilogue): forward (x, w -> y) and data-gradient (dy, w -> dx)
 # passes write through the epilogue; weight-gradient passes (x, dy -> dw) get NO_EPILOGUE.
-Pass = Callable[[Call, Geom, Array, Array, Array, Epilogue], None]
+Pass = Callable[[Call, Geometry, Array, Array, Array, Epilogue], None]
 Rule = Callable[[ConvProblem], tuple[bool, str]]
 
 
@@ -449,67 +389,66 @@ def _solver(name: str, style: str, summary: str, applies: Rule, can_run: Rule,
                   fused=directions - {Direction.BACKWARD_WEIGHT}, passes=passes, style=style)
 
 
-def _channels_first(g: Geom, solver: str) -> None:
+def _channels_first(g: Geometry, solver: str) -> None:
     assert not g.channels_last, f"{solver} computes channels-first tensors only"
 
 
 # naive -------------------------------------------------------------------------------------
-def _naive_item_flops(kernel_name: str, g: Geom) -> float:
+def _naive_item_flops(kernel_name: str, g: Geometry) -> float:
     """The work of one naive work-item (its output's sum; the data gradient visits every
     tap of every output channel of its group), for splitting long launches."""
     if kernel_name == "naive_fwd":
         return 2.0 * g.w[1] * g.taps
     if kernel_name == "naive_bwd_data":
         return 2.0 * g.out_per_group * g.taps
-    return 2.0 * g.x[0] * g.positions
+    return 2.0 * g.x[0] * g.out_plane
 
 
 def _naive(kernel_name: str, epilogue: bool, padding_meets_b: bool) -> Pass:
     """*padding_meets_b*: the kernel multiplies its second operand by the zero padding (the
     weights of the forward pass, dy of the weight gradient) and takes its nonfinite_flag."""
 
-    def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
         flag = (nonfinite_flag(call, b).data,) if padding_meets_b else ()
         # The naive kernels index by get_global_id(0) alone: they may run in pieces.
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *kernel_args(g), *extra,
                   *flag, item_flops=_naive_item_flops(kernel_name, g))
 
     return run
 
 
 # depthwise ---------------------------------------------------------------------------------
-DW_OPI = 4
 DW_NHWC_GROUP = (16, 4, 1)   # channels along dimension 0: neighbours read neighbours
 
 
-def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+def depthwise_forward(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
     n, k, od, oh, ow = g.y
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
                     (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
-                    *g.args, *ep.args(call), nonfinite_flag(call, w).data)
+                    *kernel_args(g), *ep.args(call), nonfinite_flag(call, w).data)
         return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call),
+                (8, 8, 1), x.data, w.data, y.data, *kernel_args(g), *ep.args(call),
                 nonfinite_flag(call, w).data)
 
 
-def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
+def depthwise_backward_data(call: Call, g: Geometry, dy: Array, w: Array, dx: Array,
                             ep: Epilogue) -> None:
     n, c, d, h, wd = g.x
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_bwd_data_nhwc"),
                     (c, -(-wd // DW_OPI), n * d * h), DW_NHWC_GROUP, dy.data, w.data, dx.data,
-                    *g.args, *ep.args(call))
+                    *kernel_args(g), *ep.args(call))
         return
     call.launch(call.kernel("depthwise", "depthwise_bwd_data"),
-                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *g.args,
+                (-(-wd // DW_OPI), h, n * c * d), (8, 8, 1), dy.data, w.data, dx.data, *kernel_args(g),
                 *ep.args(call))
 
 
-def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+def direct_wrw(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
                ep: Epilogue = NO_EPILOGUE) -> None:
     group = call.state.reduction_group(RED_GROUP)
     kernel = call.kernel("direct_wrw", "direct_wrw", WRW_WG=group)
@@ -517,15 +456,12 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
     total = dw.size
     rows = -(-total // 65535)
     cols = min(total, 65535)
-    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
+    call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *kernel_args(g),
                 g.channels_last, nonfinite_flag(call, dy).data, fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
-OWPI, OCPI, CIC = 2, 4, 4
-
-
-def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
+def tiled_direct_forward(call: Call, g: Geometry, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     _channels_first(g, "tiled_direct")
     info = call.state.info
@@ -551,7 +487,7 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
     co_blocks = -(-g.out_per_group // OCPI)
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
-                x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
+                x.data, w.data, y.data, *kernel_args(g), *ep.args(call), in_tw, in_th, co_blocks,
                 int(g.pad_products), cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes),
                 fixed=True)
 
@@ -560,7 +496,7 @@ def via_flipped_forward(forward: Pass) -> Pass:
     """The data gradient of a stride-1 problem as a forward pass with flipped weights (the
     bias and activation per input channel are the flipped pass's per output channel)."""
 
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         forward(call, g.flipped(), dy, flip_weights(call, g, w), dx, ep)
 
     return run
@@ -630,19 +566,19 @@ def _position_chunks(call: Call, total: int, per_position: int) -> list[tuple[in
 
 
 # 1x1 and im2col GEMMs ----------------------------------------------------------------------
-def _pointwise_in_place(g: Geom) -> bool:
-    return g.unit_stride() and g.x[2:] == g.y[2:] and g.taps == 1 and g.pad == (0, 0, 0)
+def _pointwise_in_place(g: Geometry) -> bool:
+    return g.unit_stride() and g.x[2:] == g.y[2:] and g.taps == 1 and g.pad_low == (0, 0, 0)
 
 
 def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
-        if not _pointwise_in_place(g) or (style == "cpu" and g.positions < NT_MAX_POSITIONS
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+        if not _pointwise_in_place(g) or (style == "cpu" and g.out_plane < NT_MAX_POSITIONS
                                           and not g.channels_last):
             fallback(call, g, x, w, y, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # Y(j, ko) = sum_ci X(j, ci) W(ko, ci), j over every image
             if style == "gpu":
                 gemm_tiled(call, kg, n * p, cg, cg, n * p,
@@ -673,13 +609,13 @@ def _gemm_1x1_forward(style: str, fallback: Pass) -> Pass:
 
 
 def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         if not _pointwise_in_place(g):
             fallback(call, g, dy, w, dx, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # dX(j, ci) = sum_ko dY(j, ko) W(ko, ci)
             if style == "gpu":
                 gemm_tiled(call, cg, n * p, kg, kg, n * p,
@@ -710,14 +646,14 @@ def _gemm_1x1_backward_data(style: str, fallback: Pass) -> Pass:
 
 
 def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+    def run(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
             ep: Epilogue = NO_EPILOGUE) -> None:
         if not _pointwise_in_place(g):
             fallback(call, g, x, dy, dw, ep)
             return
         n, c = g.x[:2]
         k, cg = g.w[:2]
-        kg, p, groups = g.out_per_group, g.positions, g.groups
+        kg, p, groups = g.out_per_group, g.out_plane, g.groups
         if g.channels_last:  # dW(ko, ci) = sum_j dY(j, ko) X(j, ci), j over every image
             if style == "gpu":
                 gemm_tiled(call, kg, cg, n * p, n * p, cg,
@@ -743,56 +679,56 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
     return run
 
 
-def _im2col(call: Call, g: Geom, x: Array, col: Array, group: int, tile: Tile,
+def _im2col(call: Call, g: Geometry, x: Array, col: Array, group: int, tile: Tile,
             transposed: bool = False) -> None:
     if g.channels_last:  # col[j * rows + tap * CG + c]
         call.launch(call.kernel("util", "im2col_nhwc"), (tile.columns,), (FLAT_GROUP,),
-                    x.data, col.data, *g.args, tile.n0, group, tile.p_start, tile.pcount,
-                    tile.nimg)
+                    x.data, col.data, *kernel_args(g), tile.n0, group, tile.p0, tile.width,
+                    tile.count)
         return
     rows = g.w[1] * g.taps
     ow = g.y[4]
-    line0 = tile.p_start // ow
-    lines = (tile.p_start + tile.pcount - 1) // ow - line0 + 1
-    grid = (rows, tile.nimg * lines) if transposed else (tile.nimg * lines, rows)
-    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *g.args,
-                tile.n0, group, tile.p_start, tile.pcount, tile.nimg, line0, lines, transposed)
+    line0 = tile.p0 // ow
+    lines = (tile.p0 + tile.width - 1) // ow - line0 + 1
+    grid = (rows, tile.count * lines) if transposed else (tile.count * lines, rows)
+    call.launch(call.kernel("util", "im2col"), grid, (8, 8), x.data, col.data, *kernel_args(g),
+                tile.n0, group, tile.p0, tile.width, tile.count, line0, lines, transposed)
 
 
-def _col2im(call: Call, g: Geom, col: Array, dx: Array, group: int, tile: Tile,
+def _col2im(call: Call, g: Geometry, col: Array, dx: Array, group: int, tile: Tile,
             accumulate: bool, ep: Epilogue) -> None:
     if g.channels_last:
-        call.launch(call.kernel("util", "col2im_nhwc"), (g.w[1], tile.nimg * g.plane),
-                    (16, 4), col.data, dx.data, *g.args, *ep.args(call), tile.n0, group,
-                    tile.p_start, tile.pcount, tile.nimg, accumulate)
+        call.launch(call.kernel("util", "col2im_nhwc"), (g.w[1], tile.count * g.in_plane),
+                    (16, 4), col.data, dx.data, *kernel_args(g), *ep.args(call), tile.n0, group,
+                    tile.p0, tile.width, tile.count, accumulate)
         return
-    count = tile.nimg * g.w[1] * g.plane
-    call.flat("util", "col2im", count, col.data, dx.data, *g.args, *ep.args(call), tile.n0,
-              group, tile.p_start, tile.pcount, tile.nimg, accumulate)
+    count = tile.count * g.w[1] * g.in_plane
+    call.flat("util", "col2im", count, col.data, dx.data, *kernel_args(g), *ep.args(call), tile.n0,
+              group, tile.p0, tile.width, tile.count, accumulate)
 
 
-def _tiles(call: Call, g: Geom, rows: int) -> list[Tile]:
-    return plan_tiles(g.x[0], g.positions, rows * call.itemsize, call.budget)
+def _tiles(call: Call, g: Geometry, rows: int) -> list[Tile]:
+    return plan_tiles(g.x[0], g.out_plane, rows * call.itemsize, call.budget, min_columns=16)
 
 
 def _col_buffer(call: Call, rows: int, tiles: list[Tile]) -> Array:
     return call.empty((rows * max(t.columns for t in tiles),))
 
 
-def _nhwc_order_weights(call: Call, g: Geom, w: Array) -> Array:
+def _nhwc_order_weights(call: Call, g: Geometry, w: Array) -> Array:
     """The weights (K, CG, taps) reordered to (K, taps, CG): the row order of im2col_nhwc."""
     k, cg, taps = g.w[0], g.w[1], g.taps
     out, _ = pack_panels(call, w, taps, cg, 1, s0=0, sm=1, sk=taps, sb1=cg * taps, nb1=k)
     return out
 
 
-def _first_positions(g: Geom, tile: Tile) -> int:
+def _first_positions(g: Geometry, tile: Tile) -> int:
     """Index of the tile's first column among all (image, position) pairs: channels-last
     tensors hold them in this order, a row of channels each."""
-    return tile.n0 * g.positions + tile.p_start
+    return tile.n0 * g.out_plane + tile.p0
 
 
-def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y: Array,
+def _im2col_forward_nhwc(style: str, call: Call, g: Geometry, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     k, cg = g.w[:2]
     kg = g.out_per_group
@@ -820,16 +756,16 @@ def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y:
 
 
 def _im2col_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
         if g.channels_last:
             _im2col_forward_nhwc(style, call, g, x, w, y, ep)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
-        kind = vgemm_kind(call, tiles[0].pcount)
+        kind = vgemm_kind(call, tiles[0].width)
         # Few positions per image: B is small, so transpose it (im2col's transposed layout)
         # and read the weights as they are instead of packing them.
         nt = style == "cpu" and p < NT_MAX_POSITIONS
@@ -841,20 +777,20 @@ def _im2col_forward(style: str) -> Pass:
             for tile in tiles:
                 call.checkpoint()
                 _im2col(call, g, x, col, group, tile, transposed=nt)
-                y0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                y0 = tile.n0 * k * p + group * kg * p + tile.p0
                 if style == "gpu":
-                    gemm_tiled(call, kg, tile.columns, rows, rows, tile.pcount,
+                    gemm_tiled(call, kg, tile.columns, rows, rows, tile.width,
                                w, GOperand(base=group * kg * rows, s_m=rows, s_k=1),
-                               col, GOperand(s_k=tile.columns, s_jimg=tile.pcount, s_j=1),
+                               col, GOperand(s_k=tile.columns, s_jimg=tile.width, s_j=1),
                                y, GOperand(base=y0, s_m=p, s_jimg=k * p, s_j=1), ep=group_ep)
                     continue
                 if nt:
                     vgemm_nt(call, kg, tile.columns, 1, rows, w,
                              VOperand(group * kg * rows, 0, rows), col, VOperand(0, 0, rows),
-                             y, y0, p, c_img=k * p, cp=tile.pcount, ep=group_ep)
+                             y, y0, p, c_img=k * p, cp=tile.width, ep=group_ep)
                     continue
-                vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.nimg, tile.pcount,
-                      col, VOperand(0, tile.pcount, tile.columns), y, VOperand(y0, k * p, p),
+                vgemm(call, kind, packed, group * per, 0, 0, kg, rows, tile.count, tile.width,
+                      col, VOperand(0, tile.width, tile.columns), y, VOperand(y0, k * p, p),
                       ep=group_ep)
 
     return run
@@ -865,7 +801,7 @@ def _last_of_image(tiles: list[Tile], index: int) -> bool:
     return index + 1 == len(tiles) or tiles[index + 1].n0 != tiles[index].n0
 
 
-def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Array,
+def _im2col_backward_data_nhwc(style: str, call: Call, g: Geometry, dy: Array, w: Array,
                                dx: Array, ep: Epilogue) -> None:
     k, cg = g.w[:2]
     kg = g.out_per_group
@@ -889,45 +825,45 @@ def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Ar
             else:
                 nhwc_gemm(call, weights, tile.columns, dy, dy0, k, col, 0, rows, group=group)
             last = _last_of_image(tiles, index)
-            _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+            _col2im(call, g, col, dx, group, tile, accumulate=tile.p0 > 0,
                     ep=ep if last else NO_EPILOGUE)
 
 
 def _im2col_backward_data(style: str) -> Pass:
-    def run(call: Call, g: Geom, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, dy: Array, w: Array, dx: Array, ep: Epilogue) -> None:
         if g.channels_last:
             _im2col_backward_data_nhwc(style, call, g, dy, w, dx, ep)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
-        kind = vgemm_kind(call, tiles[0].pcount)
+        kind = vgemm_kind(call, tiles[0].width)
         if style == "cpu":
             packed, per = pack_panels(call, w, rows, kg, _vgemm_rows(kind, call), s0=0, sm=1,
                                       sk=rows, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
                 call.checkpoint()
-                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p0
                 if style == "gpu":
-                    gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
+                    gemm_tiled(call, rows, tile.columns, kg, kg, tile.width,
                                w, GOperand(base=group * kg * rows, s_m=1, s_k=rows),
                                dy, GOperand(base=dy0, s_k=p, s_jimg=k * p, s_j=1),
-                               col, GOperand(s_m=tile.columns, s_jimg=tile.pcount, s_j=1))
+                               col, GOperand(s_m=tile.columns, s_jimg=tile.width, s_j=1))
                 else:
-                    vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.nimg,
-                          tile.pcount, dy, VOperand(dy0, k * p, p),
-                          col, VOperand(0, tile.pcount, tile.columns))
+                    vgemm(call, kind, packed, group * per, 0, 0, rows, kg, tile.count,
+                          tile.width, dy, VOperand(dy0, k * p, p),
+                          col, VOperand(0, tile.width, tile.columns))
                 last = _last_of_image(tiles, index)
-                _col2im(call, g, col, dx, group, tile, accumulate=tile.p_start > 0,
+                _col2im(call, g, col, dx, group, tile, accumulate=tile.p0 > 0,
                         ep=ep if last else NO_EPILOGUE)
 
     return run
 
 
-def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: Array,
+def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geometry, x: Array, dy: Array,
                                  dw: Array) -> None:
     k, cg = g.w[:2]
     kg, taps = g.out_per_group, g.taps
@@ -956,13 +892,13 @@ def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: 
 
 
 def _im2col_backward_weight(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
+    def run(call: Call, g: Geometry, x: Array, dy: Array, dw: Array,
             ep: Epilogue = NO_EPILOGUE) -> None:
         if g.channels_last:
             _im2col_backward_weight_nhwc(style, call, g, x, dy, dw)
             return
         k, cg = g.w[:2]
-        kg, p = g.out_per_group, g.positions
+        kg, p = g.out_per_group, g.out_plane
         rows = cg * g.taps
         tiles = _tiles(call, g, rows)
         col = _col_buffer(call, rows, tiles)
@@ -970,16 +906,16 @@ def _im2col_backward_weight(style: str) -> Pass:
             for index, tile in enumerate(tiles):
                 call.checkpoint()
                 _im2col(call, g, x, col, group, tile)
-                dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
+                dy0 = tile.n0 * k * p + group * kg * p + tile.p0
                 dw0 = group * kg * rows
                 if style == "gpu":
-                    gemm_tiled(call, kg, rows, tile.columns, tile.pcount, rows,
+                    gemm_tiled(call, kg, rows, tile.columns, tile.width, rows,
                                dy, GOperand(base=dy0, s_m=p, s_kimg=k * p, s_k=1),
-                               col, GOperand(s_kimg=tile.pcount, s_k=1, s_j=tile.columns),
+                               col, GOperand(s_kimg=tile.width, s_k=1, s_j=tile.columns),
                                dw, GOperand(base=dw0, s_m=rows, s_j=1), accumulate=index > 0)
                 else:
-                    vgemm_nt(call, kg, rows, tile.nimg, tile.pcount, dy, VOperand(dy0, k * p, p),
-                             col, VOperand(0, tile.pcount, tile.columns), dw, dw0, rows,
+                    vgemm_nt(call, kg, rows, tile.count, tile.width, dy, VOperand(dy0, k * p, p),
+                             col, VOperand(0, tile.width, tile.columns), dw, dw0, rows,
                              accumulate=index > 0)
 
     return run
@@ -987,7 +923,7 @@ def _im2col_backward_weight(style: str) -> Pass:
 
 # Winograd F(2x2, 3x3) ----------------------------------------------------------------------
 def _winograd_forward(style: str) -> Pass:
-    def run(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
+    def run(call: Call, g: Geometry, x: Array, w: Array, y: Array, ep: Epilogue) -> None:
         _channels_first(g, "winograd")
         n, c = g.x[:2]
         k, cg = g.w[:2]
@@ -1018,7 +954,7 @@ def _winograd_forward(style: str) -> Pass:
             t = nimg * per_image
             grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
             call.launch(call.kernel("winograd", "wino_input"), (*grid, c), (1, 8, 1),
-                        x.data, v.data, *g.args, n0, nimg, tiles_h, tiles_w)
+                        x.data, v.data, *kernel_args(g), n0, nimg, tiles_h, tiles_w)
             if style == "gpu":
                 gemm_tiled(call, kg, t, cg, cg, t,
                            u, GOperand(s_m=cg, s_k=1, s_b1=k * cg, s_b2=kg * cg),
@@ -1030,7 +966,7 @@ def _winograd_forward(style: str) -> Pass:
                       v, VOperand(0, 0, t, s_b1=c * t, s_b2=cg * t),
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
-                        m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
+                        m.data, y.data, x.data, w.data, *kernel_args(g), *ep.args(call), n0, nimg,
                         tiles_h, tiles_w, int(g.pad_products))
 
     return run
