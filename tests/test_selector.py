@@ -196,8 +196,8 @@ def test_explain_trace_shows_everything():
                      "params:  stride=(2, 2), padding=((0, 1), (0, 1)) (from 'same')",
                      "padding_mode='reflect'", "backends:", "numba    available",
                      "backend rules (first match wins):", "1. backend argument", "4. cpu fallback",
-                     "algorithm rules of numba (first match wins; candidates: packed_direct, "
-                     "im2col_gemm, direct):", "1. depthwise",
+                     "algorithm rules of numba (first match wins; candidates: fft, "
+                     "packed_direct, im2col_gemm, direct):", "1. fft", "2. depthwise",
                      "note: the input is padded with padding_mode='reflect'",
                      "note: float16 is computed with float32 accumulation",
                      "=> backend=numba algorithm=packed_direct on cpu [heuristic]"):

@@ -2,6 +2,8 @@
 
 Algorithms, in the order the selector tries them:
 
+* ``fft`` -- large kernels: scipy.fft real transforms, overlap-save tiles, chosen when the
+  cost model says it beats what the rules below pick (``convflow.backends.numba.fft``);
 * ``depthwise`` -- groups == C_in: per-channel kernel over a zero-padded plane;
 * ``gemm_1x1`` -- 1x1 kernels without padding: one BLAS matrix product per image and group;
 * ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
@@ -107,10 +109,27 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: direct loops over the kernel taps"
 
 
+def _fft_can_run(problem: ConvProblem) -> tuple[bool, str]:
+    from . import fft
+
+    return fft.can_run(problem)
+
+
+def _fft_rule(problem: ConvProblem) -> tuple[bool, str]:
+    """The FFT against the algorithm the other rules would pick."""
+    from . import fft
+
+    rival = next(r.name for r in RULES if r.name != "fft" and problem.direction in r.directions
+                 and r.applies(problem)[0])
+    return fft.rule(problem, rival)
+
+
 # BLAS libraries may split a product's sums differently with another thread count or CPU.
 _BLAS_ORDER = "BLAS may sum in another order with another thread count"
 
 RULES: tuple[AlgorithmRule, ...] = (
+    AlgorithmRule("fft", "FFT convolution (scipy.fft), overlap-save tiles", _fft_rule,
+                  _fft_can_run),
     AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
                   _depthwise_rule, channels_last=True),
     AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
@@ -163,6 +182,9 @@ class NumbaBackend(Backend):
         from . import kernels
 
         kernels.use_serial_kernels()
+        from . import fft
+
+        fft.use_serial_kernels()
         self._prepared_passes.clear()
         self._forked_serial = True
         self._status = dataclasses.replace(
@@ -252,7 +274,18 @@ class NumbaBackend(Backend):
                        * itemsize)
         if algorithm == "depthwise":
             return 2 * int(np.prod(problem.x_spatial)) * itemsize
+        if algorithm == "fft":
+            from . import fft
+
+            found = fft.plan_for(problem)
+            return found.workspace_bytes if found is not None else budget
         return 0
+
+    def fft_plan(self, problem: ConvProblem) -> Any:
+        """How the ``fft`` algorithm would run *problem* (tiles, lengths), or None."""
+        from . import fft
+
+        return fft.plan_for(problem)
 
     def device_identity(self, device: Device) -> str:
         import numba

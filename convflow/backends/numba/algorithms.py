@@ -425,7 +425,7 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
 # epilogue); None where the algorithm has no such pass (its rule lists the directions it
 # serves). FUSED lists the (algorithm, pass) pairs that apply the epilogue in their own
 # write-back; for the others the backend applies it in one pass afterwards.
-FUSED = {("packed_direct", 0), ("depthwise", 0)}
+FUSED = {("packed_direct", 0), ("depthwise", 0), ("fft", 0), ("fft", 1)}
 PASSES: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "packed_direct": (fprop_packed, None, None),
     "direct": (_direct("fprop_direct"), _direct("dgrad_direct"), _direct("wgrad_direct")),
@@ -433,3 +433,13 @@ PASSES: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_pointwise),
     "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
 }
+
+
+def _register_fft() -> None:
+    # Its own module (scipy transforms, numba products); imported here so PASSES lists it.
+    from . import fft
+
+    PASSES["fft"] = fft.PASSES
+
+
+_register_fft()
