@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging as _logging
 import warnings as _warnings
 
-from . import config
+from . import config, signal
 from .backends import available_backends
 from .backends.base import BackendStatus
 from .errors import (
@@ -71,6 +71,7 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "explain",
+    "signal",
     "tensor",
 ]
 
