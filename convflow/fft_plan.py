@@ -71,6 +71,9 @@ class Rates:
     mac: float
     direct: tuple[tuple[str, float], ...]
     fast_length: Callable[[int], int] = smooth_length
+    # False where the FFT library has complex transforms only (reikna): real data then
+    # takes a full complex transform, twice the work and the memory of a real one.
+    real_transforms: bool = True
 
     def direct_rate(self, algorithm: str) -> float:
         rates = dict(self.direct)
@@ -192,29 +195,34 @@ def _channels(problem: ConvProblem) -> tuple[int, int]:
 
 
 def _evaluate(problem: ConvProblem, axes: tuple[AxisPlan, ...], images: int, groups: int,
-              itemsize: int) -> tuple[int, float]:
+              itemsize: int, real_transforms: bool = True) -> tuple[int, float]:
     """(scratch bytes, modelled flops) of a plan with *images* and *groups* per step."""
     lengths = tuple(a.length for a in axes)
     points, cpoints = math.prod(lengths), _complex_points(lengths)
+    if not real_transforms:
+        # Complex buffers hold the data themselves: no real buffers, full spectra.
+        cpoints, itemsize_real = points, 0
+    else:
+        itemsize_real = itemsize
     g_total = problem.groups
     c_a, c_r = _channels(problem)
     per_group_a, per_group_r = c_a // g_total, c_r // g_total
     pairs = problem.out_channels_per_group * problem.in_channels_per_group
     complex_bytes = 2 * itemsize
     tiles = math.prod(a.tiles for a in axes)
-    fft = REAL_FFT_FLOPS * points * math.log2(max(2, points))
+    fft = REAL_FFT_FLOPS * points * math.log2(max(2, points)) * (1 if real_transforms else 2)
     n = problem.batch
     if problem.direction == Direction.BACKWARD_WEIGHT:
         # per step: x and dy transforms; the dw accumulator for the groups in flight.
         scratch = (images * groups * (per_group_a + per_group_r) * (cpoints * complex_bytes
-                                                                     + points * itemsize)
+                                                                     + points * itemsize_real)
                    + groups * pairs * cpoints * complex_bytes
-                   + groups * pairs * points * itemsize)
+                   + groups * pairs * points * itemsize_real)
         transforms = tiles * n * (c_a + c_r) + g_total * pairs
     else:
         scratch = (groups * pairs * cpoints * complex_bytes
                    + images * groups * (per_group_a + per_group_r) * (cpoints * complex_bytes
-                                                                       + points * itemsize))
+                                                                       + points * itemsize_real))
         transforms = tiles * n * (c_a + c_r) + g_total * pairs
     macs = tiles * n * g_total * pairs * cpoints
     gathers = tiles * n * (c_a + c_r) * points
@@ -234,14 +242,17 @@ def plan(problem: ConvProblem, budget: int, rates: Rates,
         dtype = transform_dtype(problem, lengths, float32_tolerance)
         itemsize = 8 if dtype == "float64" else 4
         images, groups = problem.batch, problem.groups
-        scratch, flops = _evaluate(problem, axes, images, groups, itemsize)
+        scratch, flops = _evaluate(problem, axes, images, groups, itemsize,
+                                   rates.real_transforms)
         # Fewer groups, then fewer images, per step until the scratch fits.
         while scratch > budget and groups > 1:
             groups = -(-groups // 2)
-            scratch, flops = _evaluate(problem, axes, images, groups, itemsize)
+            scratch, flops = _evaluate(problem, axes, images, groups, itemsize,
+                                       rates.real_transforms)
         while scratch > budget and images > 1:
             images = -(-images // 2)
-            scratch, flops = _evaluate(problem, axes, images, groups, itemsize)
+            scratch, flops = _evaluate(problem, axes, images, groups, itemsize,
+                                       rates.real_transforms)
         if scratch > budget:
             continue
         seconds = flops / rates.fft
@@ -254,7 +265,7 @@ def smallest_workspace(problem: ConvProblem, rates: Rates) -> int:
     """Bytes the smallest tile of one image and one group needs (for the error message)."""
     axes = [_tile_candidates(axis, rates.fast_length)[0] for axis in _axes_template(problem)]
     itemsize = 8 if problem.dtype == "float64" else 4
-    return _evaluate(problem, tuple(axes), 1, 1, itemsize)[0]
+    return _evaluate(problem, tuple(axes), 1, 1, itemsize, rates.real_transforms)[0]
 
 
 def direct_seconds(problem: ConvProblem, rates: Rates, algorithm: str) -> float:

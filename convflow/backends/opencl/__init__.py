@@ -62,6 +62,7 @@ from ..base import (
     gemm_rule,
     pointwise_rule,
 )
+from . import fft
 from .runtime import (
     ContextState,
     DeviceEntry,
@@ -87,6 +88,10 @@ _DTYPES = ("float16", "bfloat16", "float32", "float64")
 BIAS_GRAD_CHUNKS = 64     # row chunks of the channels-last bias gradient's first step
 
 
+def budget_mb_bytes() -> int:
+    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
+
+
 def _to_channels_last(ndim: int) -> tuple[int, ...]:
     """Axes taking a channels-first (N, C, *spatial) array to (N, *spatial, C)."""
     return (0, *range(2, ndim), 1)
@@ -98,9 +103,9 @@ def _to_channels_first(ndim: int) -> tuple[int, ...]:
 
 # Rule order per device style: the style's own solvers first; the other style's solvers are
 # listed (so explain() shows them and algorithm= can force them) but never chosen by rule.
-CPU_ORDER = ("depthwise", "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "winograd",
+CPU_ORDER = ("fft", "depthwise", "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "winograd",
              "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw", "naive")
-GPU_ORDER = ("depthwise", "winograd", "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw",
+GPU_ORDER = ("fft", "depthwise", "winograd", "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw",
              "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "naive")
 
 
@@ -198,6 +203,7 @@ _APPLIES: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
     "im2col_gemm": _im2col_rule,
     "vec_im2col_gemm": _im2col_rule,
     "direct_wrw": _weight_grad_only,
+    "fft": lambda p: (False, "decided against the other rules' choice (see _make_rule)"),
 }
 _CAN_RUN: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
     "naive": _always,
@@ -210,7 +216,14 @@ _CAN_RUN: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
     "im2col_gemm": _always,
     "vec_im2col_gemm": _always,
     "direct_wrw": _weight_grad_only,
+    "fft": fft.can_run,
 }
+
+
+def _rival(problem: ConvProblem, style: str) -> str:
+    """What the style's other rules pick for *problem* (the FFT rule's comparison)."""
+    return next(r.name for r in RULES[style] if r.name != "fft"
+                and problem.direction in r.directions and r.applies(problem)[0])
 
 
 def _make_rule(solver: Solver, style: str) -> AlgorithmRule:
@@ -221,6 +234,8 @@ def _make_rule(solver: Solver, style: str) -> AlgorithmRule:
             kind = "CPU" if style == "cpu" else "non-CPU"
             return False, (f"{solver.style.upper()}-style solver, not chosen on a {kind} device "
                            f"(force it with algorithm={solver.name!r})")
+        if solver.name == "fft":
+            return fft.rule(problem, _rival(problem, style))
         return applies_fn(problem)
 
     return AlgorithmRule(solver.name, solver.summary, applies, can_run_fn, solver.directions,
@@ -331,6 +346,16 @@ class OpenCLBackend(Backend):
 
     def available_memory(self, device: Device) -> int:
         return self._info(device).global_mem_size
+
+    def fft_plan(self, problem: ConvProblem) -> Any:
+        """How the ``fft`` solver would run *problem* (tiles, lengths), or None."""
+        return fft.plan_for(problem)
+
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        if algorithm == "fft":
+            found = fft.plan_for(problem)
+            return found.workspace_bytes if found is not None else budget_mb_bytes()
+        return 0
 
     def device_identity(self, device: Device) -> str:
         info = self._info(device)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...params import ConvProblem, Direction
+from . import fft
 from .runtime import ContextState, SolverUnavailable
 
 Array = Any  # pyopencl.array.Array
@@ -41,6 +42,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "winograd": (COMMON, "opencl/winograd.cl"),
     "direct_tiled": (COMMON, "opencl/direct_tiled.cl"),
     "direct_wrw": (COMMON, "opencl/direct_wrw.cl"),
+    "fft": (COMMON, "opencl/fft.cl"),
 }
 
 # Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
@@ -1007,6 +1009,9 @@ def _build_solvers() -> dict[str, Solver]:
         Solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
                _im2col_forward("cpu"), _im2col_backward_data("cpu"),
                _im2col_backward_weight("cpu"), channels_last=True),
+        Solver("fft", "any", "FFT convolution: reikna's transforms, overlap-save tiles "
+               "(kernels/opencl/fft.cl around them)", fft.forward, fft.backward_data,
+               fft.backward_weight),
     ]
     return {s.name: s for s in solvers}
 
