@@ -336,3 +336,57 @@ def test_workspace_estimate_is_the_plans(fft_backend):
     assert backend.workspace_bytes(decision.problem, "fft") == plan.workspace_bytes
     assert 0 < plan.workspace_bytes <= config.get("CONVFLOW_WORKSPACE_MB") << 20
     assert math.prod(plan.lengths) >= 542 * 542 or plan.tiles > 1
+
+
+# The cupy backend's fft, on the host (numpy as the array module, as test_cupy_kernels) -------
+@pytest.mark.parametrize("budget_mb", [64, 1])
+@pytest.mark.parametrize("shapes", LARGE[:5], ids=lambda s: f"{s[0]}*{s[1]}")
+def test_cupy_fft_passes_on_the_host(shapes, budget_mb):
+    from convflow.backends.cupy import algorithms
+    from convflow.backends.cupy import fft as cupy_fft
+
+    x_shape, w_shape, kwargs = shapes
+    rng = np.random.default_rng(sum(x_shape))
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    stride, padding, dilation, groups = _reference_args(x, w, kwargs)
+    y_ref = reference.conv(x, w, None, stride, padding, dilation, groups)
+    g = rng.standard_normal(y_ref.shape)
+    dx_ref, dw_ref, _ = reference.conv_backward(g, x, w, stride, padding, dilation, groups)
+    ctx = algorithms.Context(np, None, np.matmul, budget_mb << 20)
+    for direction, a, b, expected in ((Direction.FORWARD, x, w, y_ref),
+                                      (Direction.BACKWARD_DATA, g, w, dx_ref),
+                                      (Direction.BACKWARD_WEIGHT, x, g, dw_ref)):
+        problem = ConvProblem(direction, x.shape, w.shape, y_ref.shape, "float32", stride,
+                              padding, dilation, groups)
+        plan = cupy_fft.plan_for(problem, budget_mb << 20)
+        assert plan is not None and plan.workspace_bytes <= budget_mb << 20
+        got = algorithms.run(ctx, "fft", problem, a.astype(np.float32), b.astype(np.float32),
+                             None)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert_fft_close(got, expected, "float32", plan.lengths)
+
+
+def test_cupy_fft_refuses_what_cannot_fit_and_is_not_deterministic():
+    from convflow.backends.cupy import OWN_RULES, algorithms
+
+    problem = _problem(x=(1, 64, 64, 64), w=(64, 64, 31, 31), padding=((15, 15), (15, 15)))
+    with config.override(CONVFLOW_WORKSPACE_MB=1):
+        rule = next(r for r in OWN_RULES if r.name == "fft")
+        ok, why = rule.can_run(problem)
+        assert not ok and "CONVFLOW_WORKSPACE_MB=1" in why
+        assert not rule.deterministic and "bitwise" in rule.why_not_deterministic
+    ctx = algorithms.Context(np, None, np.matmul, 1 << 20)
+    with pytest.raises(WorkspaceTooLargeError, match="CONVFLOW_WORKSPACE_MB=1"):
+        algorithms.run(ctx, "fft", problem, np.zeros(problem.x_shape, np.float32),
+                       np.zeros(problem.w_shape, np.float32), None)
+
+
+def test_opencl_fft_without_reikna_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from convflow.backends.opencl import fft as opencl_fft
+
+    monkeypatch.setitem(sys.modules, "reikna.fft", None)
+    ok, why = opencl_fft.can_run(_problem())
+    assert not ok and "reikna" in why and "pip install 'convflow[opencl-fft]'" in why
+    assert opencl_fft.rule(_problem(), "depthwise") == (False, why)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from ...activations import ACTIVATION_CODES
 from ...params import ConvProblem, Direction
+from . import fft
 from .geometry import KernelGeometry, Tile, plan_tiles
 
 Array = Any
@@ -301,6 +302,7 @@ PASSES: dict[str, tuple[Pass, Pass, Pass]] = {
     "depthwise": (fprop_depthwise, dgrad_depthwise, wgrad_depthwise),
     "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_im2col),
     "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
+    "fft": (fft.fprop_fft, fft.dgrad_fft, fft.wgrad_fft),
 }
 
 PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
