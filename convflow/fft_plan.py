@@ -300,3 +300,47 @@ def fft_rule(problem: ConvProblem, fft_plan: FFTPlan | None, rates: Rates, rival
     if fft_plan.seconds * FFT_MARGIN < direct:
         return True, f"{detail}: FFT is cheaper by more than {FFT_MARGIN}x"
     return False, f"{detail}: FFT is not cheaper by {FFT_MARGIN}x"
+
+
+# The float32 accuracy the test suite holds every algorithm to (tests/conftest.py TOLERANCE).
+FLOAT32_TOLERANCE = 3e-5
+
+
+@dataclass(frozen=True)
+class Planner:
+    """One backend's FFT planning: its rates, and why it cannot run at all (``missing()``
+    returns ``""`` when it can), with the workspace limit read from the configuration."""
+
+    rates: Rates
+    missing: Callable[[], str] = lambda: ""
+
+    @staticmethod
+    def budget_bytes() -> int:
+        from . import config
+
+        return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
+
+    def plan_for(self, problem: ConvProblem, budget: int | None = None) -> FFTPlan | None:
+        """The plan *problem* runs with under *budget* (default: CONVFLOW_WORKSPACE_MB)."""
+        return plan(problem, self.budget_bytes() if budget is None else budget, self.rates,
+                    FLOAT32_TOLERANCE)
+
+    def can_run(self, problem: ConvProblem) -> tuple[bool, str]:
+        missing = self.missing()
+        if missing:
+            return False, missing
+        found = self.plan_for(problem)
+        if found is None:
+            return False, (f"even one tile of one image and one group needs more scratch than "
+                           f"CONVFLOW_WORKSPACE_MB={self.budget_bytes() >> 20}")
+        return True, found.describe()
+
+    def rule(self, problem: ConvProblem, rival: str) -> tuple[bool, str]:
+        """Whether the FFT beats *rival* (what the backend's other rules pick)."""
+        ok, why = self.can_run(problem)
+        return fft_rule(problem, self.plan_for(problem) if ok else None, self.rates, rival,
+                        self.budget_bytes() >> 20, "" if ok else why)
+
+    def workspace_bytes(self, problem: ConvProblem) -> int:
+        found = self.plan_for(problem)
+        return found.workspace_bytes if found is not None else self.budget_bytes()

@@ -241,8 +241,7 @@ class CupyBackend(Backend):
 
     def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
         if algorithm == "fft":
-            found = fft.plan_for(problem)
-            return found.workspace_bytes if found is not None else fft.budget_bytes()
+            return fft.PLANNER.workspace_bytes(problem)
         return 0
 
     def available_memory(self, device: Device) -> int:

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import config
-from ...fft_plan import FFTPlan, Rates, fft_rule, plan
+from ...fft_plan import Planner, Rates
 from ...params import ConvProblem, Direction
 from .. import fft_arrays
-
-FLOAT32_TOLERANCE = 3e-5  # the float32 accuracy the test suite holds every algorithm to
 
 # Not measured yet (no GPU has run this backend): the orders of magnitude of a current data
 # centre GPU, cuFFT's transforms against the own CUDA kernels and cuBLAS.
@@ -51,26 +48,8 @@ class ArrayModuleTransforms:
         acc += self._xp.einsum("ngcf,ngkf->gkcf", x, self._xp.conj(d))
 
 
-def budget_bytes() -> int:
-    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
-
-
-def plan_for(problem: ConvProblem, budget: int | None = None) -> FFTPlan | None:
-    return plan(problem, budget_bytes() if budget is None else budget, RATES, FLOAT32_TOLERANCE)
-
-
-def can_run(problem: ConvProblem) -> tuple[bool, str]:
-    found = plan_for(problem)
-    if found is None:
-        return False, (f"even one tile of one image and one group needs more scratch than "
-                       f"CONVFLOW_WORKSPACE_MB={budget_bytes() >> 20}")
-    return True, found.describe()
-
-
-def rule(problem: ConvProblem, rival: str) -> tuple[bool, str]:
-    ok, why = can_run(problem)
-    return fft_rule(problem, plan_for(problem) if ok else None, RATES, rival,
-                    budget_bytes() >> 20, "" if ok else why)
+PLANNER = Planner(RATES)
+plan_for, can_run, rule = PLANNER.plan_for, PLANNER.can_run, PLANNER.rule
 
 
 def _compute(ctx: Any, problem: ConvProblem, a: Any, b: Any) -> Any:

@@ -277,8 +277,7 @@ class NumbaBackend(Backend):
         if algorithm == "fft":
             from . import fft
 
-            found = fft.plan_for(problem)
-            return found.workspace_bytes if found is not None else budget
+            return fft.PLANNER.workspace_bytes(problem)
         return 0
 
     def fft_plan(self, problem: ConvProblem) -> Any:

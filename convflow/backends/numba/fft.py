@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numba import njit, prange
 
-from ... import config
-from ...fft_plan import FFTPlan, Rates, fft_rule, plan
+from ...fft_plan import Planner, Rates
 from ...params import ConvProblem, Direction
 from .. import fft_arrays
 from . import kernels
@@ -142,35 +141,16 @@ def _workers() -> int:
     return int(numba.get_num_threads())
 
 
-def budget_bytes() -> int:
-    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
-
-
-FLOAT32_TOLERANCE = 3e-5  # the float32 accuracy the test suite holds every algorithm to
-
-
-def plan_for(problem: ConvProblem) -> FFTPlan | None:
-    """The plan this backend runs *problem* with (None: not even one tile fits)."""
-    return plan(problem, budget_bytes(), RATES, FLOAT32_TOLERANCE)
-
-
-def can_run(problem: ConvProblem) -> tuple[bool, str]:
+def _scipy_missing() -> str:
     try:
         import scipy.fft  # noqa: F401
     except ImportError as exc:
-        return False, f"scipy is not installed ({exc}); pip install scipy"
-    found = plan_for(problem)
-    if found is None:
-        return False, (f"even one tile of one image and one group needs more scratch than "
-                       f"CONVFLOW_WORKSPACE_MB={budget_bytes() >> 20}")
-    return True, found.describe()
+        return f"scipy is not installed ({exc}); pip install scipy"
+    return ""
 
 
-def rule(problem: ConvProblem, rival: str) -> tuple[bool, str]:
-    """Whether the FFT beats *rival* (what the other rules pick) by the cost model."""
-    ok, why = can_run(problem)
-    return fft_rule(problem, plan_for(problem) if ok else None, RATES, rival,
-                    budget_bytes() >> 20, "" if ok else why)
+PLANNER = Planner(RATES, _scipy_missing)
+plan_for, can_run, rule = PLANNER.plan_for, PLANNER.can_run, PLANNER.rule
 
 
 @functools.lru_cache(maxsize=256)
@@ -218,7 +198,7 @@ def _pass(direction: Direction):  # type: ignore[no-untyped-def]
             _direct_fallback(direction, a, b, out, geometry, budget, epilogue)
             return
         problem = _unlifted_problem(direction, *shapes, out.dtype.name, geometry)
-        found = plan(problem, budget, RATES, FLOAT32_TOLERANCE)
+        found = plan_for(problem, budget)
         if found is None:
             from ...errors import WorkspaceTooLargeError
 

@@ -88,10 +88,6 @@ _DTYPES = ("float16", "bfloat16", "float32", "float64")
 BIAS_GRAD_CHUNKS = 64     # row chunks of the channels-last bias gradient's first step
 
 
-def budget_mb_bytes() -> int:
-    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
-
-
 def _to_channels_last(ndim: int) -> tuple[int, ...]:
     """Axes taking a channels-first (N, C, *spatial) array to (N, *spatial, C)."""
     return (0, *range(2, ndim), 1)
@@ -353,8 +349,7 @@ class OpenCLBackend(Backend):
 
     def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
         if algorithm == "fft":
-            found = fft.plan_for(problem)
-            return found.workspace_bytes if found is not None else budget_mb_bytes()
+            return fft.PLANNER.workspace_bytes(problem)
         return 0
 
     def device_identity(self, device: Device) -> str:

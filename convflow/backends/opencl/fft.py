@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ... import config
-from ...fft_plan import FFTPlan, Rates, fft_rule, plan, power_of_two_length
+from ...fft_plan import FFTPlan, Planner, Rates, power_of_two_length
 from ...params import ConvProblem, Direction
 
 if TYPE_CHECKING:
     from .solvers import Call, Epilogue, Geom
 
-FLOAT32_TOLERANCE = 3e-5  # the float32 accuracy the test suite holds every algorithm to
 GROUP = (64, 1)
 
 # Measured on PoCL (2 CPU threads, float32): reikna's transforms sustain about 1 GFLOP/s of
@@ -63,29 +61,8 @@ def missing_reason() -> str:
     return ""
 
 
-def budget_bytes() -> int:
-    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
-
-
-def plan_for(problem: ConvProblem, budget: int | None = None) -> FFTPlan | None:
-    return plan(problem, budget_bytes() if budget is None else budget, RATES, FLOAT32_TOLERANCE)
-
-
-def can_run(problem: ConvProblem) -> tuple[bool, str]:
-    missing = missing_reason()
-    if missing:
-        return False, missing
-    found = plan_for(problem)
-    if found is None:
-        return False, (f"even one tile of one image and one group needs more scratch than "
-                       f"CONVFLOW_WORKSPACE_MB={budget_bytes() >> 20}")
-    return True, found.describe()
-
-
-def rule(problem: ConvProblem, rival: str) -> tuple[bool, str]:
-    ok, why = can_run(problem)
-    return fft_rule(problem, plan_for(problem) if ok else None, RATES, rival,
-                    budget_bytes() >> 20, "" if ok else why)
+PLANNER = Planner(RATES, missing_reason)
+plan_for, can_run, rule = PLANNER.plan_for, PLANNER.can_run, PLANNER.rule
 
 
 # reikna -------------------------------------------------------------------------------------
@@ -188,7 +165,7 @@ def _planned(call: Call, problem: ConvProblem) -> FFTPlan:
     if found is None:
         raise WorkspaceTooLargeError(
             f"fft: even one tile of {problem.describe()} needs more scratch than "
-            f"CONVFLOW_WORKSPACE_MB={budget_bytes() >> 20} (or the device's largest "
+            f"CONVFLOW_WORKSPACE_MB={PLANNER.budget_bytes() >> 20} (or the device's largest "
             f"allocation); raise it or choose another algorithm")
     return found
 
