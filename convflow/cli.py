@@ -132,8 +132,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     contenders = [bench.convflow_contender(name) for name in args.backend]
     threads = args.threads or hostinfo.cpu_count()
     for name in args.compare:
+        if name == "scipy":
+            contenders.extend(bench.scipy_contenders())
+            continue
         if name != "torch":
-            raise argparse.ArgumentTypeError(f"--compare: only 'torch' is supported, got {name!r}")
+            raise argparse.ArgumentTypeError(f"--compare: 'torch' or 'scipy', got {name!r}")
         contenders.append(bench.torch_contender(threads))
     if args.first_call:
         for backend in args.backend:
@@ -244,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma list of networks, or 'all' (see --list)")
     be.add_argument("--batch", type=lambda t: [int(v) for v in _names(t)], default=[1, 8])
     be.add_argument("--backend", type=_names, default=["numba"], help="convflow backends to time")
-    be.add_argument("--compare", type=_names, default=[], help="other contenders: torch")
+    be.add_argument("--compare", type=_names, default=[], help="other contenders: torch, scipy")
     be.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     be.add_argument("--repeats", type=int, default=15, help="timed rounds at most per layer")
     be.add_argument("--warmup", type=int, default=2)

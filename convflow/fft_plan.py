@@ -34,6 +34,9 @@ REAL_FFT_FLOPS = 2.5
 COMPLEX_MAC_FLOPS = 8
 # Each tile copies its segment in and its window out: modelled as this many flops per point.
 GATHER_FLOPS_PER_POINT = 4
+# Each step (tile x image block x group block) costs a few launches and Python calls:
+# modelled as this many flops (about 0.1 ms at the numba backend's rate).
+STEP_OVERHEAD_FLOPS = 1e6
 # float32 transforms: relative error about eps * log2(L) per output (Cooley-Tukey's bound);
 # this factor covers the spread seen in the tests.
 ERROR_FACTOR = 4.0
@@ -226,7 +229,9 @@ def _evaluate(problem: ConvProblem, axes: tuple[AxisPlan, ...], images: int, gro
         transforms = tiles * n * (c_a + c_r) + g_total * pairs
     macs = tiles * n * g_total * pairs * cpoints
     gathers = tiles * n * (c_a + c_r) * points
-    flops = transforms * fft + macs * COMPLEX_MAC_FLOPS + gathers * GATHER_FLOPS_PER_POINT
+    steps = tiles * -(-n // images) * -(-g_total // groups)
+    flops = (transforms * fft + macs * COMPLEX_MAC_FLOPS + gathers * GATHER_FLOPS_PER_POINT
+             + steps * STEP_OVERHEAD_FLOPS)
     return int(scratch), float(flops)
 
 

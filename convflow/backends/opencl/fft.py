@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 
 GROUP = (64, 1)
 
-# Measured on PoCL (2 CPU threads, float32): reikna's transforms sustain about 1 GFLOP/s of
-# modelled work; the opencl direct solvers reach the rates below.
-RATES = Rates(fft=1e9, mac=1e9,
-              direct=(("default", 5e9), ("depthwise", 8e9), ("naive", 1e9),
-                      ("vec_im2col_gemm", 20e9), ("vec_gemm_1x1", 20e9),
-                      ("vec_winograd", 30e9), ("tiled_direct", 3e9), ("im2col_gemm", 5e9)),
+# Measured on PoCL (2 CPU threads of a busy machine, float32): reikna's transforms with the
+# steps around them sustain about 0.35 GFLOP/s of modelled work; the opencl solvers reach the
+# rates below (depthwise and naive about 0.4-0.5, the vector GEMMs about 10).
+RATES = Rates(fft=0.35e9, mac=0.35e9,
+              direct=(("default", 2e9), ("depthwise", 0.4e9), ("naive", 0.5e9),
+                      ("vec_im2col_gemm", 10e9), ("vec_gemm_1x1", 10e9),
+                      ("vec_winograd", 15e9), ("tiled_direct", 1e9), ("im2col_gemm", 2e9),
+                      ("gemm_1x1", 2e9), ("winograd", 3e9)),
               fast_length=power_of_two_length, real_transforms=False)
 
 _compiled: dict[tuple[Any, ...], Any] = {}
