@@ -273,10 +273,24 @@ def smallest_workspace(problem: ConvProblem, rates: Rates) -> int:
     return _evaluate(problem, tuple(axes), 1, 1, itemsize, rates.real_transforms)[0]
 
 
+# Direct algorithms slow down once one input plane outgrows the caches: a backend may give a
+# rate for ``"<algorithm>@large"``, used above this plane size.
+LARGE_PLANE_BYTES = 1 << 20
+
+
+def rival_rate_name(problem: ConvProblem, rates: Rates, algorithm: str) -> str:
+    """The entry of ``rates.direct`` that models *algorithm* on *problem*."""
+    plane = math.prod(problem.x_spatial) * (8 if problem.dtype == "float64" else 4)
+    large = f"{algorithm}@large"
+    if plane > LARGE_PLANE_BYTES and large in dict(rates.direct):
+        return large
+    return algorithm
+
+
 def direct_seconds(problem: ConvProblem, rates: Rates, algorithm: str) -> float:
     """Modelled time of the direct algorithm *algorithm* (the pass's multiply-adds at the
     rate the backend sustains for it)."""
-    return problem.flops / rates.direct_rate(algorithm)
+    return problem.flops / rates.direct_rate(rival_rate_name(problem, rates, algorithm))
 
 
 # The FFT must win by this factor before the rule picks it: the model is rough near the
@@ -299,9 +313,11 @@ def fft_rule(problem: ConvProblem, fft_plan: FFTPlan | None, rates: Rates, rival
         stride_note = (f"; stride {problem.stride} computed at stride 1 and subsampled" if
                        problem.direction == Direction.FORWARD else
                        f"; stride {problem.stride} as a zero-upsampled dy")
+    planes = " on planes beyond the caches" if rival_rate_name(problem, rates, rival) != rival \
+        else ""
     detail = (f"FFT {fft_plan.flops / 1e9:.3g} GFLOP-equivalent ~{fft_plan.seconds * 1e3:.3g} ms "
               f"({fft_plan.describe()}{stride_note}) vs {rival} {problem.flops / 1e9:.3g} GFLOP "
-              f"~{direct * 1e3:.3g} ms")
+              f"~{direct * 1e3:.3g} ms{planes}")
     if fft_plan.seconds * FFT_MARGIN < direct:
         return True, f"{detail}: FFT is cheaper by more than {FFT_MARGIN}x"
     return False, f"{detail}: FFT is not cheaper by {FFT_MARGIN}x"
