@@ -390,3 +390,17 @@ def test_opencl_fft_without_reikna_says_how_to_get_it(monkeypatch):
     ok, why = opencl_fft.can_run(_problem())
     assert not ok and "reikna" in why and "pip install 'convflow[opencl-fft]'" in why
     assert opencl_fft.rule(_problem(), "depthwise") == (False, why)
+
+
+def test_direct_rates_for_planes_beyond_the_caches():
+    rates = fft_plan.Rates(fft=8e9, mac=8e9,
+                           direct=(("default", 1e9), ("depthwise", 60e9), ("depthwise@large", 8e9)))
+    small = _problem(x=(1, 128, 56, 56), w=(128, 1, 31, 31), groups=128,
+                     padding=((15, 15), (15, 15)))
+    large = _problem(x=(1, 3, 1024, 1024), w=(3, 1, 15, 15), groups=3, padding=((7, 7), (7, 7)))
+    assert fft_plan.rival_rate_name(small, rates, "depthwise") == "depthwise"
+    assert fft_plan.rival_rate_name(large, rates, "depthwise") == "depthwise@large"
+    assert fft_plan.rival_rate_name(large, rates, "direct") == "direct"
+    assert fft_plan.direct_seconds(large, rates, "depthwise") == large.flops / 8e9
+    plan = fft_plan.plan(large, 64 << 20, rates, TOLERANCE["float32"])
+    assert "on planes beyond the caches" in fft_plan.fft_rule(large, plan, rates, "depthwise", 64)[1]
