@@ -69,11 +69,9 @@ plan_for, can_run, rule = PLANNER.plan_for, PLANNER.can_run, PLANNER.rule
 
 # reikna -------------------------------------------------------------------------------------
 def _transform(call: Call, shape: tuple[int, ...]) -> Any:
-    """reikna's compiled transform of complex arrays of *shape* over their spatial axes of
-    length > 1 (cached per queue, shape and dtype); None when there is none."""
-    axes = tuple(1 + i for i, length in enumerate(shape[1:]) if length > 1)
-    if not axes:
-        return None
+    """reikna's compiled transform of complex arrays of *shape* (rows, then the axes to
+    transform, all of length > 1), cached per queue, shape and dtype."""
+    axes = tuple(range(1, len(shape)))
     complex_dtype = np.complex128 if call.dtype == np.float64 else np.complex64
     key = (call.queue.int_ptr, shape, complex_dtype, axes)
     with _lock:
@@ -92,9 +90,13 @@ def _transform(call: Call, shape: tuple[int, ...]) -> Any:
 
 
 def _fft(call: Call, buffer: Any, inverse: bool) -> None:
-    compiled = _transform(call, tuple(buffer.shape))
-    if compiled is not None:
-        compiled(buffer, buffer, 1 if inverse else 0)
+    # Axes of length 1 are dropped from the view reikna sees: a length-1 transform is the
+    # identity, and reikna's templates fail on some shapes with trailing length-1 axes.
+    shape = (buffer.shape[0], *(length for length in buffer.shape[1:] if length > 1))
+    if len(shape) == 1:
+        return
+    view = buffer.reshape(shape)
+    _transform(call, shape)(view, view, 1 if inverse else 0)
 
 
 # Below this many rows a buffer gets a power-of-two number of them (the extra rows are
