@@ -145,9 +145,9 @@ def _axes_template(problem: ConvProblem) -> list[AxisPlan]:
                              problem.stride, problem.dilation):
         span = d * (k - 1) + 1
         if problem.direction == Direction.BACKWARD_DATA:
-            axes.append(AxisPlan(x, 1, span, x, 0))
+            axes.append(AxisPlan(x, 1, span, max(1, x), 0))
         else:
-            axes.append(AxisPlan(y, s, span, y, 0))
+            axes.append(AxisPlan(y, s, span, max(1, y), 0))
     return axes
 
 
@@ -246,7 +246,7 @@ def plan(problem: ConvProblem, budget: int, rates: Rates,
         lengths = tuple(a.length for a in axes)
         dtype = transform_dtype(problem, lengths, float32_tolerance)
         itemsize = 8 if dtype == "float64" else 4
-        images, groups = problem.batch, problem.groups
+        images, groups = max(1, problem.batch), problem.groups
         scratch, flops = _evaluate(problem, axes, images, groups, itemsize,
                                    rates.real_transforms)
         # Fewer groups, then fewer images, per step until the scratch fits.
