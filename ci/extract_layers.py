@@ -3,7 +3,8 @@
 Layers come from the Conv nodes of the light models the onnx package ships
 (onnx/backend/test/data/light/light_*.onnx), with shapes from ONNX shape inference, plus
 MobileNetV2's depthwise layers generated from the architecture table of its paper
-(Sandler et al., 2018, table 2). Each network keeps its unique layers in order of first
+(Sandler et al., 2018, table 2), and the ``large-kernels`` set: image filters and the large
+depthwise kernels of RepLKNet-31B, SLaK and ConvNeXt (their papers' stage tables). Each network keeps its unique layers in order of first
 appearance, with how often each occurs. Needs the onnx package (a test extra); the JSON is
 committed so `convflow bench` needs no onnx at run time. Usage: ``python ci/extract_layers.py
 [--check]``.
@@ -79,6 +80,35 @@ def mobilenet_v2_depthwise() -> list[dict[str, Any]]:
     return layers
 
 
+# RepLKNet-31B (Ding et al., 2022): stage channels and kernel sizes at 56, 28, 14, 7 pixels.
+REPLKNET_31B = [(128, 56, 31), (256, 28, 29), (512, 14, 27), (1024, 7, 13)]
+# ConvNeXt-T (Liu et al., 2022): 7x7 depthwise at each stage.
+CONVNEXT_T = [(96, 56), (192, 28), (384, 14), (768, 7)]
+# SLaK-T (Liu et al., 2023), stage 1: a 51x51 kernel, and the 51x5 and 5x51 pair it runs.
+SLAK_T = [(96, 56, 51, 51), (96, 56, 51, 5), (96, 56, 5, 51)]
+
+
+def _depthwise(c: int, size: int, kh: int, kw: int) -> dict[str, Any]:
+    return _layer(c, size, size, [c, 1, kh, kw], [1, 1], [kh // 2, kw // 2, kh // 2, kw // 2],
+                  [1, 1], c)
+
+
+def large_kernels() -> list[dict[str, Any]]:
+    """Image filters ('same' padding; 3 channels filtered each on its own), then the
+    networks' large depthwise layers."""
+    layers = []
+    for size in (1024, 2048):
+        for channels in (1, 3):
+            for k in (15, 31, 63, 127):
+                p = k // 2
+                layers.append(_layer(channels, size, size, [channels, 1, k, k], [1, 1],
+                                     [p, p, p, p], [1, 1], channels))
+    layers += [_depthwise(c, size, k, k) for c, size, k in REPLKNET_31B]
+    layers += [_depthwise(c, size, kh, kw) for c, size, kh, kw in SLAK_T]
+    layers += [_depthwise(c, size, 7, 7) for c, size in CONVNEXT_T]
+    return layers
+
+
 def unique(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for layer in layers:
@@ -96,7 +126,9 @@ def build() -> dict[str, Any]:
     light = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     networks = {name: unique(onnx_layers(light / file)) for name, file in LIGHT_MODELS.items()}
     networks["mobilenet_v2_depthwise"] = unique(mobilenet_v2_depthwise())
-    return {"source": "ci/extract_layers.py (onnx light models; MobileNetV2 paper table 2)",
+    networks["large-kernels"] = unique(large_kernels())
+    return {"source": "ci/extract_layers.py (onnx light models; MobileNetV2 paper table 2; "
+                      "RepLKNet-31B, SLaK-T and ConvNeXt-T stage tables; image filters)",
             "networks": networks}
 
 

@@ -7,7 +7,7 @@ and an algorithm (``explain()`` shows why), and the backend runs the convolution
 import logging as _logging
 import warnings as _warnings
 
-from . import config
+from . import config, signal
 from .backends import available_backends
 from .backends.base import BackendStatus
 from .errors import (
@@ -69,6 +69,7 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "explain",
+    "signal",
     "tensor",
 ]
 

@@ -111,8 +111,11 @@ Runner = Callable[[], Any]
 
 @dataclass
 class Contender:
+    """``prepare(x, w, layer)`` returns the call to time, or None where the contender cannot
+    compute the layer (the table shows ``n/a`` and the ratios leave the layer out)."""
+
     name: str
-    prepare: Callable[[np.ndarray, np.ndarray, Layer], Runner]
+    prepare: Callable[[np.ndarray, np.ndarray, Layer], Runner | None]
     version: str = ""
 
 
@@ -135,7 +138,14 @@ def convflow_contender(spec: str) -> Contender:
                                  f"algorithm of the {name} backend{did_you_mean(algorithm, known)}; "
                                  f"its algorithms: {', '.join(known)}")
 
-    def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner:
+    def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner | None:
+        if algorithm:
+            # A forced algorithm that cannot compute the layer (e.g. depthwise on a dense
+            # layer) is left out of that row.
+            decision = functional.explain(x, w, None, layer.stride, layer.padding,
+                                          layer.dilation, layer.groups, backend=name)
+            if algorithm not in decision.candidates:
+                return None
         if name == "numba":
             def run() -> Any:
                 return functional.conv2d(x, w, None, layer.stride, layer.padding,
@@ -192,6 +202,45 @@ def torch_contender(threads: int) -> Contender:
     return Contender("torch", prepare, torch.__version__)
 
 
+def scipy_contenders() -> list[Contender]:
+    """scipy.signal's ``fftconvolve`` and ``oaconvolve``, run as an image user runs them (one
+    call over the channel axis with ``axes``, scipy.fft's default of one thread). They apply
+    where a layer is a per-channel filter of one image: batch 1, stride 1, dilation 1, one
+    channel or depthwise without a channel multiplier."""
+    try:
+        import scipy
+        import scipy.signal
+    except ImportError as exc:
+        raise ParameterError(f"convflow bench: --compare scipy needs scipy ({exc}); pip install "
+                             f"scipy") from None
+
+    def contender(name: str, function: Callable[..., Any]) -> Contender:
+        def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner | None:
+            channels, outputs = layer.input[0], layer.weight[0]
+            per_channel = (layer.groups == channels == outputs and layer.weight[1] == 1)
+            if not (x.shape[0] == 1 and per_channel and layer.stride == (1, 1)
+                    and layer.dilation == (1, 1)):
+                return None
+            image = x[0]
+            # A convolution layer correlates: scipy convolves with the flipped kernel.
+            kernel = np.ascontiguousarray(w[:, 0, ::-1, ::-1])
+            (top, _), (left, _) = layer.padding
+            kh, kw = layer.weight[2:]
+            oh, ow = layer.output_hw()
+            rows = slice(kh - 1 - top, kh - 1 - top + oh)
+            cols = slice(kw - 1 - left, kw - 1 - left + ow)
+
+            def run() -> Any:
+                return function(image, kernel, mode="full", axes=(1, 2))[:, rows, cols]
+
+            return run
+
+        return Contender(name, prepare, scipy.__version__)
+
+    return [contender("scipy-fft", scipy.signal.fftconvolve),
+            contender("scipy-oa", scipy.signal.oaconvolve)]
+
+
 # --------------------------------------------------------------------------------------
 # Measurement
 
@@ -224,7 +273,9 @@ def measure_layer(layer: Layer, batch: int, contenders: Sequence[Contender], war
     x = rng.standard_normal((batch, *layer.input), dtype=np.float32)
     w = (rng.standard_normal(layer.weight, dtype=np.float32)
          / math.sqrt(layer.weight[1] * layer.weight[2] * layer.weight[3]))
-    runners = [c.prepare(x, w, layer) for c in contenders]
+    prepared = [(c, c.prepare(x, w, layer)) for c in contenders]
+    contenders = [c for c, run in prepared if run is not None]
+    runners = [run for _, run in prepared if run is not None]
     first_call = []
     for run in runners:
         start = time.perf_counter()
@@ -331,11 +382,17 @@ def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Seque
                     bar.advance()
                     line = f"{layer.index:>3} {layer.describe():<34} {layer.kind:<9}"
                     for c in contenders:
-                        m = result[c.name]
+                        width = max(8, len(first + c.name) + 1)
+                        m = result.get(c.name)
+                        if m is None or first not in result:  # cannot run this layer
+                            shown = f" {'n/a':>11} {'':>6}" if m is None else (
+                                f" {m.median_ms:>11.3f} {m.gflops:>6.0f}")
+                            line += shown + (f" {'':>{width}}" if c.name != first else "")
+                            continue
                         line += f" {m.median_ms:>11.3f} {m.gflops:>6.0f}"
                         if c.name != first:
                             ratio = result[first].median_ms / m.median_ms
-                            line += f" {ratio:>{max(8, len(first + c.name) + 1)}.2f}"
+                            line += f" {ratio:>{width}.2f}"
                     out(line)
                     rows.append({"network": name, "batch": batch, "layer": layer.index,
                                  "describe": layer.describe(), "kind": layer.kind,
@@ -347,7 +404,9 @@ def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Seque
 
 
 def _ratios(rows: Sequence[dict[str, Any]], a: str, b: str) -> list[float]:
-    return [r["results"][a]["median_ms"] / r["results"][b]["median_ms"] for r in rows]
+    """Time ratios a/b over the rows where both ran."""
+    return [r["results"][a]["median_ms"] / r["results"][b]["median_ms"] for r in rows
+            if a in r["results"] and b in r["results"]]
 
 
 def _summary(rows: list[dict[str, Any]], name: str, batch: int, contenders: Sequence[Contender],
@@ -375,7 +434,8 @@ def _overall(rows: list[dict[str, Any]], contenders: Sequence[Contender], peak: 
         kinds = ", ".join(f"{k} {v:.2f}" for k, v in per_kind.items())
         out(f"  {first}/{c.name}: geomean {overall:.2f}  ({kinds})")
     for c in contenders:
-        three = [r["results"][c.name]["gflops"] for r in rows if r["kind"] == "3x3"]
+        three = [r["results"][c.name]["gflops"] for r in rows
+                 if r["kind"] == "3x3" and c.name in r["results"]]
         if three:
             best = max(three)
             out(f"  {c.name}: 3x3 layers at {statistics.median(three):.0f} GFLOP/s median, "

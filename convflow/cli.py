@@ -20,7 +20,7 @@ from .errors import ConvflowError, ParameterError, did_you_mean
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 DIRECTIONS = ("forward", "backward_data", "backward_weight")
-COMPARE = ("torch",)
+COMPARE = ("torch", "scipy")
 
 
 DESCRIPTION = """\
@@ -286,7 +286,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                      f"which has layers 0 to {len(tables[name]) - 1}")
     contenders = [bench.convflow_contender(name) for name in args.backend]
     threads = args.threads or hostinfo.cpu_count()
-    contenders += [bench.torch_contender(threads) for name in args.compare if name == "torch"]
+    for name in args.compare:
+        if name == "scipy":
+            contenders.extend(bench.scipy_contenders())
+        elif name == "torch":
+            contenders.append(bench.torch_contender(threads))
     if args.first_call:
         for backend in args.backend:
             latency = bench.first_call_latency(backend)
@@ -429,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--backend", type=_names, default="numba",
                     help="convflow contenders: backend or backend:algorithm, comma list")
     be.add_argument("--compare", type=_names_from(COMPARE), default=[],
-                    help="other contenders: torch (needs PyTorch)")
+                    help="other contenders: torch (needs PyTorch), scipy (scipy.signal, where it applies)")
     be.add_argument("--threads", type=_int_at_least(0), default=0,
                     help="torch threads (0: all cores)")
     be.add_argument("--repeats", type=_int_at_least(1), default=15,

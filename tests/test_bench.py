@@ -15,7 +15,7 @@ from convflow import bench
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NETWORKS = ("resnet50", "vgg19", "densenet121", "inception_v1", "inception_v2", "shufflenet",
-            "squeezenet", "alexnet", "zfnet512", "mobilenet_v2_depthwise")
+            "squeezenet", "alexnet", "zfnet512", "mobilenet_v2_depthwise", "large-kernels")
 
 
 def test_layer_tables():
@@ -155,3 +155,43 @@ def test_device_contenders_wait_for_the_device(tmp_path, monkeypatch):
     y = run()
     assert waits and str(waits[0]).startswith("opencl")
     assert float(np.asarray(y.numpy())[0, 0, 5, 5]) == 8 * 9
+
+
+def test_large_kernel_set():
+    layers = bench.load_networks()["large-kernels"]
+    assert len(layers) == 27
+    filters = [layer for layer in layers if layer.input[1] >= 1024]
+    assert sorted({(layer.input, layer.weight[2]) for layer in filters}) == sorted(
+        ((c, s, s), k) for c in (1, 3) for s in (1024, 2048) for k in (15, 31, 63, 127))
+    assert all(layer.output_hw() == layer.input[1:] for layer in layers)  # 'same' padding
+    kernels = [layer.weight[2:] for layer in layers if layer.input[1] < 1024]
+    assert kernels == [(31, 31), (29, 29), (27, 27), (13, 13), (51, 51), (51, 5), (5, 51),
+                       (7, 7), (7, 7), (7, 7), (7, 7)]
+
+
+def test_scipy_contenders_match_convflow_where_they_apply():
+    import convflow
+
+    fft_contender, oa_contender = bench.scipy_contenders()
+    rng = np.random.default_rng(0)
+    layer = bench.Layer("t", 0, (3, 40, 36), (3, 1, 9, 7), (1, 1), ((4, 4), (3, 3)), (1, 1), 3)
+    x = rng.standard_normal((1, *layer.input)).astype(np.float32)
+    w = rng.standard_normal(layer.weight).astype(np.float32)
+    expected = convflow.conv2d(x, w, None, 1, layer.padding, 1, 3)[0]
+    for contender in (fft_contender, oa_contender):
+        run = contender.prepare(x, w, layer)
+        assert run is not None
+        np.testing.assert_allclose(run(), expected, rtol=1e-4, atol=1e-4)
+        assert contender.prepare(np.concatenate([x, x]), w, layer) is None  # batch 2
+        dense = bench.Layer("t", 0, (3, 40, 36), (4, 3, 9, 7), (1, 1), ((4, 4), (3, 3)), (1, 1),
+                            1)
+        assert contender.prepare(x, rng.standard_normal(dense.weight).astype(np.float32),
+                                 dense) is None
+
+
+def test_contenders_that_cannot_run_a_layer_show_na(tmp_path):
+    result = run_bench("--net", "tiny", "--batch", "1", "--repeats", "3", "--warmup", "1",
+                       "--backend", "numba,numba:depthwise", "--compare", "scipy")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("  0 "))
+    assert row.count("n/a") == 3, row

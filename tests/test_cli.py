@@ -19,7 +19,7 @@ def test_info():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for expected in ("convflow 0.", "numpy", "host:", "cores", "backends:", "numba    available",
-                     "threading_layer:", "threads:", "algorithms (in rule order): depthwise, gemm_1x1, "
+                     "threading_layer:", "threads:", "algorithms (in rule order): fft, depthwise, gemm_1x1, "
                      "packed_direct, im2col_gemm, direct", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
         assert expected in out, expected
 

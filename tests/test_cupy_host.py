@@ -731,7 +731,7 @@ def test_the_backend_runs_cudnn_in_channels_last_with_its_epilogue(refuse_fused)
     backend._kernels = _NumpyKernels()
     assert backend.fuses_activation
     rules = {r.name: r.channels_last for r in backend.algorithm_rules()}
-    assert rules == {"cudnn": True, "depthwise": False, "gemm_1x1": False,
+    assert rules == {"cudnn": True, "fft": False, "depthwise": False, "gemm_1x1": False,
                      "im2col_gemm": False, "direct": False}
     p = dataclasses.replace(problem(), channels_last=True, activation="silu")
     ok, reason = backend.algorithm_rules()[0].applies(p)

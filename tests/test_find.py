@@ -159,7 +159,7 @@ def test_forcing_by_variable_and_argument(monkeypatch):
     monkeypatch.setenv("CONVFLOW_ALGO", "winograd")
     with pytest.raises(ParameterError, match=r"CONVFLOW_ALGO='winograd' is not an algorithm of the "
                                              r"numba backend .* valid for this problem: "
-                                             r"packed_direct, im2col_gemm, direct"):
+                                             r"fft, packed_direct, im2col_gemm, direct"):
         convflow.conv2d(X, W, padding=1)
     monkeypatch.setenv("CONVFLOW_ALGO", "gemm_1x1")
     with pytest.raises(ParameterError, match=r"CONVFLOW_ALGO='gemm_1x1' cannot run this problem"):
@@ -177,7 +177,7 @@ def test_disabling_algorithms(monkeypatch):
     with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is disabled by "
                                              r"CONVFLOW_DISABLE_ALGOS"):
         convflow.conv2d(X, W, padding=1, algorithm="packed_direct")
-    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "packed_direct,im2col_gemm,direct")
+    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "fft,packed_direct,im2col_gemm,direct")
     with pytest.raises(ParameterError, match=r"no algorithm of the numba backend is left"):
         convflow.conv2d(X, W, padding=1)
     monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "im2col")
@@ -194,7 +194,7 @@ def test_deterministic_mode_excludes_blas(monkeypatch):
     assert "not deterministic" in str(pointwise)
     with pytest.raises(ParameterError, match=r"algorithm='im2col_gemm' is not deterministic"):
         convflow.conv2d(X, W, algorithm="im2col_gemm")
-    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "packed_direct,direct")
+    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "fft,packed_direct,direct")
     with pytest.raises(ParameterError, match=r"no algorithm of the numba backend is left .* "
                                              r"relax CONVFLOW_DISABLE_ALGOS or CONVFLOW_DETERMINISTIC"):
         convflow.conv2d(X, W, padding=1)

@@ -278,7 +278,7 @@ def test_float64_on_a_device_without_fp64_is_a_clear_error(opencl, monkeypatch):
 
 # Selection -----------------------------------------------------------------------------------
 FORWARD_SOLVERS = {"naive", "depthwise", "winograd", "vec_winograd", "gemm_1x1", "vec_gemm_1x1",
-                   "tiled_direct", "im2col_gemm", "vec_im2col_gemm"}
+                   "tiled_direct", "im2col_gemm", "vec_im2col_gemm", "fft"}
 
 
 def test_explain_lists_every_solver_with_a_reason(opencl, monkeypatch):

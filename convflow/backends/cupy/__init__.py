@@ -5,6 +5,8 @@ Algorithms, in the order the selector tries them:
 * ``cudnn`` -- cuDNN through the cuDNN frontend's graph API, when the frontend is installed
   and cuDNN builds a plan for the problem (a refusal is shown in ``explain()`` and the next
   rule decides);
+* ``fft`` -- large kernels: cuFFT through ``cupy.fft`` with overlap-save tiles, when the cost
+  model says it beats the own algorithm below that the rules pick (``.fft``);
 * ``depthwise`` -- groups == C_in: a kernel per pass without channel loops;
 * ``gemm_1x1`` -- 1x1 kernels without padding: cuBLAS on the input itself;
 * ``im2col_gemm`` -- im2col / col2im kernels and cuBLAS GEMMs (``cupy.matmul``), scratch
@@ -42,7 +44,7 @@ from ...errors import DeviceError
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import Algorithm, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
-from . import algorithms
+from . import algorithms, fft
 from .cudnn_plans import CudnnPlans, Policy, Resolution, as_channels_last, run_cudnn
 from .status import Probe, probe
 
@@ -112,7 +114,17 @@ def _own(name: str, summary: str, applies: Any, can_run: Any, forward: algorithm
                              Direction.BACKWARD_WEIGHT: backward_weight})
 
 
+def _fft_rule(problem: ConvProblem) -> tuple[bool, str]:
+    rival = next(r.name for r in OWN_RULES if r.name != "fft" and r.applies(problem)[0])
+    return fft.rule(problem, rival)
+
+
 OWN_RULES: tuple[Algorithm, ...] = (
+    Algorithm("fft", "cuFFT through cupy.fft, overlap-save tiles", _fft_rule, fft.can_run,
+              deterministic=False, why_not_deterministic=fft.NOT_DETERMINISTIC, fused=_FUSED,
+              workspace=fft.PLANNER.workspace_bytes,
+              passes={Direction.FORWARD: fft.fprop_fft, Direction.BACKWARD_DATA: fft.dgrad_fft,
+                      Direction.BACKWARD_WEIGHT: fft.wgrad_fft}),
     _own("depthwise", "per-channel CUDA kernels", _depthwise_rule, _depthwise_rule,
          algorithms.fprop_depthwise, algorithms.dgrad_depthwise, algorithms.wgrad_depthwise),
     _own("gemm_1x1", "1x1 convolution as cuBLAS GEMMs", _pointwise_rule, _pointwise_rule,
@@ -243,6 +255,15 @@ class CupyBackend(Backend):
 
     def default_device(self) -> Device:
         return Device("cuda", int(self._cupy.cuda.runtime.getDevice()))
+
+    def fft_plan(self, problem: ConvProblem) -> Any:
+        """How the ``fft`` algorithm would run *problem* (tiles, lengths), or None."""
+        return fft.plan_for(problem)
+
+    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
+        if algorithm == "fft":
+            return fft.PLANNER.workspace_bytes(problem)
+        return 0
 
     def available_memory(self, device: Device) -> int:
         cupy = self._cupy

@@ -2,6 +2,8 @@
 
 Algorithms, in the order the selector tries them:
 
+* ``fft`` -- large kernels: scipy.fft real transforms, overlap-save tiles, chosen when the
+  cost model says it beats what the rules below pick (``convflow.backends.numba.fft``);
 * ``depthwise`` -- groups == C_in: per-channel kernel over a zero-padded plane;
 * ``gemm_1x1`` -- 1x1 kernels without padding: one BLAS matrix product per image and group;
 * ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
@@ -116,6 +118,21 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: direct loops over the kernel taps"
 
 
+def _fft_can_run(problem: ConvProblem) -> tuple[bool, str]:
+    from . import fft
+
+    return fft.can_run(problem)
+
+
+def _fft_rule(problem: ConvProblem) -> tuple[bool, str]:
+    """The FFT against the algorithm the other rules would pick."""
+    from . import fft
+
+    rival = next(r.name for r in RULES if r.name != "fft" and problem.direction in r.directions
+                 and r.applies(problem)[0])
+    return fft.rule(problem, rival)
+
+
 # BLAS libraries may split a product's sums differently with another thread count or CPU.
 _BLAS_ORDER = "BLAS may sum in another order with another thread count"
 _FORWARD = frozenset({Direction.FORWARD})
@@ -182,7 +199,26 @@ def _passes(suffix: str, directions: frozenset[Direction] = ALL_DIRECTIONS
             for direction, prefix in zip(Direction, _ALL_PASSES) if direction in directions}
 
 
+def _fft_workspace(problem: ConvProblem) -> int:
+    from . import fft
+
+    return fft.PLANNER.workspace_bytes(problem)
+
+
+def _fft_variant(problem: ConvProblem) -> str:
+    """The tiles and transform lengths the plan uses (operands holding NaN or Inf run the
+    direct loops instead: an FFT would spread them over every output)."""
+    from . import fft
+
+    plan = fft.plan_for(problem)
+    return plan.describe() if plan is not None else ""
+
+
 RULES: tuple[Algorithm, ...] = (
+    Algorithm("fft", "FFT convolution (scipy.fft), overlap-save tiles; operands holding NaN "
+              "or Inf run the direct loops", _fft_rule, _fft_can_run,
+              fused=frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}),
+              workspace=_fft_workspace, variant=_fft_variant, passes=_passes("fft")),
     Algorithm("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
               _depthwise_rule, channels_last=True, fused=_FORWARD,
               workspace=_depthwise_workspace,
@@ -267,6 +303,9 @@ class NumbaBackend(Backend):
         from . import kernels
 
         kernels.use_serial_kernels()
+        from . import fft
+
+        fft.use_serial_kernels()
         self._prepared_passes.clear()
         self._forked_serial = True
         self._status = dataclasses.replace(
@@ -342,6 +381,12 @@ class NumbaBackend(Backend):
 
     def available_memory(self, device: Device) -> int:
         return hostinfo.memory_available()
+
+    def fft_plan(self, problem: ConvProblem) -> Any:
+        """How the ``fft`` algorithm would run *problem* (tiles, lengths), or None."""
+        from . import fft
+
+        return fft.plan_for(problem)
 
     def device_identity(self, device: Device) -> str:
         import numba

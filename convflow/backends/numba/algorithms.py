@@ -19,6 +19,7 @@ import numpy as np
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem
 from . import kernels
+from .fft import PASSES as FFT_PASSES
 
 Array = np.ndarray
 
@@ -515,6 +516,7 @@ def chunk_operands(pass_index: int, chunk: Chunk, a: Array, b: Array, out: Array
 
 # The passes of the direct algorithm and depthwise's gradients, by the names the backend's
 # algorithm records give (each ``(a, b, out, geometry, budget, epilogue, variant)``).
+fprop_fft, dgrad_fft, wgrad_fft = FFT_PASSES
 fprop_direct = _direct("fprop_direct")
 dgrad_direct = _direct("dgrad_direct")
 wgrad_direct = _direct("wgrad_direct")

@@ -55,6 +55,7 @@ from ...geometry import Geometry
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
 from ..base import Algorithm, Backend, BackendStatus, excluded_reason
+from . import fft
 from .rules import device_limits
 from .runtime import (
     ContextState,
@@ -120,6 +121,24 @@ def _within_limits(record: Solver, info: DeviceInfo) -> Solver:
         return applies(problem) if fits else (False, why)
 
     return replace(record, applies=rule)
+
+
+def _versus_rivals(records: tuple[Solver, ...]) -> tuple[Solver, ...]:
+    """*records* with each rule that is decided against the others' choice (a solver's
+    ``versus``: fft weighs its cost against what the rest would pick) given the rivals of
+    this very rule order (its style, its device's limits)."""
+    def rival(problem: ConvProblem, name: str) -> str:
+        return next(r.name for r in records if r.name != name and r.versus is None
+                    and problem.direction in r.directions and r.applies(problem)[0])
+
+    def decided(record: Solver) -> Solver:
+        versus = record.versus
+        if versus is None:
+            return record
+        return replace(record, applies=lambda problem: versus(problem, rival(problem,
+                                                                            record.name)))
+
+    return tuple(decided(record) for record in records)
 
 
 class OpenCLBackend(Backend):
@@ -207,14 +226,15 @@ class OpenCLBackend(Backend):
         *device*'s work-group and local-memory limits cannot run."""
         infos = self.device_infos()
         if not infos:
-            return RULES["gpu"]
+            return _versus_rivals(RULES["gpu"])
         index = device.index if device is not None and device.type == "opencl" else 0
         info = infos[index if index < len(infos) else 0]
         key = (infos[0].style, info)
         with self._lock:
             records = self._device_rules.get(key)
             if records is None:
-                records = tuple(_within_limits(r, info) for r in RULES[infos[0].style])
+                records = _versus_rivals(tuple(_within_limits(r, info)
+                                               for r in RULES[infos[0].style]))
                 self._device_rules[key] = records
         return records
 
@@ -241,6 +261,10 @@ class OpenCLBackend(Backend):
         size = self._info(device).global_mem_size
         # A CPU device's "global memory" is the host's RAM: what is left of it bounds it.
         return min(size, hostinfo.memory_available()) if self.in_host_memory(device) else size
+
+    def fft_plan(self, problem: ConvProblem) -> Any:
+        """How the ``fft`` solver would run *problem* (tiles, lengths), or None."""
+        return fft.plan_for(problem)
 
     def device_identity(self, device: Device) -> str:
         info = self._info(device)

@@ -95,6 +95,12 @@ def always(problem: ConvProblem) -> tuple[bool, str]:
     return True, "handles every problem"
 
 
+def decided_by_versus(problem: ConvProblem) -> tuple[bool, str]:
+    """The stand-in rule of a solver decided against its rivals (its record's ``versus``),
+    used only where no rival order is known."""
+    return False, "decided against the other rules' choice"
+
+
 def naive_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: one work-item per output"
 

@@ -29,7 +29,7 @@ import numpy as np
 from ...geometry import Geometry, Tile, plan_tiles
 from ...params import ConvProblem, Direction
 from ..base import Algorithm
-from . import rules
+from . import fft, rules
 from .runtime import ContextState, SolverUnavailable, wait_interruptibly
 
 Array = Any  # pyopencl.array.Array
@@ -44,6 +44,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "winograd": (COMMON, "opencl/winograd.cl"),
     "direct_tiled": (COMMON, "opencl/direct_tiled.cl"),
     "direct_wrw": (COMMON, "opencl/direct_wrw.cl"),
+    "fft": (COMMON, "opencl/fft.cl"),
 }
 
 # Work-group sizes: fixed per kernel (each distinct size is a separate compile on PoCL).
@@ -373,6 +374,9 @@ class Solver(Algorithm):
     Every forward and data-gradient pass applies the bias and activation as it writes."""
 
     style: str = "any"
+    # A rule decided against the rest: ``versus(problem, rival)`` weighs this solver against
+    # the solver the other rules of the same order pick (the backend supplies the rival).
+    versus: Callable[[ConvProblem, str], tuple[bool, str]] | None = None
 
     def pass_for(self, direction: Direction) -> Pass:
         return self.passes[direction]  # type: ignore[no-any-return]
@@ -380,13 +384,21 @@ class Solver(Algorithm):
 
 def _solver(name: str, style: str, summary: str, applies: Rule, can_run: Rule,
             forward: Pass | None = None, backward_data: Pass | None = None,
-            backward_weight: Pass | None = None, channels_last: bool = False) -> Solver:
+            backward_weight: Pass | None = None, channels_last: bool = False,
+            **extra: Any) -> Solver:
     given = {Direction.FORWARD: forward, Direction.BACKWARD_DATA: backward_data,
              Direction.BACKWARD_WEIGHT: backward_weight}
     passes = {direction: run for direction, run in given.items() if run is not None}
     directions = frozenset(passes)
     return Solver(name, summary, applies, can_run, directions, channels_last=channels_last,
-                  fused=directions - {Direction.BACKWARD_WEIGHT}, passes=passes, style=style)
+                  fused=directions - {Direction.BACKWARD_WEIGHT}, passes=passes, style=style,
+                  **extra)
+
+
+def fft_variant(problem: ConvProblem) -> str:
+    """The fft solver's tiles and transform lengths for *problem*."""
+    plan = fft.plan_for(problem)
+    return plan.describe() if plan is not None else ""
 
 
 def _channels_first(g: Geometry, solver: str) -> None:
@@ -977,6 +989,11 @@ def _build_algorithms() -> tuple[Solver, ...]:
     """Every solver, in the order of preference; :func:`~.rule_order` moves the other device
     style's solvers after this style's, and the last record is the catch-all baseline."""
     return (
+        _solver("fft", "any", "FFT convolution: reikna's transforms, overlap-save tiles "
+                "(kernels/opencl/fft.cl around them); operands holding NaN or Inf run naive",
+                rules.decided_by_versus, fft.can_run, fft.forward, fft.backward_data,
+                fft.backward_weight, versus=fft.rule, workspace=fft.PLANNER.workspace_bytes,
+                variant=fft_variant),
         _solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
                 "work-item (weight gradient by direct_wrw's reduction)",
                 rules.depthwise_solver_rule, rules.depthwise_solver_rule,
