@@ -44,6 +44,20 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _cache_line() -> str:
+    """Where the cache directory is and whether convflow trusts it (see cachedir.py)."""
+    from . import cachedir
+
+    try:
+        decision = cachedir.trust()
+    except ConvflowError as exc:
+        return f"cache directory: INVALID ({exc})"
+    where = str(decision.configured)
+    if decision.path != decision.configured:
+        where += f" -> {decision.path}"
+    return f"cache directory: {where} ({decision.reason})"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import __version__, available_backends
     from .backends import get_backend
@@ -52,6 +66,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}")
     print(f"host: {hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores, "
           f"{_gib(hostinfo.memory_total())} memory ({_gib(hostinfo.memory_available())} available)")
+    print(_cache_line())
     print("backends:")
     for name, status in available_backends().items():
         state = "available" if status.available else "unavailable"
@@ -189,8 +204,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {removed} entries from {db.path}")
         return 0
     info = db.info()
-    print(f"cache directory: {config.cache_dir()}")
-    print(f"perf-db: {info['path']}")
+    print(_cache_line())
+    print(f"perf-db: {info['path']}" + (f" ({info['error']})" if "error" in info else ""))
     print(f"  entries: {info['entries']} ({info['bytes'] / 1024:.1f} KiB)")
     for backend, count in sorted(info["by_backend"].items()):
         print(f"    {backend}: {count}")

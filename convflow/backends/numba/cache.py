@@ -32,7 +32,7 @@ import io
 import os
 import pickle
 import stat
-from typing import Any, ClassVar
+from typing import Any
 
 from numba.core import caching
 
@@ -121,7 +121,7 @@ class _CheckedFiles(caching.IndexDataCacheFile):
 class _OnlyChosenDirectory(caching.CompileResultCacheImpl):
     # Only the directory in numba.config.CACHE_DIR: never the package's __pycache__ or
     # ~/.cache/numba, whatever happens to the chosen one.
-    _locator_classes: ClassVar[list[type]] = [caching.UserProvidedCacheLocator]
+    _locator_classes = [caching.UserProvidedCacheLocator]  # noqa: RUF012 (numba's name)
 
 
 class CheckedFunctionCache(caching.FunctionCache):
@@ -132,9 +132,9 @@ class CheckedFunctionCache(caching.FunctionCache):
 
     def __init__(self, py_func: Any) -> None:
         super().__init__(py_func)
-        self._cache_file = _CheckedFiles(cache_path=self._cache_path,
-                                         filename_base=self._impl.filename_base,
-                                         source_stamp=self._impl.locator.get_source_stamp())
+        self._cache_file: _CheckedFiles = _CheckedFiles(
+            cache_path=self._cache_path, filename_base=self._impl.filename_base,
+            source_stamp=self._impl.locator.get_source_stamp())
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
         try:
