@@ -568,3 +568,64 @@ def test_a_link_in_place_of_the_perf_db_is_not_written_through(tmp_path):
     with pytest.warns(CacheWarning, match="is not a regular file"):
         db.store("k", perfdb.Entry("direct", {}, 1.0))
     assert target.read_bytes() == b""
+
+
+# What held must keep holding -------------------------------------------------------------
+TUNER = textwrap.dedent("""
+    import sys, numpy as np, convflow
+    sys.path.insert(0, sys.argv[2])
+    import reference
+    backends = [b for b in ("numba", "opencl") if convflow.available_backends()[b].available]
+    rng = np.random.default_rng(int(sys.argv[1]))
+    for k in range(4):
+        c = 4 + 4 * ((int(sys.argv[1]) + k) % 3)
+        x = rng.standard_normal((1, c, 10 + k, 10)).astype(np.float32)
+        w = rng.standard_normal((8, c, 3, 3)).astype(np.float32)
+        expected = reference.conv(x.astype(np.float64), w.astype(np.float64),
+                                  padding=((1, 1), (1, 1)))
+        for backend in backends:
+            d = convflow.explain(x, w, padding=1, backend=backend)
+            assert d.source in ("autotune", "cache"), d.source
+            y = convflow.conv2d(x, w, padding=1, backend=backend)
+            assert np.allclose(y, expected, rtol=1e-4, atol=1e-4), (backend, d.algorithm)
+    print("ok", backends)
+""")
+
+
+def test_tuners_killed_at_random_leave_every_cache_sound(tmp_path):
+    """Autotuning processes (numba and, where available, opencl) SIGKILLed at random moments
+    and started again: every run that finishes is right, and the perf-db, numba's and
+    PoCL's caches stay sound for the next process."""
+    import random
+
+    cache = tmp_path / "cache"
+    tests_dir = str(pathlib.Path(__file__).parent)
+    env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARIABLES}
+    env.update(CONVFLOW_CACHE_DIR=str(cache), CONVFLOW_FIND_MODE="autotune",
+               CONVFLOW_TUNE_BUDGET_MS="150")
+    chance = random.Random(12)
+
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", TUNER, str(i), tests_dir], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = {i: start(i) for i in range(3)}
+    kills = 0
+    while kills < 6:
+        victim = chance.choice(sorted(procs))
+        try:
+            procs[victim].wait(timeout=chance.uniform(0.5, 4.0))
+        except subprocess.TimeoutExpired:
+            procs[victim].kill()
+            procs[victim].wait()
+            kills += 1
+        procs[victim] = start(victim)
+    for proc in procs.values():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and out.startswith("ok"), err[-3000:]
+    with contextlib.closing(sqlite3.connect(cache / perfdb.FILE_NAME)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    final = subprocess.run([sys.executable, "-c", TUNER, "0", tests_dir], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0 and final.stdout.startswith("ok"), final.stderr[-3000:]
+    assert [p for p in cache.iterdir() if ".corrupt-" in p.name] == []

@@ -81,7 +81,15 @@ def read_sealed(path: str, limit: int) -> bytes:
 
 
 class _CheckedFiles(caching.IndexDataCacheFile):
-    """numba's index + data files, sealed with a checksum and read with limits."""
+    """numba's index + data files, sealed with a checksum and read with limits.
+
+    Their names carry ``.sealed`` (``kernels.f-12.py311.sealed.nbi``): numba's own format
+    keeps numba's names, so a convflow without these checks sharing the directory never
+    reads a sealed file (it would fail to unpickle it) and this one never reads an unsealed one.
+    """
+
+    def __init__(self, cache_path: str, filename_base: str, source_stamp: Any) -> None:
+        super().__init__(cache_path, filename_base + ".sealed", source_stamp)
 
     def _load_index(self) -> dict[Any, str]:
         try:
