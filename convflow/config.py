@@ -241,7 +241,8 @@ VARIABLES: Mapping[str, Variable] = {
             "live. Empty: the user cache directory (platformdirs), e.g. `~/.cache/convflow` on "
             "Linux; a relative path is taken from the working directory. It must be private "
             "(see Trust model): otherwise every cache is skipped with one warning. convflow "
-            "writes nothing outside it.",
+            "writes nothing outside it, except PoCL's temporary build directory (removed at "
+            "exit) when it is not usable.",
             _parse_path,
             decides=True,
         ),

@@ -53,7 +53,7 @@ from ... import cachedir, config
 
 logger = logging.getLogger("convflow")
 
-MIN_FREE_BYTES = 256 << 20
+MIN_FREE_BYTES = 64 << 20  # LLVM needs a few MiB per build; the rest is margin
 SEALS = "seals.json"
 _MAX_SEALS_BYTES = 64 << 20
 # PoCL rewrites this one file of each entry as it uses it; it holds no code.
