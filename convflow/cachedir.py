@@ -170,12 +170,14 @@ def forget() -> None:
         _warned.clear()
 
 
-def warn_once(what: str, why: str, stacklevel: int = 3) -> None:
-    """One :class:`CacheWarning` per process for each (what, why)."""
+def warn_once(what: str, why: str, stacklevel: int = 3, once_per: str | None = None) -> None:
+    """One :class:`CacheWarning` per process for each (what, why), or for each *once_per*
+    when given (trouble that would otherwise repeat for every kernel of a cache)."""
+    key = (what, why) if once_per is None else (once_per, "")
     with _lock:
-        if (what, why) in _warned:
+        if key in _warned:
             return
-        _warned.add((what, why))
+        _warned.add(key)
     warnings.warn(CacheWarning(f"convflow: {what}: {why}"), stacklevel=stacklevel)
 
 

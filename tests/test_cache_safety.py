@@ -311,7 +311,8 @@ def test_damaged_numba_cache_files_are_removed_and_rebuilt(numba_cache, tmp_path
     result = run_convflow(cache, "numba")
     assert result.returncode == 0, result.stderr
     assert f"numba {GOOD}" in result.stdout, result.stdout + result.stderr
-    assert "it was removed and the kernel compiled again" in result.stderr
+    # Both kernels' entries are damaged: one warning for the cache, not one per kernel.
+    assert result.stderr.count("it was removed and the kernel compiled again") == 1
     for path in damaged:  # rewritten as files, and sound: the next process loads them quietly
         assert path.is_file() and not path.is_symlink()
     again = run_convflow(cache, "numba")
@@ -346,6 +347,23 @@ def test_an_unusable_numba_folder_keeps_writes_in_the_cache_or_nowhere(tmp_path,
     assert list(home.rglob("*")) == []
     if how == "read-only":
         assert list((cache / "numba").iterdir()) == []
+
+
+def test_an_unusable_numba_cache_dir_of_the_user_has_no_fallback(tmp_path):
+    """NUMBA_CACHE_DIR set by the user to something unusable: numba would fall back to the
+    package's __pycache__; convflow's kernels compile in memory instead, with one warning."""
+    from convflow.backends.numba import kernels
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "not-a-dir").write_text("")
+    package_cache = pathlib.Path(kernels.__file__).parent / "__pycache__"
+    before = set(package_cache.glob("*.nb*"))
+    result = run_convflow(tmp_path / "cache", "numba", home=home,
+                          NUMBA_CACHE_DIR=str(tmp_path / "not-a-dir"))
+    assert result.returncode == 0 and f"numba {GOOD}" in result.stdout, result.stderr
+    assert result.stderr.count("numba's kernel cache: it cannot be used") == 1, result.stderr
+    assert set(package_cache.glob("*.nb*")) == before and list(home.rglob("*")) == []
 
 
 # PoCL's and PyOpenCL's caches ------------------------------------------------------------

@@ -151,7 +151,9 @@ class CheckedFunctionCache(caching.FunctionCache):
             self._cache_file.discard()
             cachedir.warn_once(f"numba's cache entry for {self._py_func.__qualname__}",
                                f"it was unreadable ({type(exc).__name__}: {exc}); it was "
-                               f"removed and the kernel compiled again", stacklevel=6)
+                               f"removed and the kernel compiled again (other damaged entries "
+                               f"of this cache are treated alike, without more warnings)",
+                               stacklevel=6, once_per=f"numba load {self._cache_path}")
             return None
 
     def save_overload(self, sig: Any, data: Any) -> None:
@@ -161,7 +163,8 @@ class CheckedFunctionCache(caching.FunctionCache):
             self.disable()
             cachedir.warn_once(f"numba's cache in {self._cache_path}",
                                f"a kernel could not be written ({type(exc).__name__}: {exc}); "
-                               f"kernels are compiled in memory", stacklevel=6)
+                               f"kernels that cannot be written are compiled in memory",
+                               stacklevel=6, once_per=f"numba save {self._cache_path}")
 
 
 def enable(dispatcher: Any) -> None:
@@ -171,7 +174,8 @@ def enable(dispatcher: Any) -> None:
         dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
     except Exception as exc:  # no usable directory, or numba's internals changed
         cachedir.warn_once("numba's kernel cache", f"it cannot be used ({type(exc).__name__}: "
-                           f"{exc}); kernels are compiled in memory", stacklevel=4)
+                           f"{exc}); kernels are compiled in memory", stacklevel=4,
+                           once_per="numba enable")
 
 
 def configure(wanted: bool) -> bool:
