@@ -4,8 +4,6 @@ Parameters are normalized and checked on the host, a rule-based selector picks a
 and an algorithm (``explain()`` shows why), and the backend runs the convolution.
 """
 
-from __future__ import annotations
-
 import logging as _logging
 import warnings as _warnings
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import hostinfo
 from .errors import ParameterError, did_you_mean
+from .progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,14 @@ def convflow_contender(spec: str) -> Contender:
     status = backend_status(name)
     if not status.available:
         raise ParameterError(f"convflow bench: backend {name!r} is unavailable: {status.reason}")
+    if algorithm:
+        from .backends import get_backend
+
+        known = [rule.name for rule in get_backend(name).algorithm_rules()]
+        if algorithm not in known:
+            raise ParameterError(f"convflow bench: --backend {spec}: {algorithm!r} is not an "
+                                 f"algorithm of the {name} backend{did_you_mean(algorithm, known)}; "
+                                 f"its algorithms: {', '.join(known)}")
 
     def prepare(x: np.ndarray, w: np.ndarray, layer: Layer) -> Runner:
         if name == "numba":
@@ -269,26 +278,6 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.start = time.perf_counter()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{elapsed:5.0f}s eta {eta:4.0f}s {label:<40.40}")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Sequence[Contender],
               *, warmup: int = 2, repeats: int = 15, min_seconds: float = 0.25,
               layers: slice | None = None, progress: bool = True, command: str = "",
@@ -299,6 +288,14 @@ def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Seque
         if name not in tables:
             raise ParameterError(f"convflow bench: unknown network {name!r}"
                                  f"{did_you_mean(name, tables)}; known: {', '.join(tables)}")
+    selected = {n: tables[n][layers] if layers else tables[n] for n in networks}
+    empty = [name for name, chosen in selected.items() if not chosen]
+    if empty:
+        raise ParameterError(f"convflow bench: the layer selection {layers} leaves no layer of "
+                             f"{', '.join(empty)}")
+    if not batches or min(batches) < 1 or repeats < 1:
+        raise ParameterError(f"convflow bench: batches must be >= 1 and repeats >= 1, but got "
+                             f"batches {list(batches)} and repeats {repeats}")
     threads = int(os.environ.get("NUMBA_NUM_THREADS", hostinfo.cpu_count()))
     peak = sgemm_gflops()
     meta = {
@@ -312,36 +309,39 @@ def run_bench(networks: Sequence[str], batches: Sequence[int], contenders: Seque
     out(f"convflow bench, {meta['date']}: {meta['host']}, float32, {threads} threads; numpy "
         f"sgemm peak {peak:.0f} GFLOP/s measured now")
     out("contenders: " + ", ".join(f"{c.name} {c.version}" for c in contenders))
-    selected = {n: tables[n][layers] if layers else tables[n] for n in networks}
-    bar = _Progress(sum(len(v) for v in selected.values()) * len(batches),
-                    progress and sys.stderr.isatty())
     rows: list[dict[str, Any]] = []
     first = contenders[0].name
-    for name in networks:
-        for batch in batches:
-            out("")
-            out(f"{name}, batch {batch}")
-            header = f"{'#':>3} {'layer':<34} {'kind':<9}"
-            for c in contenders:
-                header += f" {c.name + ' ms':>11} {'GF/s':>6}"
-                if c.name != first:
-                    header += f" {'/' + first:>8}"
-            out(header)
-            for layer in selected[name]:
-                result = measure_layer(layer, batch, contenders, warmup, repeats, min_seconds)
-                bar.step(f"{name} b{batch} #{layer.index}")
-                line = f"{layer.index:>3} {layer.describe():<34} {layer.kind:<9}"
+    if len(contenders) > 1:
+        out(f"time ratios are {first}/other everywhere (per layer and in the summaries): below "
+            f"1 means {first} is faster")
+    with progress_bar(sum(len(v) for v in selected.values()) * len(batches), progress) as bar:
+        for name in networks:
+            for batch in batches:
+                out("")
+                out(f"{name}, batch {batch}")
+                header = f"{'#':>3} {'layer':<34} {'kind':<9}"
                 for c in contenders:
-                    m = result[c.name]
-                    line += f" {m.median_ms:>11.3f} {m.gflops:>6.0f}"
+                    header += f" {c.name + ' ms':>11} {'GF/s':>6}"
                     if c.name != first:
-                        line += f" {m.median_ms / result[first].median_ms:>8.2f}"
-                out(line)
-                rows.append({"network": name, "batch": batch, "layer": layer.index,
-                             "describe": layer.describe(), "kind": layer.kind,
-                             "flops": layer.flops(batch), "count": layer.count,
-                             "results": {k: asdict(v) for k, v in result.items()}})
-            _summary(rows, name, batch, contenders, peak, out)
+                        header += f" {first + '/' + c.name:>{max(8, len(first + c.name) + 1)}}"
+                out(header)
+                for layer in selected[name]:
+                    bar.working_on(f"{name} b{batch} #{layer.index}")
+                    result = measure_layer(layer, batch, contenders, warmup, repeats, min_seconds)
+                    bar.advance()
+                    line = f"{layer.index:>3} {layer.describe():<34} {layer.kind:<9}"
+                    for c in contenders:
+                        m = result[c.name]
+                        line += f" {m.median_ms:>11.3f} {m.gflops:>6.0f}"
+                        if c.name != first:
+                            ratio = result[first].median_ms / m.median_ms
+                            line += f" {ratio:>{max(8, len(first + c.name) + 1)}.2f}"
+                    out(line)
+                    rows.append({"network": name, "batch": batch, "layer": layer.index,
+                                 "describe": layer.describe(), "kind": layer.kind,
+                                 "flops": layer.flops(batch), "count": layer.count,
+                                 "results": {k: asdict(v) for k, v in result.items()}})
+                _summary(rows, name, batch, contenders, peak, out)
     summary = _overall(rows, contenders, peak, out)
     return {"meta": meta, "rows": rows, "summary": summary}
 
@@ -385,7 +385,8 @@ def _overall(rows: list[dict[str, Any]], contenders: Sequence[Contender], peak: 
     return summary
 
 
-def plot(result: dict[str, Any], path: str) -> None:
+def pyplot() -> Any:
+    """matplotlib's pyplot on a file-only backend, or a ParameterError saying how to get it."""
     try:
         import matplotlib
 
@@ -393,19 +394,38 @@ def plot(result: dict[str, Any], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ParameterError(f"convflow bench: --plot needs matplotlib ({exc}); pip install "
-                             f"'convflow[plot]'") from None
+                             f"'convflow[plot]' (or pip install matplotlib)") from None
+    return plt
+
+
+def plot(result: dict[str, Any], path: str) -> Any:
+    """Write a PNG of the median time of every layer run: one panel per network and batch,
+    one bar per contender and layer (named on the axis), log scale, lower is better.
+    Returns the (closed) matplotlib figure."""
+    plt = pyplot()
     contenders = list(result["meta"]["contenders"])
-    first = contenders[0]
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.18), 4.5))
-    for c in contenders[1:]:
-        ratios = _ratios(rows, first, c)
-        ax.bar(range(len(rows)), ratios, label=f"{first} / {c}")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel(f"time {first} / other (log)")
-    ax.set_xlabel("layer run (network, batch, layer)")
-    ax.set_title(f"convflow bench {result['meta']['date']} ({result['meta']['host']})")
-    ax.legend()
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["network"], row["batch"]), []).append(row)
+    widest = max(len(g) for g in groups.values())
+    fig, axes = plt.subplots(len(groups), 1, squeeze=False,
+                             figsize=(max(8.0, widest * 0.45 * len(contenders)), 4.5 * len(groups)))
+    width = 0.8 / len(contenders)
+    for ax, ((network, batch), group) in zip(axes[:, 0], groups.items()):
+        positions = np.arange(len(group))
+        for i, name in enumerate(contenders):
+            ax.bar(positions + (i - (len(contenders) - 1) / 2) * width,
+                   [r["results"][name]["median_ms"] for r in group], width, label=name)
+        ax.set_xticks(positions)
+        ax.set_xticklabels([f"#{r['layer']} {r['describe']}" for r in group], rotation=60,
+                           ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("median time, ms (lower is better)")
+        ax.set_title(f"{network}, batch {batch}")
+        ax.legend()
+    fig.suptitle(f"convflow bench {result['meta']['date']} ({result['meta']['host']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig

@@ -41,21 +41,37 @@ def _fmt_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def check_dtypes(op: str, dtypes: Sequence[tuple[str, np.dtype[Any] | None]]) -> np.dtype[Any]:
-    """All given dtypes supported and equal; return the common dtype."""
+# How each array library converts a dtype, for the advice in dtype errors (numpy's spelling
+# for every library not listed).
+_CONVERSIONS = {
+    "torch": ("{name}.to(torch.float32)", "{name}.to({first}.dtype)"),
+    "numpy": ("{name}.astype(numpy.float32)", "{name}.astype({first}.dtype)"),
+}
+
+
+def check_dtypes(op: str, dtypes: Sequence[tuple[str, np.dtype[Any] | None]],
+                 library: str = "numpy") -> np.dtype[Any]:
+    """All given dtypes supported and equal; return the common dtype. *library* is the
+    top-level module of the caller's arrays (``"torch"``, ...), for the suggested fix."""
+    to_float32, to_match = _CONVERSIONS.get(library, _CONVERSIONS["numpy"])
     present = [(name, dt) for name, dt in dtypes if dt is not None]
     for name, dt in present:
         if dt.name not in SUPPORTED_DTYPES:
             raise DTypeError(
                 f"{op}: {name} has dtype {dt.name}, but convflow computes in "
-                f"{', '.join(SUPPORTED_DTYPES)}; convert it first, e.g. {name}.astype(numpy.float32)"
+                f"{', '.join(SUPPORTED_DTYPES)}; convert it first, e.g. "
+                f"{to_float32.format(name=name)}"
             )
+    # Byte order is how the numbers are stored, not which numbers they are: '>f4' and
+    # '<f4' are both float32 (computed after a conversion to native order).
+    present = [(name, dt.newbyteorder("=")) for name, dt in present]
     first_name, first = present[0]
     for name, dt in present[1:]:
         if dt != first:
             raise DTypeError(
                 f"{op}: {first_name} has dtype {first.name} but {name} has dtype {dt.name}; "
-                f"they must match: convert one of them, e.g. {name}.astype({first_name}.dtype)"
+                f"they must match: convert one of them, e.g. "
+                f"{to_match.format(name=name, first=first_name)}"
             )
     return first
 
@@ -120,9 +136,19 @@ def _check_padding_mode(op: str, params: ConvParams, spatial: Shape) -> None:
             )
 
 
+def describe_input(shape: Shape, layout: str | None = None, unbatched: bool = False) -> str:
+    """The input as the user passed it, for messages: ``input[8, 56, 56, 32] (layout NHWC)``,
+    ``input[3, 9, 9] (unbatched)``."""
+    notes = (["unbatched"] if unbatched else []) + ([f"layout {layout}"] if layout else [])
+    return f"input{list(shape)}" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def check_forward(op: str, input_shape: Shape, weight_shape: Shape, bias_shape: Shape | None,
-                  params: ConvParams) -> Shape:
-    """Validate a (batched) forward convolution; return the output shape."""
+                  params: ConvParams, given_input: str | None = None) -> Shape:
+    """Validate a (batched, channels-first) forward convolution; return the output shape.
+
+    *given_input* describes the input as the user passed it (its own shape and layout, see
+    :func:`describe_input`); by default, *input_shape*."""
     n, c = input_shape[0], input_shape[1]
     c_out, c_in_per_group = weight_shape[0], weight_shape[1]
     g = params.groups
@@ -134,7 +160,7 @@ def check_forward(op: str, input_shape: Shape, weight_shape: Shape, bias_shape: 
     if c != c_in_per_group * g:
         raise ShapeError(
             f"{op}: given groups={g} and weight of size {list(weight_shape)}, expected "
-            f"input{list(input_shape)} to have {c_in_per_group * g} channels "
+            f"{given_input or describe_input(input_shape)} to have {c_in_per_group * g} channels "
             f"(weight dim 1 x groups = {c_in_per_group} x {g}), but got {c} channels instead; "
             f"check groups or the weight's in_channels/groups dimension"
         )
@@ -157,8 +183,9 @@ def check_forward(op: str, input_shape: Shape, weight_shape: Shape, bias_shape: 
 
 
 def check_transposed(op: str, input_shape: Shape, weight_shape: Shape, bias_shape: Shape | None,
-                     params: ConvParams) -> Shape:
-    """Validate a (batched) transposed convolution; return the output shape."""
+                     params: ConvParams, given_input: str | None = None) -> Shape:
+    """Validate a (batched, channels-first) transposed convolution; return the output shape
+    (*given_input* as for :func:`check_forward`)."""
     n, c = input_shape[0], input_shape[1]
     c_in, c_out_per_group = weight_shape[0], weight_shape[1]
     g = params.groups
@@ -170,7 +197,8 @@ def check_transposed(op: str, input_shape: Shape, weight_shape: Shape, bias_shap
     if c != c_in:
         raise ShapeError(
             f"{op}: given transposed weight of size {list(weight_shape)} (in_channels, "
-            f"out_channels/groups, *kernel), expected input{list(input_shape)} to have {c_in} "
+            f"out_channels/groups, *kernel), expected {given_input or describe_input(input_shape)} "
+            f"to have {c_in} "
             f"channels, but got {c} channels instead"
         )
     _check_bias(op, bias_shape, c_out_per_group * g, "output channel")

@@ -37,14 +37,23 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected one of 1, 0, true, false, yes, no, on, off")
 
 
+# Integer variables are counts, sizes and times: anything past this is a typo, and Python's
+# unbounded ints would overflow later, far from the variable.
+_MAX_INT = 2**31 - 1
+
+
 def _parse_int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer >= {minimum}") from None
-        if value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}")
+        digits = text.strip()
+        expected = f"expected an integer >= {minimum} (at most {_MAX_INT}, in ASCII digits)"
+        # int() also reads other scripts' digits ('١٢') and underscores ('1_0'): refused, so
+        # a value means the same to every tool that reads it.
+        body = digits[1:] if digits[:1] in "+-" else digits
+        if not (body.isascii() and body.isdigit()) or len(body) > 10:
+            raise ValueError(expected)
+        value = int(digits)
+        if not minimum <= value <= _MAX_INT:
+            raise ValueError(expected)
         return value
 
     return parse

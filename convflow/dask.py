@@ -188,7 +188,7 @@ def _conv(op: str, ndim: int, input: Any, weight: Any, bias: Any, stride: Any, p
     else:
         out_shape = checks.check_forward(op, x.shape, w.shape, bias_shape, params)
     if backend is not None:
-        backend = validate_backend_name(backend, f"{op}: backend=")
+        backend = validate_backend_name(backend, op)
 
     if x.numblocks[1] > 1:
         x = x.rechunk({1: -1})

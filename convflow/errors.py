@@ -33,8 +33,12 @@ class ParameterError(ConvflowError, ValueError):
     """A convolution parameter (stride, padding, dilation, groups, ...) is invalid."""
 
 
-class ConfigError(ConvflowError, ValueError):
-    """A ``CONVFLOW_*`` environment variable or an override has an invalid value."""
+class ConfigError(ParameterError):
+    """A ``CONVFLOW_*`` environment variable or an override has an invalid value.
+
+    A :class:`ParameterError` (and so a ``ValueError``) too: an unknown name in
+    ``CONVFLOW_BACKEND``, ``CONVFLOW_ALGO`` or ``CONVFLOW_DISABLE_ALGOS`` used to raise
+    ``ParameterError``, and code that catches that keeps working."""
 
 
 class DeviceError(ConvflowError, ValueError):

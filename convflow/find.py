@@ -34,21 +34,35 @@ _MAX_RUNS = 9
 _MIN_RUNS = 3
 
 
+# The policy variables that change which candidate is fastest (how a candidate may compute,
+# and how much scratch it may tile with); the rest of the configuration only changes which
+# candidates exist, and the candidates are part of the key.
+_POLICY = ("CONVFLOW_DETERMINISTIC", "CONVFLOW_ALLOW_TF32", "CONVFLOW_WORKSPACE_MB")
+
+
+def _plain(value: Any) -> Any:
+    """A problem field as JSON: enums by value, tuples as lists."""
+    if isinstance(value, Direction):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def problem_fields(decision: Decision, backend: Backend) -> dict[str, Any]:
-    """Everything that changes which algorithm is fastest for a decision's problem."""
+    """Everything that changes which algorithm is fastest for a decision's problem: every
+    field of the problem (so a new field joins the key by itself: shapes, dtype, layout,
+    activation, every parameter), the policy, the device and the candidates."""
     from . import __version__
 
-    p = decision.problem
-    return {
+    fields = {f.name: _plain(getattr(decision.problem, f.name))
+              for f in dataclasses.fields(decision.problem)}
+    fields.update({name: config.get(name) for name in _POLICY})
+    fields.update({
         "backend": decision.backend, "device": backend.device_identity(decision.device),
-        "convflow": __version__, "dtype": p.dtype, "layout": "channels-first",
-        "direction": p.direction.value, "x": list(p.x_shape), "w": list(p.w_shape),
-        "y": list(p.y_shape), "stride": list(p.stride), "padding": [list(q) for q in p.padding],
-        "dilation": list(p.dilation), "groups": p.groups,
-        "deterministic": bool(config.get("CONVFLOW_DETERMINISTIC")),
-        "tf32": bool(config.get("CONVFLOW_ALLOW_TF32")),
-        "candidates": sorted(decision.candidates),
-    }
+        "convflow": __version__, "candidates": sorted(decision.candidates),
+    })
+    return fields
 
 
 def refine(decision: Decision, backend: Backend) -> Decision:
@@ -59,10 +73,13 @@ def refine(decision: Decision, backend: Backend) -> Decision:
     db = perfdb.current()
     key = perfdb.problem_key(problem_fields(decision, backend))
     entry = db.lookup(key)
+    if entry is not None:
+        entry = _without_run_time_failure(db, key, entry, decision, backend)
     if entry is not None and entry.algorithm in decision.candidates:
         when = datetime.datetime.fromtimestamp(entry.created).isoformat(timespec="seconds")
-        return dataclasses.replace(
-            decision, algorithm=entry.algorithm, source="cache", timings=dict(entry.timings),
+        return decision.with_algorithm(
+            backend, entry.algorithm, source="cache", timings=dict(entry.timings),
+            timed_variants=_variants(backend, decision, entry.timings),
             reason=f"the perf-db ({db.path}) records {entry.algorithm} as the fastest of "
                    f"{len(decision.candidates)} candidates, timed {when}")
     order = [decision.algorithm] + [c for c in decision.candidates if c != decision.algorithm]
@@ -74,10 +91,32 @@ def refine(decision: Decision, backend: Backend) -> Decision:
         return dataclasses.replace(decision, timings=timings)
     best = min(measured, key=lambda name: measured[name])
     db.store(key, perfdb.Entry(best, timings, time.time()))
-    return dataclasses.replace(
-        decision, algorithm=best, source="autotune", timings=timings,
+    return decision.with_algorithm(
+        backend, best, source="autotune", timings=timings,
+        timed_variants=_variants(backend, decision, timings),
         reason=f"the fastest of {len(measured)} candidates timed now ({measured[best]:.3f} ms); "
                f"recorded in the perf-db {db.path}")
+
+
+def _variants(backend: Backend, decision: Decision, names: Any) -> dict[str, str]:
+    """The variant each named candidate runs for the decision's problem."""
+    known = {record.name: record for record in backend.algorithm_rules(decision.device)}
+    return {name: known[name].variant(decision.problem) for name in names if name in known}
+
+
+def _without_run_time_failure(db: perfdb.PerfDB, key: str, entry: perfdb.Entry,
+                              decision: Decision, backend: Backend) -> perfdb.Entry:
+    """*entry*, or, when its algorithm has since failed at run time here, the record of the
+    algorithm that ran instead (stored, so the perf-db names what runs)."""
+    fallback = backend.run_time_fallback(decision.problem, decision.device, entry.algorithm)
+    if fallback is None:
+        return entry
+    replacement, why = fallback
+    corrected = perfdb.Entry(replacement, {**entry.timings,
+                                           entry.algorithm: f"failed at run time: {why}"},
+                             time.time())
+    db.store(key, corrected)
+    return corrected
 
 
 def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:
@@ -86,13 +125,19 @@ def _operands(backend: Backend, decision: Decision) -> tuple[Tensor, Tensor]:
     rng = np.random.default_rng(0)
     dtype = np.dtype(p.dtype)
 
-    def make(shape: tuple[int, ...]) -> Tensor:
-        return backend.upload(rng.standard_normal(shape).astype(dtype), decision.device)
+    def make(shape: tuple[int, ...], activation: bool = True) -> Tensor:
+        """An operand in the problem's own memory layout: channels-last activations are
+        channels-last in memory, viewed channels-first as the passes take them."""
+        if not (activation and p.channels_last):
+            return backend.upload(rng.standard_normal(shape).astype(dtype), decision.device)
+        last = (shape[0], *shape[2:], shape[1])
+        data = backend.upload(rng.standard_normal(last).astype(dtype), decision.device)
+        return data.permute((0, len(shape) - 1, *range(1, len(shape) - 1)))
 
     if p.direction == Direction.FORWARD:
-        return make(p.x_shape), make(p.w_shape)
+        return make(p.x_shape), make(p.w_shape, activation=False)
     if p.direction == Direction.BACKWARD_DATA:
-        return make(p.y_shape), make(p.w_shape)
+        return make(p.y_shape), make(p.w_shape, activation=False)
     return make(p.x_shape), make(p.y_shape)
 
 

@@ -40,7 +40,7 @@ from .params import (
     normalize_layout,
 )
 from .selector import Decision
-from .tensor import Device, ResultKind, Tensor, as_tensor
+from .tensor import Device, ResultKind, Tensor, as_tensor, native_byte_order
 
 logger = logging.getLogger("convflow")
 
@@ -81,13 +81,23 @@ def _problem(direction: Direction, x_shape: tuple[int, ...], w_shape: tuple[int,
 
 
 def _check_memory(op: str, backend: Backend, device: Device, dtype: np.dtype[Any],
-                  needs: list[tuple[str, int]], inputs: Sequence[tuple[str, Tensor | None]]) -> None:
-    """Fail fast on outputs and copies that can never fit (e.g. huge broadcast views)."""
+                  needs: list[tuple[str, int]], inputs: Sequence[tuple[str, Tensor | None]],
+                  result_bytes: int) -> None:
+    """Fail fast on outputs and copies that can never fit (e.g. huge broadcast views).
+
+    *result_bytes* is the size of the results among *needs*: a device whose memory is the
+    host's (a CPU OpenCL device) holds them once on the device and once more as the host
+    copy handed back to a caller whose data lives on the host."""
+    if (device.type != "cpu" and backend.in_host_memory(device)
+            and all(t is None or t.device.type == "cpu" for _, t in inputs)):
+        needs.append(("host copy of the result", result_bytes))
     for name, t in inputs:
         if t is None:
             continue
         if not t.is_contiguous or t.device != device:
             needs.append((f"contiguous copy of {name}", t.nbytes))
+        elif not t.dtype.isnative:
+            needs.append((f"native-byte-order copy of {name}", t.nbytes))
         if dtype.name == "float16":
             needs.append((f"float32 copy of {name}", t.size * 4))
     checks.check_memory(op, str(device), needs, backend.available_memory(device))
@@ -106,13 +116,19 @@ class _Operands:
     w: Tensor
     b: Tensor | None
     kind: ResultKind
+    # The top-level module of the input's type ("numpy", "torch", ...), for error advice.
+    library: str = "numpy"
 
     @classmethod
     def adopt(cls, op: str, input: Any, weight: Any, bias: Any) -> _Operands:
         x, kind = as_tensor(input, op, "input")
         w, _ = as_tensor(weight, op, "weight")
         b = None if bias is None else as_tensor(bias, op, "bias")[0]
-        return cls(x, w, b, kind)
+        return cls(x, w, b, kind, _library(input))
+
+
+def _library(obj: Any) -> str:
+    return type(obj).__module__.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,8 @@ class _ConvPlan:
     channels_last: bool = False
     # The activation functional.py applies itself, for backends without a fused epilogue.
     separate_activation: str = ""
+    # The backend's fallback_epoch when planned: a run-time fallback since makes it stale.
+    fallback_epoch: int = 0
 
 
 def _to_channels_first(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -175,7 +193,7 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     channels_last = normalize_layout(op, ndim, layout)
     activation_name = normalize_activation(op, activation)
     dtype = checks.check_dtypes(op, [("input", x.dtype), ("weight", w.dtype),
-                                     ("bias", None if b is None else b.dtype)])
+                                     ("bias", None if b is None else b.dtype)], operands.library)
     input_shape = _to_channels_first(x.shape, ndim) if channels_last else x.shape
     unbatched = checks.check_operand_ranks(op, ndim, input_shape, w.shape, transposed)
     x_shape = (1, *input_shape) if unbatched else input_shape
@@ -184,16 +202,18 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
                                   output_padding=output_padding, padding_mode=padding_mode,
                                   input_spatial=x_shape[2:], kernel_spatial=w.shape[2:])
     bias_shape = None if b is None else b.shape
+    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None,
+                                        unbatched)
     notes = []
     extra: dict[str, Any] = {"channels_last": channels_last, "activation": activation_name}
     if transposed:
-        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params)
+        out_shape = checks.check_transposed(op, x_shape, w.shape, bias_shape, params, given_input)
         problem = _problem(Direction.BACKWARD_DATA, out_shape, w.shape, x_shape, dtype, params,
                            **extra)
         notes.append("a transposed convolution is computed as the backward-data pass of the "
                      "convolution it transposes")
     else:
-        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params)
+        out_shape = checks.check_forward(op, x_shape, w.shape, bias_shape, params, given_input)
         if params.needs_explicit_padding():
             padded = (*x_shape[:2], *(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], params.padding)))
             problem = _problem(Direction.FORWARD, padded, w.shape, out_shape, dtype, params,
@@ -218,8 +238,9 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
     needs = [("output", math.prod(out_shape) * itemsize)]
     if params.needs_explicit_padding():
         needs.append(("padded input", math.prod(problem.x_shape) * itemsize))
-    _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)])
-    decision = find.refine(decision, chosen)
+    _check_memory(op, chosen, decision.device, dtype, needs, [("input", x), ("weight", w)],
+                  needs[0][1])
+    decision = selector.with_run_time_fallback(find.refine(decision, chosen), chosen)
     decision = decision.with_notes(*_layout_and_epilogue_notes(decision, chosen, params))
     separate = "" if chosen.fuses_activation else activation_name
     host = None
@@ -227,13 +248,13 @@ def _plan_conv(op: str, ndim: int, operands: _Operands, stride: Any, padding: An
             and not problem.is_empty() and not separate):
         host = chosen.host_runner(problem, decision.algorithm)
     return _ConvPlan(op, params, unbatched, out_shape, _Pass(decision, chosen), host,
-                     channels_last, separate)
+                     channels_last, separate, chosen.fallback_epoch)
 
 
 def _layout_and_epilogue_notes(decision: Decision, backend: Backend,
                                params: ConvParams) -> list[str]:
     problem, notes = decision.problem, []
-    rule = next(r for r in backend.algorithm_rules() if r.name == decision.algorithm)
+    rule = backend.algorithm(decision.algorithm)
     if problem.channels_last:
         if rule.channels_last and not params.needs_explicit_padding():
             notes.append(f"channels-last data is read and written in place by {rule.name} "
@@ -289,12 +310,14 @@ def _run_conv(plan: _ConvPlan, operands: _Operands) -> Any:
     device = decision.device
     problem = decision.problem
     x = operands.x.reshape((1, *operands.x.shape)) if plan.unbatched else operands.x
+    x, w = native_byte_order(x), native_byte_order(operands.w)
+    b = None if operands.b is None else native_byte_order(operands.b)
     # Moved in the caller's layout, then viewed channels-first: channels-last data reaches
     # the device still channels-last (no transpose on the way).
     x = _channels_first_view(_to(x, device) or x, plan.channels_last)
-    w, b = _to(operands.w, device) or operands.w, _to(operands.b, device) or operands.b
+    w, b = _to(w, device) or w, _to(b, device) or b
     if problem.is_empty():
-        y = backend.upload(np.zeros(plan.out_shape, dtype=operands.x.dtype), device)
+        y = backend.upload(np.zeros(plan.out_shape, dtype=decision.problem.dtype), device)
     else:
         if plan.params.needs_explicit_padding():
             x = backend.pad(x, plan.params.padding, plan.params.padding_mode)
@@ -332,7 +355,8 @@ class _PlanCache:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-        if plan is not None and not is_current(plan.step.backend):
+        if plan is not None and not (is_current(plan.step.backend) and plan.fallback_epoch
+                                     == plan.step.backend.fallback_epoch):
             return None
         return plan
 
@@ -375,7 +399,10 @@ def _tensor_key(t: Tensor | None) -> Any:
 
 def _numpy_key(op: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                args: tuple[Any, ...]) -> Any:
-    """The plan-cache key of a call whose arrays are all plain numpy arrays."""
+    """The plan-cache key of a call whose arrays are all plain numpy arrays (TypeError for
+    non-native byte order: such calls take the general path, which converts them)."""
+    if not (x.dtype.isnative and w.dtype.isnative and (b is None or b.dtype.isnative)):
+        raise TypeError("non-native byte order")
     return ("numpy", op, x.shape, x.dtype.char, x.flags.c_contiguous, w.shape, w.dtype.char,
             w.flags.c_contiguous, None if b is None else (b.shape, b.dtype.char),
             *(_freeze(a) for a in args), config.fingerprint())
@@ -594,9 +621,10 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     w, _ = as_tensor(weight, op, "weight")
     mask = checks.check_output_mask(op, output_mask)
     dtype = checks.check_dtypes(op, [("grad_output", dy.dtype), ("input", x.dtype),
-                                     ("weight", w.dtype)])
+                                     ("weight", w.dtype)], _library(input))
     ndim = _ndim_from_weight(op, w)
     channels_last = normalize_layout(op, ndim, layout)
+    given_input = checks.describe_input(x.shape, layout.upper() if channels_last else None)
     if channels_last:
         dy = _channels_first_view(dy, True) if dy.ndim == ndim + 2 else dy
         x = _channels_first_view(x, True) if x.ndim == ndim + 2 else x
@@ -611,9 +639,9 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
                                   output_padding=output_padding,
                                   input_spatial=x.shape[2:], kernel_spatial=w.shape[2:])
     if params.transposed:
-        expected = checks.check_transposed(op, x.shape, w.shape, None, params)
+        expected = checks.check_transposed(op, x.shape, w.shape, None, params, given_input)
     else:
-        expected = checks.check_forward(op, x.shape, w.shape, None, params)
+        expected = checks.check_forward(op, x.shape, w.shape, None, params, given_input)
     checks.check_grad_output(op, dy.shape, expected, x.shape, w.shape, params)
     device = _data_device(op, [("grad_output", dy), ("input", x), ("weight", w)])
 
@@ -631,7 +659,7 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
                            channels_last=channels_last)
         decision, chosen = selector.select(f"{op} ({name})", problem, device, params=params,
                                            backend=backend, algorithm=algorithm)
-        decision = find.refine(decision, chosen)
+        decision = selector.with_run_time_fallback(find.refine(decision, chosen), chosen)
         passes[name] = _Pass(decision.with_notes(*_layout_and_epilogue_notes(decision, chosen,
                                                                              params)), chosen)
         shape = x.shape if name == "grad_input" else w.shape
@@ -640,7 +668,8 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
     run_device = chosen_pass.decision.device if chosen_pass else device
     if chosen_pass is not None:
         _check_memory(op, chosen_pass.backend, run_device, dtype, needs,
-                      [("grad_output", dy), ("input", x), ("weight", w)])
+                      [("grad_output", dy), ("input", x), ("weight", w)],
+                      sum(nbytes for _, nbytes in needs))
     return _BackwardPlan(params, dy, x, w, kind, passes["grad_input"], passes["grad_weight"],
                          mask[2], run_device, channels_last)
 
@@ -681,8 +710,9 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
     plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
                           transposed, output_padding, output_mask, backend, algorithm, layout)
     device = plan.device
-    dy, x = (_moved(t, device, plan.channels_last) for t in (plan.dy, plan.x))
-    w = _to(plan.w, device) or plan.w
+    dy, x = (_moved(native_byte_order(t), device, plan.channels_last) for t in (plan.dy, plan.x))
+    w = native_byte_order(plan.w)
+    w = _to(w, device) or w
     results: list[Any] = [None, None, None]
     for index, step in ((0, plan.grad_input), (1, plan.grad_weight)):
         if step is None:
@@ -692,7 +722,7 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
         out_shape = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else (
             problem.y_shape if problem.direction == Direction.FORWARD else problem.w_shape)
         if problem.batch == 0:
-            result = runner.upload(np.zeros(out_shape, dtype=plan.x.dtype), device)
+            result = runner.upload(np.zeros(out_shape, dtype=problem.dtype), device)
         else:
             # Forward and backward-data passes read (grad_output, weight); backward-weight
             # reads the convolution's (input, grad_output), which swap for a transposed one.

@@ -29,14 +29,72 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_dirs() -> list[str]:
+    """This process's memory cgroup directories, innermost first, up to the root: cgroup v1's
+    ``memory`` controller line of ``/proc/self/cgroup`` where there is one, else v2's ``0::``."""
+    found: dict[str, str] = {}
+    for line in (_read("/proc/self/cgroup") or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if "memory" in controllers.split(","):
+            found["v1"] = f"{_CGROUP_ROOT}/memory:{path}"
+        elif hierarchy == "0" and controllers == "":
+            found["v2"] = f"{_CGROUP_ROOT}:{path}"
+    chosen = found.get("v1") or found.get("v2")
+    if chosen is None:
+        return [_CGROUP_ROOT, f"{_CGROUP_ROOT}/memory"]
+    base, _, path = chosen.partition(":")
+    parts = [p for p in path.split("/") if p and p != ".."]
+    return [os.path.join(base, *parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _read_bytes(path: str) -> int | None:
+    text = _read(path)
+    value = text.strip() if text else ""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _cgroup_room() -> tuple[int | None, int | None]:
+    """The tightest memory limit of this process's cgroup and its ancestors, and the room
+    left under it (limit minus usage, the smallest over the levels); None where unlimited."""
+    limit_min = room_min = None
+    for directory in _cgroup_dirs():
+        for limit_name, usage_name in (("memory.max", "memory.current"),
+                                       ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            limit = _read_bytes(os.path.join(directory, limit_name))
+            if limit is None or limit >= 1 << 60:  # "max" or v1's "unlimited" sentinel
+                continue
+            usage = _read_bytes(os.path.join(directory, usage_name)) or 0
+            limit_min = limit if limit_min is None else min(limit_min, limit)
+            room = max(limit - usage, 0)
+            room_min = room if room_min is None else min(room_min, room)
+    return limit_min, room_min
+
+
 def _cgroup_limit() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        text = _read(path)
-        if text and text.strip().isdigit():
-            limit = int(text.strip())
-            if limit < 1 << 60:
-                return limit
-    return None
+    return _cgroup_room()[0]
+
+
+def _address_space_room() -> int | None:
+    """Room left under ``RLIMIT_AS`` (``ulimit -v``): the soft limit minus the address space
+    in use now; None when unlimited or unknown."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    in_use = 0
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmSize:"):
+            in_use = int(line.split()[1]) * 1024
+            break
+    return max(soft - in_use, 0)
 
 
 def memory_total() -> int:
@@ -50,7 +108,8 @@ def memory_total() -> int:
 
 
 def memory_available() -> int:
-    """Memory in bytes a new allocation can still get (MemAvailable, cgroup-capped)."""
+    """Memory in bytes a new allocation can still get: MemAvailable, capped by the room left
+    in this process's cgroup (and its ancestors) and under ``RLIMIT_AS``."""
     available = None
     text = _read("/proc/meminfo")
     if text:
@@ -60,9 +119,7 @@ def memory_available() -> int:
                 break
     if available is None:
         available = memory_total()
-    limit = _cgroup_limit()
-    if limit:
-        usage_text = _read("/sys/fs/cgroup/memory.current")
-        usage = int(usage_text) if usage_text and usage_text.strip().isdigit() else 0
-        available = min(available, max(limit - usage, 0))
+    for room in (_cgroup_room()[1], _address_space_room()):
+        if room is not None:
+            available = min(available, room)
     return available

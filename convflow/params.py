@@ -28,8 +28,20 @@ PADDING_STRINGS = ("valid", "same", "same_upper", "same_lower")
 SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
+# The largest stride, padding, dilation, output_padding or groups accepted: kernels take
+# geometry as 32-bit ints on every device (as cuDNN and MIOpen do), and anything larger
+# describes an output no machine can hold.
+MAX_GEOMETRY = 2**31 - 1
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_at_most(op: str, name: str, value: Any, values: Sequence[int]) -> None:
+    if any(v > MAX_GEOMETRY for v in values):
+        raise ParameterError(f"{op}: {name} must be at most {MAX_GEOMETRY} (2**31 - 1) in every "
+                             f"dimension, but got {value!r}")
 
 
 def _as_sequence(value: Any) -> Sequence[Any] | None:
@@ -49,6 +61,8 @@ def normalize_int_tuple(op: str, name: str, value: Any, ndim: int, minimum: int)
         seq = _as_sequence(value)
         if seq is None or not all(_is_int(v) for v in seq):
             raise ArgumentTypeError(f"{op}: {name} must be {per_dim}, but got {value!r}")
+        if len(seq) == 1:  # as PyTorch: stride=(2,) means 2 in every dimension
+            seq = list(seq) * ndim
         if len(seq) != ndim:
             raise ParameterError(
                 f"{op}: {name} must be {per_dim}, but got {len(seq)} values {tuple(seq)!r}"
@@ -57,6 +71,7 @@ def normalize_int_tuple(op: str, name: str, value: Any, ndim: int, minimum: int)
     if any(v < minimum for v in values):
         bound = "positive" if minimum == 1 else f">= {minimum}"
         raise ParameterError(f"{op}: {name} must be {bound} in every dimension, but got {value!r}")
+    _check_at_most(op, name, value, values)
     return values
 
 
@@ -73,6 +88,8 @@ def _normalize_explicit_padding(op: str, value: Any, ndim: int,
         seq = _as_sequence(value)
         if seq is None:
             raise ArgumentTypeError(f"{op}: padding must be {forms}, but got {value!r}")
+        if len(seq) == 1 and _is_int(seq[0]):  # as PyTorch: padding=(1,) pads every dimension
+            seq = list(seq) * ndim
         if len(seq) != ndim:
             hint = ""
             if len(seq) == 2 * ndim and all(_is_int(v) for v in seq):
@@ -99,6 +116,7 @@ def _normalize_explicit_padding(op: str, value: Any, ndim: int,
         raise ParameterError(
             f"{op}: {what} must be non-negative in every dimension, but got {value!r}"
         )
+    _check_at_most(op, "padding", value, [v for pair in pairs for v in pair])
     return pairs
 
 
@@ -160,6 +178,9 @@ class ConvParams:
             raise ArgumentTypeError(f"{op}: groups must be a positive int, but got {groups!r}")
         if groups < 1:
             raise ParameterError(f"{op}: groups must be a positive int, but got {groups}")
+        if groups > MAX_GEOMETRY:
+            raise ParameterError(f"{op}: groups must be at most {MAX_GEOMETRY} (2**31 - 1), but "
+                                 f"got {groups}")
         if not isinstance(padding_mode, str):
             raise ArgumentTypeError(
                 f"{op}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
@@ -185,6 +206,13 @@ class ConvParams:
                 )
         else:
             output_padding_t = (0,) * ndim
+            if not (_is_int(output_padding) and output_padding == 0) and normalize_int_tuple(
+                    op, "output_padding", output_padding, ndim, 0) != output_padding_t:
+                raise ParameterError(
+                    f"{op}: output_padding applies only to transposed convolutions, but got "
+                    f"output_padding={output_padding!r} with transposed=False; pass "
+                    f"transposed=True or drop output_padding"
+                )
 
         request = "explicit"
         if isinstance(padding, str):

@@ -27,15 +27,12 @@ from typing import Any
 
 from . import backends as registry
 from . import config
-from .backends.base import AlgorithmRule, Backend, BackendStatus, excluded_reason
-from .errors import BackendUnavailableError, ParameterError, did_you_mean
-from .params import ConvParams, ConvProblem
+from .backends.base import Algorithm, Backend, BackendStatus, excluded_reason
+from .errors import BackendUnavailableError, ConfigError, ParameterError, did_you_mean
+from .params import ConvParams, ConvProblem, Direction
 from .tensor import Device
 
 logger = logging.getLogger("convflow")
-
-CPU_PREFERENCE = ("numba",)
-
 
 @dataclass(frozen=True)
 class RuleOutcome:
@@ -73,6 +70,12 @@ class Decision:
         The algorithms that could run it (what find mode times).
     timings : mapping of name to milliseconds (or the reason a candidate was skipped)
         With find mode: the measured time of each candidate.
+    variant : str
+        The code path the algorithm runs for this problem (its record's ``variant``; ``""``
+        for an algorithm with one path): what the backend executes, named.
+    timed_variants : mapping of name to str
+        With find mode: the variant each timed candidate ran (a perf-db record's algorithm
+        and key fix its variant, so the record names the code path too).
     """
 
     op: str
@@ -89,15 +92,38 @@ class Decision:
     notes: tuple[str, ...] = field(default=())
     candidates: tuple[str, ...] = field(default=())
     timings: Mapping[str, float | str] = field(default_factory=dict)
+    variant: str = ""
+    timed_variants: Mapping[str, str] = field(default_factory=dict)
 
     def with_notes(self, *notes: str) -> Decision:
         return dataclasses.replace(self, notes=self.notes + notes)
 
+    def with_algorithm(self, backend: Backend, algorithm: str, **changes: Any) -> Decision:
+        """This decision with *algorithm* instead (find mode, a run-time fallback): its
+        variant follows from the algorithm's record."""
+        variant = backend.algorithm(algorithm).variant(self.problem)
+        return dataclasses.replace(self, algorithm=algorithm, variant=variant, **changes)
+
+    @property
+    def runs(self) -> str:
+        """What runs, in words: ``"packed_direct (per-image strategy)"``."""
+        return f"{self.algorithm} ({self.variant})" if self.variant else self.algorithm
+
     def __str__(self) -> str:
         p = self.problem
         lines = [f"convflow decision for {self.op} ({p.direction.value} pass)"]
-        lines.append(f"  problem: x{list(p.x_shape)} w{list(p.w_shape)} y{list(p.y_shape)} "
-                     f"{p.dtype}, {p.flops / 1e9:.3g} GFLOP")
+        size = f"{p.dtype}, {p.flops / 1e9:.3g} GFLOP"
+        if self.params is not None and self.params.transposed:
+            # Named as the caller sees them: a transposed convolution's input is the y of the
+            # convolution it transposes, and its output that convolution's x.
+            lines.append(f"  problem: input{list(p.y_shape)} weight{list(p.w_shape)} "
+                         f"output{list(p.x_shape)} {size}")
+            lines.append(f"  computed as: the {p.direction.value} pass of the convolution it "
+                         f"transposes, x{list(p.x_shape)} (this call's output) -> "
+                         f"y{list(p.y_shape)} (this call's input)")
+        else:
+            lines.append(f"  problem: x{list(p.x_shape)} w{list(p.w_shape)} y{list(p.y_shape)} "
+                         f"{size}")
         if self.params is not None:
             lines.append(f"  params:  {self.params.describe()}")
         lines.append(f"  canonical pass: stride={p.stride}, zero padding={p.padding}, "
@@ -117,9 +143,12 @@ class Decision:
             lines.append("  find mode timings (median of the runs, ms):")
             for name, value in self.timings.items():
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-                lines.append(f"    {name:<14} {shown}")
+                variant = self.timed_variants.get(name, "")
+                label = f"{name} ({variant})" if variant else name
+                lines.append(f"    {label:<14} {shown}")
         for note in self.notes:
             lines.append(f"  note: {note}")
+        lines.append(f"  runs: {self.runs}")
         lines.append(f"  => backend={self.backend} algorithm={self.algorithm} on {self.device} "
                      f"[{self.source}]: {self.reason}")
         return "\n".join(lines)
@@ -149,20 +178,21 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     """Apply the backend rules in order."""
     outcomes: list[RuleOutcome] = []
     if backend_arg is not None:
-        name = registry.validate_backend_name(backend_arg, f"{op}: backend=")
+        name = registry.validate_backend_name(backend_arg, op)
+        given = f"backend={backend_arg!r}" + (f" (= {name!r})" if backend_arg != name else "")
         backend, device, why_not = _try_backend(name, problem, data_device)
         if backend is None:
             raise BackendUnavailableError(
-                f"{op}: backend={name!r} was requested, but {why_not}; choose another backend "
+                f"{op}: {given} was requested, but {why_not}; choose another backend "
                 f"or drop the backend argument")
-        outcomes.append(RuleOutcome("backend argument", True, f"backend={name!r} given"))
+        outcomes.append(RuleOutcome("backend argument", True, f"{given} given"))
         return backend, device, outcomes
     outcomes.append(RuleOutcome("backend argument", False, "not given"))
 
     env_names = config.get("CONVFLOW_BACKEND")
     if env_names:
         source = f"environment variable CONVFLOW_BACKEND={','.join(env_names)!r}"
-        names = [registry.validate_backend_name(n, source) for n in env_names]
+        names = [registry.validate_backend_name(n, source, ConfigError) for n in env_names]
         reasons: list[str] = []
         for name in names:
             backend, device, why_not = _try_backend(name, problem, data_device)
@@ -194,7 +224,7 @@ def select_backend(op: str, problem: ConvProblem, data_device: Device,
     outcomes.append(RuleOutcome("data device", False, "data lives on the CPU"))
 
     cpu_reasons: list[str] = []
-    for name in CPU_PREFERENCE:
+    for name in registry.cpu_fallbacks():
         backend, device, why_not = _try_backend(name, problem, data_device)
         if backend is not None:
             outcomes.append(RuleOutcome("cpu fallback", True, f"{name}, the CPU backend"))
@@ -209,7 +239,7 @@ class AlgorithmChoice:
     """The algorithm rules' verdict: the chosen rule, why, how, and the runnable candidates
     (after disabling and deterministic filtering) that find mode may time instead."""
 
-    rule: AlgorithmRule
+    rule: Algorithm
     reason: str
     source: str
     outcomes: tuple[RuleOutcome, ...]
@@ -222,7 +252,7 @@ def known_algorithm_names() -> set[str]:
     for name in registry.BACKEND_NAMES:
         backend = registry.loaded_backend(name)
         if backend is not None:
-            names.update(rule.name for rule in backend.algorithm_rules())
+            names.update(backend.algorithm_names())
     return names
 
 
@@ -232,17 +262,30 @@ def _check_disabled_names() -> None:
     if unknown:
         known = sorted(known_algorithm_names())
         name = sorted(unknown)[0]
-        raise ParameterError(
+        raise ConfigError(
             f"environment variable CONVFLOW_DISABLE_ALGOS={','.join(sorted(disabled))!r}: "
             f"unknown algorithm {name!r}{did_you_mean(name, known)}; known algorithms: "
             f"{', '.join(known)}")
 
 
+def _wrong_algorithm_hint(backend: Backend, forced: Any, candidates: tuple[str, ...]) -> str:
+    """Why a forced name is not among this pass's algorithms: the passes it does run, when it
+    is one of the backend's algorithms (so no look-alike is suggested in its place), else the
+    closest valid name."""
+    runs = [rule for rule in backend.algorithm_rules() if rule.name == forced]
+    if runs:
+        passes = [d.value for d in Direction if d in runs[0].directions]
+        return f" ({forced} runs only the {' and '.join(passes)} pass{'es' if len(passes) > 1 else ''})"
+    return did_you_mean(str(forced), candidates) or did_you_mean(
+        str(forced), [rule.name for rule in backend.algorithm_rules()])
+
+
 def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
-                     algorithm_arg: Any) -> AlgorithmChoice:
+                     algorithm_arg: Any, device: Device | None = None) -> AlgorithmChoice:
     """Apply the backend's algorithm rules in order (or a forced algorithm), honouring
-    CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC."""
-    rules = [r for r in backend.algorithm_rules() if problem.direction in r.directions]
+    CONVFLOW_ALGO, CONVFLOW_DISABLE_ALGOS and CONVFLOW_DETERMINISTIC; the rules are those of
+    *device* (its limits decide what can run)."""
+    rules = [r for r in backend.algorithm_rules(device) if problem.direction in r.directions]
     _check_disabled_names()
     excluded = excluded_reason
 
@@ -252,21 +295,23 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
     if forced is None and config.get("CONVFLOW_ALGO"):
         forced, source = config.get("CONVFLOW_ALGO"), "CONVFLOW_ALGO="
     if forced is not None:
+        # A bad CONVFLOW_ALGO is a configuration error; a bad algorithm= a parameter error.
+        error = ConfigError if source == "CONVFLOW_ALGO=" else ParameterError
         by_name = {r.name: r for r in rules}
         valid = ", ".join(candidates) or "none"
         if not isinstance(forced, str) or forced not in by_name:
-            raise ParameterError(
+            raise error(
                 f"{op}: {source}{forced!r} is not an algorithm of the {backend.name} backend for "
-                f"the {problem.direction.value} pass{did_you_mean(str(forced), by_name)}; valid "
-                f"for this problem: {valid}")
+                f"the {problem.direction.value} pass{_wrong_algorithm_hint(backend, forced, candidates)}"
+                f"; valid for this problem: {valid}")
         rule = by_name[forced]
         ok, why = rule.can_run(problem)
         if not ok:
-            raise ParameterError(f"{op}: {source}{forced!r} cannot run this problem: {why}; valid "
-                                 f"for this problem: {valid}")
+            raise error(f"{op}: {source}{forced!r} cannot run this problem: {why}; valid "
+                        f"for this problem: {valid}")
         if excluded(rule):
-            raise ParameterError(f"{op}: {source}{forced!r} is {excluded(rule)}; valid for this "
-                                 f"problem: {valid}")
+            raise error(f"{op}: {source}{forced!r} is {excluded(rule)}; valid for this "
+                        f"problem: {valid}")
         reason = f"forced by {source}{rule.name!r}"
         return AlgorithmChoice(rule, reason, "forced", (RuleOutcome(rule.name, True, reason),),
                                (rule.name,))
@@ -293,15 +338,29 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
     return AlgorithmChoice(rule, reason, "heuristic", tuple(outcomes), candidates)
 
 
+def with_run_time_fallback(decision: Decision, backend: Backend) -> Decision:
+    """The decision as it really runs: if its algorithm failed at run time for this problem
+    on this device earlier in the process, the algorithm that ran instead, with a note."""
+    fallback = backend.run_time_fallback(decision.problem, decision.device, decision.algorithm)
+    if fallback is None:
+        return decision
+    replacement, why = fallback
+    note = (f"{decision.algorithm} failed at run time on {decision.device} ({why}); "
+            f"{replacement} runs instead")
+    return decision.with_algorithm(backend, replacement, notes=(*decision.notes, note),
+                                   reason=f"{note} (chosen before: {decision.reason})")
+
+
 def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvParams | None = None,
            backend: Any = None, algorithm: Any = None) -> tuple[Decision, Backend]:
     """Choose the backend and algorithm for one pass; return the Decision and the backend."""
     chosen, device, backend_outcomes = select_backend(op, problem, data_device, backend)
-    choice = select_algorithm(op, chosen, problem, algorithm)
+    choice = select_algorithm(op, chosen, problem, algorithm, device)
     decision = Decision(
         op=op, backend=chosen.name, algorithm=choice.rule.name, reason=choice.reason,
         source=choice.source, device=device, problem=problem, params=params,
         backend_rules=tuple(backend_outcomes), algorithm_rules=choice.outcomes,
-        backends=registry.available_backends(), candidates=choice.candidates,
+        backends=registry.BackendStatuses(), candidates=choice.candidates,
+        variant=choice.rule.variant(problem),
     )
     return decision, chosen

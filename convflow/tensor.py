@@ -17,10 +17,11 @@ import numpy as np
 
 from .errors import ArgumentTypeError, DeviceError, did_you_mean
 
-DEVICE_TYPES = ("cpu", "opencl", "cuda")
 
-# DLPack's DLDeviceType codes for the devices convflow can reach.
-_DLPACK_DEVICE_TYPES = {1: "cpu", 3: "cpu", 2: "cuda", 4: "opencl"}
+def _registered_device_types() -> tuple[str, ...]:
+    from .backends import device_types  # the registry table says which devices exist
+
+    return device_types()
 
 
 @dataclass(frozen=True, order=True)
@@ -42,10 +43,11 @@ class Device:
                 f"device must be a string such as 'cpu', 'opencl:0' or 'cuda:0', but got {spec!r}"
             )
         kind, _, index_text = spec.strip().lower().partition(":")
-        if kind not in DEVICE_TYPES:
+        known = _registered_device_types()
+        if kind not in known:
+            forms = ", ".join(repr(k) if k == "cpu" else f"'{k}[:index]'" for k in known)
             raise DeviceError(
-                f"device {spec!r} is unknown{did_you_mean(kind, DEVICE_TYPES)}; expected one of "
-                f"'cpu', 'opencl[:index]', 'cuda[:index]'"
+                f"device {spec!r} is unknown{did_you_mean(kind, known)}; expected one of {forms}"
             )
         if not index_text:
             return cls(kind, 0)
@@ -131,7 +133,7 @@ class Tensor:
         target = Device.parse(device)
         if target == self._device:
             return self
-        host = self.numpy()
+        host = native_byte_order(self).numpy()
         if target.type == "cpu":
             return Tensor(np.array(host, copy=True), CPU)
         return _device_backend(target).upload(np.ascontiguousarray(host), target)  # type: ignore[no-any-return]
@@ -143,13 +145,34 @@ class Tensor:
         return np.array(host, copy=True) if copy else host
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(self._data, "__dlpack__"):
+            # pyopencl arrays export nothing through DLPack, and no importer (numpy, torch,
+            # CuPy) reads OpenCL memory: say how to get the data instead of an AttributeError.
+            raise BufferError(
+                f"a convflow Tensor on {self._device} cannot be exported through DLPack (no "
+                f"DLPack importer reads {self._device.type} memory); copy it to the host first: "
+                f"numpy.from_dlpack(t.to('cpu')) or t.numpy()")
         return self._data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> Any:
+        if not hasattr(self._data, "__dlpack_device__"):
+            from .backends import dlpack_device_code
+
+            return (dlpack_device_code(self._device.type), self._device.index)
         return self._data.__dlpack_device__()
 
     def __repr__(self) -> str:
         return f"Tensor(shape={list(self.shape)}, dtype={self.dtype}, device='{self._device}')"
+
+
+def native_byte_order(t: Tensor) -> Tensor:
+    """*t* with its bytes in this machine's order: itself if already so, else a converted
+    copy (same values, same memory order). Kernels and device copies read native numbers
+    only; a big-endian ``'>f4'`` array handed to them as raw bytes would be read wrongly."""
+    dtype = t.dtype
+    if dtype.isnative or t.device.type != "cpu":
+        return t
+    return Tensor(np.asarray(t.data).astype(dtype.newbyteorder("="), order="K"), t.device)
 
 
 def _device_backend(device: Device) -> Any:
@@ -190,6 +213,31 @@ def _from_dlpack_of(obj: Any) -> ResultKind:
     return convert
 
 
+def _is_bfloat16(obj: Any) -> bool:
+    return str(getattr(obj, "dtype", "")).rpartition(".")[2] == "bfloat16"
+
+
+def _bfloat16_from_dlpack(obj: Any) -> tuple[Tensor, ResultKind] | None:
+    """A host bfloat16 array of another library (e.g. a torch bfloat16 tensor), read as
+    ``ml_dtypes.bfloat16``: numpy's DLPack importer has no bfloat16, so its bits cross as
+    int16 (the library's own ``view``) and are viewed back; results go back the same way.
+    None when *obj* is not bfloat16 or its library has no int16 view."""
+    module = sys.modules.get(type(obj).__module__.split(".")[0])
+    int16, bfloat16 = getattr(module, "int16", None), getattr(module, "bfloat16", None)
+    from_dlpack = getattr(module, "from_dlpack", None)
+    if not _is_bfloat16(obj) or int16 is None or bfloat16 is None or from_dlpack is None:
+        return None
+    import ml_dtypes
+
+    array = np.from_dlpack(obj.view(int16)).view(ml_dtypes.bfloat16)
+
+    def convert(t: Tensor) -> Any:
+        host = np.ascontiguousarray(t.numpy())
+        return from_dlpack(host.view(np.int16)).view(bfloat16)
+
+    return Tensor(array, CPU), convert
+
+
 def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
     """Adopt a user argument as a Tensor without copying; also return how to hand a result
     back in the same kind. Raises ArgumentTypeError naming *argname* for unusable objects."""
@@ -206,6 +254,10 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                 f"{op}: argument '{argname}' is a numpy masked array, whose mask a convolution "
                 f"would silently ignore; pass obj.filled(value) or numpy.asarray(obj) instead"
             )
+        if type(obj) is not np.ndarray:
+            # Subclasses (numpy.matrix, memmap, ...) are read as the plain array they hold:
+            # their own operators (matrix's 2-D-only indexing) mean nothing to a convolution.
+            obj = obj.view(np.ndarray)
         return Tensor(obj, CPU), _as_numpy
     from .backends import backend_for_array
 
@@ -213,8 +265,10 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
     if native_backend is not None:
         return native_backend.adopt(obj), _as_native
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
-        device_code, device_index = obj.__dlpack_device__()
-        device_type = _DLPACK_DEVICE_TYPES.get(int(device_code))
+        device_code, device_index = _dlpack_device_of(obj, op, argname)
+        from .backends import dlpack_device_type
+
+        device_type = dlpack_device_type(device_code)
         if device_type is None:
             raise DeviceError(
                 f"{op}: argument '{argname}' lives on DLPack device type {int(device_code)}, "
@@ -225,21 +279,51 @@ def as_tensor(obj: Any, op: str, argname: str) -> tuple[Tensor, ResultKind]:
                                                                          int(device_index)))
         try:
             if owner is None:
+                bfloat16 = _bfloat16_from_dlpack(obj) if _is_bfloat16(obj) else None
+                if bfloat16 is not None:
+                    return bfloat16
                 array = np.from_dlpack(obj)
                 return Tensor(array, CPU), _from_dlpack_of(obj)
             return owner.adopt(obj), _from_dlpack_of(obj)
-        except (BufferError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # the producer's own code: any failure is its failure
             raise ArgumentTypeError(
                 f"{op}: argument '{argname}' ({type(obj).__name__}) could not be read through "
-                f"DLPack: {exc}"
+                f"DLPack: {type(exc).__name__}: {exc}"
             ) from exc
     if hasattr(obj, "__array__") or hasattr(obj, "__array_interface__"):
-        return Tensor(np.asarray(obj), CPU), _as_numpy
+        try:
+            array = np.asarray(obj)
+        except Exception as exc:  # the object's own __array__ failed or returned garbage
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' ({type(obj).__name__}) could not be converted to "
+                f"an array by its __array__ / __array_interface__: {type(exc).__name__}: {exc}"
+            ) from exc
+        if array.dtype == object:
+            raise ArgumentTypeError(
+                f"{op}: argument '{argname}' ({type(obj).__name__}) converts to an array of "
+                f"Python objects, not numbers; expected a float16, float32 or float64 array")
+        return Tensor(array, CPU), _as_numpy
     raise ArgumentTypeError(
         f"{op}: argument '{argname}' must be an array (numpy.ndarray, convflow.Tensor, or an "
         f"object with __dlpack__), but got {type(obj).__name__}"
         + ("; wrap it with numpy.asarray(...)" if isinstance(obj, (list, tuple, int, float)) else "")
     )
+
+
+def _dlpack_device_of(obj: Any, op: str, argname: str) -> tuple[int, int]:
+    """``obj.__dlpack_device__()`` as ``(device type code, index)``, or ArgumentTypeError when
+    the producer raises or answers something that is not two integers."""
+    try:
+        answer = obj.__dlpack_device__()
+        code, index = answer
+        if not all(isinstance(v, (int, np.integer)) for v in (code, index)):  # IntEnums too
+            raise TypeError(f"expected (device type, device index) ints, got {answer!r}")
+        return int(code), int(index)
+    except Exception as exc:
+        raise ArgumentTypeError(
+            f"{op}: argument '{argname}' ({type(obj).__name__}) has a __dlpack_device__ that "
+            f"failed: {type(exc).__name__}: {exc}; expected it to return (device type, device "
+            f"index)") from exc
 
 
 def tensor(data: Any, device: Device | str | None = None) -> Tensor:
@@ -265,6 +349,7 @@ def tensor(data: Any, device: Device | str | None = None) -> Tensor:
     target = source.device if device is None else Device.parse(device)
     if target == source.device:
         if target.type == "cpu":
-            return Tensor(np.array(source.data, copy=True, order="C"), CPU)
+            return Tensor(np.array(source.data, copy=True, order="C",
+                                   dtype=source.dtype.newbyteorder("=")), CPU)
         return _device_backend(target).copy(source)  # type: ignore[no-any-return]
     return source.to(target)

@@ -44,7 +44,9 @@ def pad(x: np.ndarray, padding, mode: str = "zeros") -> np.ndarray:
         out = np.take(out, source, axis=axis)
         shape = [1] * out.ndim
         shape[axis] = -1
-        out = out * valid.reshape(shape)
+        # Padding holds zeros whatever the border holds (multiplying by the mask would turn
+        # an Inf at the border into a NaN in the padding).
+        out = np.where(valid.reshape(shape), out, 0.0)
     return out
 
 

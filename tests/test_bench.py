@@ -92,12 +92,45 @@ def test_compare_torch_without_torch_is_a_clear_error():
     assert "pip install torch==2.13.0" in result.stderr
 
 
-def test_plot(tmp_path):
+def _row(network, batch, layer, times):
+    return {"network": network, "batch": batch, "layer": layer, "describe": f"layer {layer}",
+            "kind": "3x3", "results": {name: {"median_ms": ms} for name, ms in times.items()}}
+
+
+@pytest.mark.parametrize("contenders", [["numba"], ["numba", "torch"]])
+def test_plot(tmp_path, contenders):
     pytest.importorskip("matplotlib", reason="plots are an optional extra")
-    result = {"meta": {"contenders": {"numba": "", "numba:direct": ""}, "date": "now", "host": "here"},
-              "rows": [{"results": {"numba": {"median_ms": 1.0}, "numba:direct": {"median_ms": 2.0}}}]}
-    bench.plot(result, str(tmp_path / "out.png"))
+    rows = [_row(net, batch, layer, {c: 1.0 + i + layer for i, c in enumerate(contenders)})
+            for net, batch in (("resnet50", 1), ("resnet50", 8)) for layer in (0, 3, 7)]
+    result = {"meta": {"contenders": {c: "" for c in contenders}, "date": "now", "host": "here"},
+              "rows": rows}
+    fig = bench.plot(result, str(tmp_path / "out.png"))
     assert (tmp_path / "out.png").stat().st_size > 1000
+    assert [ax.get_title() for ax in fig.axes] == ["resnet50, batch 1", "resnet50, batch 8"]
+    for ax in fig.axes:
+        assert len(ax.patches) == 3 * len(contenders)  # one bar per layer and contender
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["#0 layer 0", "#3 layer 3", "#7 layer 7"]
+        assert "lower is better" in ax.get_ylabel()
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == contenders
+        heights = sorted(p.get_height() for p in ax.patches)
+        assert heights[0] == 1.0
+
+
+def test_ratios_go_one_way_in_rows_and_summaries(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench("--net", "tiny", "--batch", "1", "--repeats", "3", "--warmup", "1",
+                       "--backend", "numba,numba:direct", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert ("time ratios are numba/other everywhere (per layer and in the summaries): below 1 means "
+            "numba is faster") in lines
+    header = next(line for line in lines if line.lstrip().startswith("# layer"))
+    assert header.split()[-1] == "numba/numba:direct"
+    row = next(line for line in lines if line.startswith("  0 8x16x16"))
+    measured = json.loads(out.read_text())["rows"][0]["results"]
+    expected = measured["numba"]["median_ms"] / measured["numba:direct"]["median_ms"]
+    assert float(row.split()[-1]) == pytest.approx(expected, abs=0.006)
+    assert "geomean time numba/numba:direct" in result.stdout
 
 
 def test_geomean():

@@ -52,7 +52,7 @@ def raises(exc_type, match):
     (lambda: convflow.conv3d(X[0], W[..., None]), ShapeError,
      r"expected input to be 4-D \(C, D, H, W\) or 5-D \(N, C, D, H, W\), but got 3-D"),
     (lambda: convflow.conv3d(X, W[..., None]), ShapeError,
-     r"expected input\[1, 1, 4, 9, 9\] to have 4 channels .* but got 1 channels instead"),
+     r"expected input\[1, 4, 9, 9\] \(unbatched\) to have 4 channels .* but got 1 channels instead"),
     # channels and groups
     (lambda: convflow.conv2d(np.zeros((1, 5, 9, 9), np.float32), np.zeros((6, 2, 3, 3), np.float32),
                              groups=2), ShapeError,
@@ -131,7 +131,7 @@ def raises(exc_type, match):
      r"given groups=4, expected weight's in_channels .* divisible by groups, but got 6"),
     # backends and algorithms
     (lambda: convflow.conv2d(X, W, backend="nmba"), ParameterError,
-     r"conv2d: backend=: unknown backend 'nmba' \(did you mean 'numba'\?\); valid backends: numba"),
+     r"conv2d: unknown backend 'nmba' \(did you mean 'numba'\?\); valid backends: numba"),
     (lambda: convflow.conv2d(X, W, algorithm="im2col"), ParameterError,
      r"algorithm='im2col' is not an algorithm of the numba backend for the forward pass \(did you mean 'im2col_gemm'\?\); "
      r"valid for this problem: packed_direct, im2col_gemm, direct"),
@@ -212,3 +212,42 @@ def test_checks_run_before_any_kernel(monkeypatch):
         convflow.conv2d(X, W, padding=9, padding_mode="reflect")
     with pytest.raises(ShapeError):
         convflow.conv_backward(np.zeros((1, 6, 8, 8), np.float32), X, W)
+
+
+def test_channels_last_errors_show_the_input_as_passed():
+    x = np.zeros((8, 56, 56, 32), np.float32)
+    w = np.zeros((64, 16, 3, 3), np.float32)
+    with pytest.raises(ShapeError, match=r"expected input\[8, 56, 56, 32\] \(layout NHWC\) to have 16 "
+                                         r"channels \(weight dim 1 x groups = 16 x 1\), but got 32"):
+        convflow.conv2d(x, w, layout="NHWC")
+    with pytest.raises(ShapeError, match=r"expected input\[56, 56, 32\] \(unbatched, layout NHWC\)"):
+        convflow.conv2d(x[0], w, layout="nhwc")
+    with pytest.raises(ShapeError, match=r"conv_backward: .* expected input\[8, 56, 56, 32\] \(layout NHWC\)"):
+        convflow.conv_backward(np.zeros((8, 54, 54, 64), np.float32), x, w, layout="NHWC")
+    wt = np.zeros((16, 4, 3, 3), np.float32)
+    with pytest.raises(ShapeError, match=r"expected input\[2, 5, 5, 32\] \(layout NHWC\) to have 16 channels"):
+        convflow.conv_transpose2d(np.zeros((2, 5, 5, 32), np.float32), wt, layout="NHWC")
+
+
+def test_output_padding_without_transposed_is_refused_everywhere():
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    match = r"output_padding applies only to transposed convolutions"
+    with pytest.raises(ParameterError, match=r"conv2d: " + match):
+        convflow.explain(x, w, output_padding=1)
+    with pytest.raises(ParameterError, match=r"conv_backward: " + match):
+        convflow.conv_backward(np.zeros((1, 4, 6, 6), np.float32), x, w, output_padding=1)
+
+
+def test_dtype_advice_for_torch_tensors_uses_torch():
+    torch = pytest.importorskip("torch", reason="optional: the advice in torch's own terms")
+    x = torch.ones(1, 4, 8, 8)
+    with pytest.raises(DTypeError, match=r"input has dtype float32 but weight has dtype float64; they "
+                                         r"must match: convert one of them, e.g. weight\.to\(input\.dtype\)$"):
+        convflow.conv2d(x, torch.ones(4, 4, 3, 3, dtype=torch.float64))
+    with pytest.raises(DTypeError, match=r"e\.g\. input\.to\(torch\.float32\)$"):
+        convflow.conv2d(x.to(torch.int32), torch.ones(4, 4, 3, 3))
+    with pytest.raises(DTypeError, match=r"e\.g\. weight\.to\(grad_output\.dtype\)$"):
+        convflow.conv_backward(torch.ones(1, 4, 6, 6), x, torch.ones(4, 4, 3, 3, dtype=torch.float64))
+    with pytest.raises(DTypeError, match=r"e\.g\. weight\.astype\(input\.dtype\)$"):
+        convflow.conv2d(np.ones((1, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3)))

@@ -6,6 +6,9 @@
   the backend's own algorithms (tiles, groups, GEMMs, col2im, the fused epilogue of bias and
   activation) on numpy arrays and are compared with the float64 reference for forward,
   backward-data and backward-weight passes, in float16, bfloat16, float32 and float64;
+* non-finite values give the IEEE answer of tests/test_ieee.py on every own algorithm
+  (cuDNN's behaviour on them is NVIDIA's: test_ieee.py checks it only where a GPU runs the
+  cupy backend);
 * the kernel names and the geometry argument order agree between Python and CUDA.
 """
 
@@ -22,6 +25,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import convflow
 from convflow import kernels
 from convflow.backends.cupy import OWN_RULES, algorithms, sources
 from convflow.backends.cupy.geometry import GEOMETRY_FIELDS
@@ -31,6 +35,7 @@ import reference
 from conftest import TOLERANCE
 from cuda_host import HostKernels, build, compiler, host_context
 from cupy_cases import PROBLEMS, expected_pass, pass_operands
+from ieee_cases import PLACES, assert_ieee_equal, operands
 
 CUDA_SOURCES = kernels.list_sources(".cu")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -39,6 +44,12 @@ ARCHITECTURES = ("sm_75", "sm_80", "sm_90")
 
 
 # Compilation ---------------------------------------------------------------------------------
+
+
+def run_own(ctx, algorithm, problem, a, b, bias):
+    """One pass of an own algorithm, through the code its record names for the pass."""
+    record = next(r for r in OWN_RULES if r.name == algorithm)
+    return algorithms.run(ctx, record.passes[problem.direction], problem, a, b, bias)
 
 def test_every_cuda_source_is_known():
     assert sorted(CUDA_SOURCES) == ["cuda/depthwise.cu", "cuda/direct.cu", "cuda/im2col.cu"]
@@ -225,7 +236,7 @@ def _check(host_kernels, problem: ConvProblem, dtype: str, name: str,
     ctx = host_context(host_kernels[dtype], workspace_bytes)
     algorithm_names = _runnable(problem)
     for algorithm in algorithm_names:
-        got = algorithms.run(ctx, algorithm, problem, a, b, bias)
+        got = run_own(ctx, algorithm, problem, a, b, bias)
         assert got.dtype == np.dtype(dtype) and got.shape == expected.shape, algorithm
         assert not any(np.shares_memory(got, t) for t in (a, b, bias) if t is not None)
         error = float(np.abs(got.astype(np.float64) - expected).max(initial=0.0))
@@ -288,3 +299,35 @@ def test_every_own_algorithm_and_kernel_is_exercised(host_kernels):
     for kernels_ in host_kernels.values():
         calls.update(kernels_.calls)
     assert {name.removeprefix("cf_") for name in sources.KERNEL_FILES} <= calls
+
+
+NON_FINITE = [(shape, place, stride, direction)
+              for shape in ("dense", "depthwise") for place in PLACES for stride in (1, 2)
+              for direction in ("forward", "backward_data", "backward_weight", "transposed")
+              if not (place == "grad_output" and direction in ("forward", "transposed"))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("shape", "place", "stride", "direction"), NON_FINITE,
+                         ids=["-".join(map(str, case)) for case in NON_FINITE])
+def test_own_algorithms_give_the_ieee_answer_for_non_finite_values(host_kernels, dtype, shape,
+                                                                   place, stride, direction):
+    """As tests/test_ieee.py: a forward pass multiplies the padding zeros by the weights (an
+    Inf weight on a border tap gives NaN there), a weight gradient multiplies them by the
+    output gradient, a data gradient or transposed convolution sums real products only."""
+    x, w, dy, groups = operands(shape, place, stride)
+    x, w, dy = (a.astype(dtype) for a in (x, w, dy))
+    kwargs = dict(stride=stride, padding=1, groups=groups, backend="numba")
+    if direction == "transposed":
+        problem = convflow.explain(x, w, transposed=True, **kwargs).problem
+        a, b = x, w  # the transposed convolution is the data-gradient pass of x
+    else:
+        problem = convflow.explain(x, w, direction=direction, **kwargs).problem
+        a, b = {"forward": (x, w), "backward_data": (dy, w), "backward_weight": (x, dy)}[direction]
+    expected = expected_pass(problem, a, b, None)
+    ctx = host_context(host_kernels[dtype])
+    ran = _runnable(problem)
+    assert ran
+    for algorithm in ran:
+        got = run_own(ctx, algorithm, problem, a, b, None)
+        assert_ieee_equal(got, expected, f"{algorithm} on {problem.describe()}")

@@ -256,3 +256,37 @@ def test_find_mode_on_every_backend(backend, cache_dir):
         y = convflow.conv2d(x, w, padding=1, backend=backend)
     np.testing.assert_allclose(y, convflow.conv2d(x, w, padding=1, algorithm="direct"), rtol=1e-4,
                                atol=1e-4)
+
+
+def test_layout_and_activation_get_their_own_perfdb_entries(cache_dir, monkeypatch):
+    """Tuning an NCHW problem says nothing about the same shapes as NHWC, or with a fused
+    activation: each is timed (on operands in its own layout) and stored under its own key."""
+    timed: list[tuple[bool, str, bool]] = []
+    real = find.time_candidates
+
+    def recording(backend, decision, order):
+        p = decision.problem
+        a, _ = find._operands(backend, decision)
+        # The activation operand lies in memory as the problem's layout says.
+        timed.append((p.channels_last, p.activation, bool(a.data.flags.c_contiguous)))
+        return real(backend, decision, order)
+
+    monkeypatch.setattr(find, "time_candidates", recording)
+    x_nhwc = np.ascontiguousarray(np.moveaxis(X, 1, -1))
+    variants = [dict(input=X), dict(input=x_nhwc, layout="NHWC"),
+                dict(input=X, activation="relu"), dict(input=x_nhwc, layout="NHWC",
+                                                       activation="relu")]
+    with config.override(CONVFLOW_FIND_MODE="autotune"):
+        decisions = [convflow.explain(weight=W, padding=1, **v) for v in variants]
+        again = [convflow.explain(weight=W, padding=1, **v) for v in variants]
+    assert [d.source for d in decisions] == ["autotune"] * 4
+    assert [d.source for d in again] == ["cache"] * 4
+    assert timed == [(False, "", True), (True, "", False), (False, "relu", True),
+                     (True, "relu", False)]
+    keys = {perfdb.problem_key(find.problem_fields(d, get_backend("numba"))) for d in decisions}
+    assert len(keys) == 4
+    fields = json.loads(sorted(keys)[0])
+    for name in ("channels_last", "activation", "dtype", "stride", "padding", "dilation",
+                 "groups", "x_shape", "w_shape", "y_shape", "direction",
+                 "CONVFLOW_DETERMINISTIC", "CONVFLOW_ALLOW_TF32", "CONVFLOW_WORKSPACE_MB"):
+        assert name in fields, name

@@ -139,7 +139,7 @@ def test_explain_reports_layout_and_epilogue(backend):
     (lambda: convflow.conv2d(np.zeros((1, 2, 4, 4)), np.zeros((2, 2, 1, 1)), activation="Relu6"),
      None),
     (lambda: convflow.conv2d(np.zeros((1, 4, 4, 3)), np.zeros((2, 2, 1, 1)), layout="NHWC"),
-     r"expected input\[1, 3, 4, 4\] to have 2 channels"),
+     r"expected input\[1, 4, 4, 3\] \(layout NHWC\) to have 2 channels"),
     (lambda: convflow.conv_backward(np.zeros((1, 4, 4, 2)), np.zeros((1, 4, 4, 2)),
                                     np.zeros((2, 2, 1, 1)), layout="NCW"),
      r"conv_backward: layout must be 'NCHW'"),

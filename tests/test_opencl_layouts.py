@@ -330,8 +330,8 @@ def test_a_fallback_from_a_native_to_a_converting_solver(opencl, monkeypatch):
         raise SolverUnavailable("pretend the device is too small")
 
     broken = solvers.SOLVERS["vec_im2col_gemm"]
-    monkeypatch.setitem(solvers.SOLVERS, "vec_im2col_gemm",
-                        solvers.replace(broken, forward=unavailable))
+    monkeypatch.setitem(solvers.SOLVERS, "vec_im2col_gemm", solvers.replace(
+        broken, passes={**broken.passes, convflow.Direction.FORWARD: unavailable}))
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 5, 8, 8)).astype(np.float32)
     w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -64,3 +65,42 @@ def test_installed_wheel_finds_its_kernels(wheel, tmp_path):
     assert root_line == str(site / "convflow" / "_kernels")
     expected = sorted(p.name for p in (ROOT / "kernels").rglob("*") if p.is_file())
     assert result.stdout.splitlines()[1] == str(expected)
+
+
+def test_wheel_is_typed_and_says_which_pythons(wheel):
+    archive = zipfile.ZipFile(wheel)
+    assert "convflow/py.typed" in archive.namelist()
+    (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    text = archive.read(metadata).decode()
+    for version in ("3.10", "3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {version}\n" in text
+    assert "Requires-Python: >=3.10" in text and "Classifier: Typing :: Typed" in text
+
+
+def test_the_public_namespace_is_the_api():
+    public = {name for name in dir(convflow) if not name.startswith("_")}
+    assert "annotations" not in public
+    modules = {name for name in public if type(getattr(convflow, name)).__name__ == "module"}
+    assert public - modules == set(convflow.__all__) - {"config"}
+
+
+def test_each_cuda_extra_pulls_one_cuda_major():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # nvidia-cudnn-frontend 1.29 and later require nvidia-cutlass-dsl[cu13] (CUDA 13).
+    assert "nvidia-cudnn-frontend>=1.5,<1.29" in extras["cuda12"]
+    for extra, other in (("cuda12", "13"), ("cuda13", "12")):
+        for requirement in extras[extra]:
+            assert f"cu{other}" not in requirement and f"cuda{other}" not in requirement, requirement
+
+
+def test_make_run_installs_the_extras_the_machine_can_use_with_a_fallback():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(["make", "-n", "run"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout
+    assert "pip install -q -e '.[opencl" in commands  # pyopencl, for PoCL or a GPU driver
+    assert "pyopencl (the opencl extra) could not be installed here" in commands
+    assert "pip install -q -e .;" in commands  # the fallback: convflow alone
+    assert commands.rstrip().endswith("convflow demo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convflow import shapes
+from convflow import ParameterError, shapes
 from convflow.params import ConvParams, ConvProblem, Direction
 
 
@@ -130,3 +130,63 @@ def test_problem_predicates_and_sizes():
     assert not problem((1, 1, 5, 5), (4, 1, 3, 3), (1, 4, 3, 3)).is_depthwise()
     assert pointwise.flops == 2 * 2 * 4 * 8 * 9
     assert problem((0, 8, 5, 5), (4, 8, 1, 1), (0, 4, 5, 5)).is_empty()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name, value, expected", [
+    ("stride", (2,), 2), ("dilation", [3], 3), ("padding", (1,), (1, 1)),
+])
+def test_one_element_tuples_apply_to_every_dimension(ndim, name, value, expected):
+    # As torch accepts F.conv2d(x, w, stride=(2,)): code written for torch runs unchanged.
+    params = ConvParams.normalize("conv", ndim, **{name: value})
+    assert getattr(params, name) == (expected,) * ndim
+
+
+def test_one_element_output_padding_of_a_transposed_convolution():
+    params = ConvParams.normalize("conv_transpose2d", 2, stride=(2,), output_padding=(1,),
+                                  transposed=True)
+    assert params.output_padding == (1, 1) and params.stride == (2, 2)
+
+
+def test_tuples_of_other_lengths_are_still_errors():
+    with pytest.raises(ParameterError, match=r"conv: stride must be an int or a tuple of 3 ints "
+                                             r"\(one per spatial dim\), but got 2 values \(2, 2\)"):
+        ConvParams.normalize("conv", 3, stride=(2, 2))
+    with pytest.raises(ParameterError, match=r"padding must be .* but got 3 values"):
+        ConvParams.normalize("conv", 2, padding=(1, 1, 1))
+
+
+@pytest.mark.parametrize("output_padding", [1, (1,), (0, 1)])
+def test_output_padding_needs_a_transposed_convolution(output_padding):
+    with pytest.raises(ParameterError, match=r"conv2d: output_padding applies only to transposed "
+                                             r"convolutions, but got output_padding=.* with "
+                                             r"transposed=False; pass transposed=True or drop output_padding"):
+        ConvParams.normalize("conv2d", 2, output_padding=output_padding)
+    assert ConvParams.normalize("conv2d", 2, output_padding=(0, 0)).output_padding == (0, 0)
+
+
+def test_one_element_tuples_in_calls_match_torch():
+    import convflow
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 3, 9, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
+    y = convflow.conv3d(x, w, stride=(2,), padding=(1,), dilation=(1,))
+    np.testing.assert_array_equal(y, convflow.conv3d(x, w, stride=2, padding=1, dilation=1))
+    import reference
+    from conftest import assert_close
+
+    assert_close(y, reference.conv(x, w, stride=(2, 2, 2), padding=((1, 1),) * 3))
+    xt = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    yt = convflow.conv_transpose2d(xt, wt, stride=(2,), padding=(1,), output_padding=(1,))
+    assert yt.shape == (1, 2, 10, 10)
+    try:
+        import torch
+    except ImportError:
+        return  # the comparison with torch itself needs torch, a test-only extra
+    expected = torch.nn.functional.conv_transpose2d(torch.from_numpy(xt), torch.from_numpy(wt), stride=(2,),
+                                                    padding=(1,), output_padding=(1,))
+    np.testing.assert_allclose(yt, expected.numpy(), rtol=1e-4, atol=1e-4)
+    expected3 = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w), stride=(2,), padding=(1,))
+    np.testing.assert_allclose(y, expected3.numpy(), rtol=1e-4, atol=1e-4)

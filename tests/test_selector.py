@@ -52,16 +52,22 @@ class FakeGPUBackend(NumbaBackend):
 
 
 @pytest.fixture
-def fake_gpu(monkeypatch):
+def fake_gpu():
+    """Registers a fake backend owning 'cuda' memory through the public registry call; the
+    real owner (cupy) takes the device back when it is removed."""
+    installed: list[str] = []
+
     def install(**kwargs):
         fake = FakeGPUBackend(**kwargs)
-        monkeypatch.setitem(registry._BACKEND_CLASSES, "fakegpu", ("tests.fake", "FakeGPUBackend"))
-        monkeypatch.setattr(registry, "BACKEND_NAMES", (*registry.BACKEND_NAMES, "fakegpu"))
-        monkeypatch.setitem(registry._instances, "fakegpu", fake)
-        monkeypatch.setitem(registry.DEVICE_BACKENDS, "cuda", "fakegpu")
+        registry.register_backend(registry.BackendEntry("fakegpu", lambda: fake, "cuda",
+                                                        dlpack_device_codes=(2,)))
+        installed.append("fakegpu")
         return fake
 
-    return install
+    yield install
+    for name in installed:
+        registry.unregister_backend(name)
+    assert registry.DEVICE_BACKENDS["cuda"] == "cupy"
 
 
 def rule_table(decision):
@@ -109,7 +115,7 @@ def test_environment_forcing_never_falls_back(fake_gpu, monkeypatch):
 
 def test_unknown_environment_backend_names_the_variable(monkeypatch):
     monkeypatch.setenv("CONVFLOW_BACKEND", "numbaa")
-    with pytest.raises(ParameterError, match=r"environment variable CONVFLOW_BACKEND='numbaa': unknown "
+    with pytest.raises(ConfigError, match=r"environment variable CONVFLOW_BACKEND='numbaa': unknown "
                                              r"backend 'numbaa' \(did you mean 'numba'\?\); valid backends: numba"):
         convflow.conv2d(X, W)
 
@@ -243,9 +249,9 @@ def test_environment_forcing_in_a_subprocess():
 
 
 def test_unknown_environment_backend_in_a_subprocess():
-    result = run_python(SNIPPET, CONVFLOW_BACKEND="cuda")
+    result = run_python(SNIPPET, CONVFLOW_BACKEND="gpu")
     assert result.returncode != 0
-    assert "CONVFLOW_BACKEND='cuda': unknown backend 'cuda'" in result.stderr
+    assert "ConfigError: environment variable CONVFLOW_BACKEND='gpu': unknown backend 'gpu'" in result.stderr
     assert "valid backends: numba" in result.stderr
 
 
@@ -269,3 +275,88 @@ def test_invalid_numeric_variable_is_an_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"environment variable CONVFLOW_WORKSPACE_MB='lots' is invalid: "
                                           r"expected an integer >= 1"):
         convflow.conv2d(X, W)
+
+
+def test_registering_a_backend_is_public_and_reversible():
+    assert "fake" not in registry.BACKEND_NAMES
+    fake = FakeGPUBackend()
+    registry.register_backend(registry.BackendEntry("fake", lambda: fake, "cuda"))
+    try:
+        assert registry.BACKEND_NAMES[-1] == "fake"
+        assert registry.DEVICE_BACKENDS["cuda"] == "fake"
+        assert registry.get_backend("fake") is fake
+        assert "fake" in convflow.available_backends()
+    finally:
+        registry.unregister_backend("fake")
+    assert "fake" not in registry.BACKEND_NAMES and registry.DEVICE_BACKENDS["cuda"] == "cupy"
+    with pytest.raises(ParameterError, match="register_backend: name must be lower-case"):
+        registry.register_backend(registry.BackendEntry("Bad Name", lambda: fake, "cuda"))
+
+
+@pytest.mark.parametrize("variable, match", [
+    ("CONVFLOW_BACKEND", r"environment variable CONVFLOW_BACKEND='bogus': unknown backend 'bogus'"),
+    ("CONVFLOW_ALGO", r"CONVFLOW_ALGO='bogus' is not an algorithm of the numba backend"),
+    ("CONVFLOW_DISABLE_ALGOS", r"CONVFLOW_DISABLE_ALGOS='bogus': unknown algorithm 'bogus'"),
+])
+def test_bad_names_in_variables_are_config_errors(monkeypatch, variable, match):
+    monkeypatch.setenv(variable, "bogus")
+    with pytest.raises(ConfigError, match=match) as info:
+        convflow.conv2d(X, W)
+    # Still what code written against earlier versions caught.
+    assert isinstance(info.value, ParameterError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("alias, backend", [("cpu", "numba"), ("CPU", "numba"), (" cuda ", "cupy")])
+def test_device_words_are_backend_aliases(alias, backend):
+    assert registry.validate_backend_name(alias, "conv2d") == backend
+    if backend == "numba":
+        decision = convflow.explain(X, W, backend=alias)
+        assert decision.backend == "numba"
+        assert f"backend={alias!r} (= 'numba') given" in str(decision)
+
+
+def test_cuda_alias_reaches_the_cupy_backend(fake_gpu, monkeypatch):
+    fake_gpu()
+    assert convflow.explain(X, W, backend="cuda").backend == "fakegpu"
+    monkeypatch.setenv("CONVFLOW_BACKEND", "cuda")
+    assert convflow.explain(X, W).backend == "fakegpu"
+
+
+def test_an_alias_of_an_unavailable_backend_says_which_backend():
+    if convflow.available_backends()["cupy"].available:
+        pytest.skip("cupy is available here")
+    with pytest.raises(BackendUnavailableError, match=r"conv2d: backend='cuda' \(= 'cupy'\) was "
+                                                      r"requested, but cupy is unavailable"):
+        convflow.conv2d(X, W, backend="cuda")
+
+
+def test_gpu_is_ambiguous_and_both_choices_are_named():
+    with pytest.raises(ParameterError, match=r"conv2d: unknown backend 'gpu'; 'gpu' names no single "
+                                             r"backend: use 'cupy' for NVIDIA GPUs \(CUDA\) or 'opencl'.*"
+                                             r"aliases: cpu \(= numba\), cuda \(= cupy\)"):
+        convflow.conv2d(X, W, backend="gpu")
+    with pytest.raises(ParameterError, match=r"^conv2d: unknown backend 'nvidia'; valid backends"):
+        convflow.conv2d(X, W, backend="nvidia")
+
+
+def test_forcing_an_algorithm_of_another_pass_lists_the_valid_ones():
+    x = np.ones((1, 4, 8, 8), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    dy = np.ones((1, 4, 6, 6), np.float32)
+    with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is not an algorithm of the "
+                                             r"numba backend for the backward_weight pass \(packed_direct "
+                                             r"runs only the forward pass\); valid for this problem: "
+                                             r"im2col_gemm, direct$"):
+        convflow.conv_backward(dy, x, w, algorithm="packed_direct", output_mask=(False, True, False))
+    with pytest.raises(ParameterError, match=r"algorithm='im2col' .* \(did you mean 'im2col_gemm'\?\)"):
+        convflow.conv_backward(dy, x, w, algorithm="im2col", output_mask=(False, True, False))
+
+
+def test_explain_of_a_transposed_convolution_names_the_callers_input():
+    x = np.zeros((1, 16, 5, 5), np.float32)
+    w = np.zeros((16, 8, 3, 3), np.float32)
+    text = str(convflow.explain(x, w, transposed=True, stride=2))
+    assert "problem: input[1, 16, 5, 5] weight[16, 8, 3, 3] output[1, 8, 11, 11] float32" in text
+    assert ("computed as: the backward_data pass of the convolution it transposes, x[1, 8, 11, 11] "
+            "(this call's output) -> y[1, 16, 5, 5] (this call's input)") in text
+    assert "y[1, 16, 5, 5] w" not in text

@@ -168,3 +168,30 @@ def test_bad_device_names(spec, match):
 def test_bad_device_type():
     with pytest.raises(TypeError, match="device must be a string"):
         Device.parse(3)  # type: ignore[arg-type]
+
+
+def test_torch_bfloat16_tensors_cross_dlpack():
+    torch = pytest.importorskip("torch", reason="optional: checks bfloat16 tensors from torch")
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((2, 4, 7, 7), dtype=np.float32)).to(torch.bfloat16)
+    w = torch.from_numpy(rng.standard_normal((6, 4, 3, 3), dtype=np.float32)).to(torch.bfloat16)
+    y = convflow.conv2d(x, w, padding=1)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16 and y.shape == (2, 6, 7, 7)
+    expected = reference.conv(x.float().numpy().astype(np.float64), w.float().numpy().astype(np.float64),
+                              padding=((1, 1), (1, 1)))
+    import ml_dtypes
+
+    assert_close(y.view(torch.int16).numpy().view(ml_dtypes.bfloat16), expected, "bfloat16")
+    assert x.dtype == torch.bfloat16  # the input is read, not converted in place
+
+
+def test_an_opencl_tensor_refuses_dlpack_with_the_way_out():
+    from conftest import require_backend
+
+    require_backend("opencl")
+    t = convflow.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), device="opencl")
+    assert t.__dlpack_device__() == (4, 0)  # kDLOpenCL
+    with pytest.raises(BufferError, match=r"a convflow Tensor on opencl:0 cannot be exported through "
+                                          r"DLPack .* numpy\.from_dlpack\(t\.to\('cpu'\)\) or t\.numpy\(\)"):
+        np.from_dlpack(t)
+    np.testing.assert_array_equal(np.from_dlpack(t.to("cpu")), np.arange(6).reshape(2, 3))

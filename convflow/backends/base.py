@@ -3,13 +3,14 @@
 A backend computes the three passes of a plain convolution (:class:`~convflow.params.ConvProblem`
 in cuDNN's geometry), pads inputs for non-zero padding modes, reduces bias gradients, and
 moves arrays between the host and its device. It trusts its inputs: the host-side checks
-have already run. Its algorithms are listed as ordered :class:`AlgorithmRule` objects so
+have already run. Its algorithms are listed as ordered :class:`Algorithm` records so
 the selector (and ``explain()``) can show why one was chosen.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,13 +43,42 @@ class BackendStatus:
         return text
 
 
-@dataclass(frozen=True)
-class AlgorithmRule:
-    """One algorithm of a backend and the rule deciding when it is the right choice.
+def _no_workspace(problem: ConvProblem) -> int:
+    return 0
 
-    ``applies(problem)`` returns ``(True, why)`` when the rule picks this algorithm for the
-    problem and ``(False, why_not)`` otherwise. ``can_run(problem)`` says whether the
-    algorithm is able to compute the problem at all (used when it is forced).
+
+def _single_variant(problem: ConvProblem) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm of a backend: its rule, what it implements, and what it runs.
+
+    This one record is what dispatch, ``explain()``, find mode and the ``CONVFLOW_*``
+    variables read; a backend lists its records in one ordered tuple. ``applies(problem)``
+    returns ``(True, why)`` when the rule picks this algorithm for the problem and ``(False,
+    why_not)`` otherwise; ``can_run(problem)`` says whether it can compute the problem at all
+    on the backend's device (device limits included; used when it is forced or timed).
+
+    Attributes
+    ----------
+    directions : frozenset of Direction
+        The passes it implements; ``passes`` maps each to the backend's handle for its code
+        (a function, or a name the backend resolves lazily so the record imports nothing).
+    deterministic, why_not_deterministic
+        Whether results are bitwise reproducible across runs and thread counts (what
+        ``CONVFLOW_DETERMINISTIC=1`` requires), and why not.
+    channels_last : bool
+        Whether it reads and writes channels-last activations in place (no conversion).
+    fused : frozenset of Direction
+        The passes that apply the bias and activation in their own write-back; the others
+        get one epilogue pass afterwards.
+    workspace : callable
+        Scratch bytes it allocates for a problem (orders the out-of-memory fallback).
+    variant : callable
+        The code path it runs for a problem, named (``explain()`` shows it; ``""`` when the
+        algorithm has one path). The backend runs exactly the path this names.
     """
 
     name: str
@@ -56,12 +86,24 @@ class AlgorithmRule:
     applies: Callable[[ConvProblem], tuple[bool, str]]
     can_run: Callable[[ConvProblem], tuple[bool, str]]
     directions: frozenset[Direction] = ALL_DIRECTIONS
-    # Whether results are bitwise reproducible across runs and thread counts (what
-    # CONVFLOW_DETERMINISTIC=1 requires); ``why_not_deterministic`` says why not.
     deterministic: bool = True
     why_not_deterministic: str = ""
-    # Whether it reads and writes channels-last activations in place (no layout conversion).
     channels_last: bool = False
+    fused: frozenset[Direction] = frozenset()
+    workspace: Callable[[ConvProblem], int] = _no_workspace
+    variant: Callable[[ConvProblem], str] = _single_variant
+    passes: Mapping[Direction, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.passes and frozenset(self.passes) != self.directions:
+            raise ValueError(f"algorithm {self.name!r}: passes {sorted(self.passes)} do not match "
+                             f"its directions {sorted(self.directions)}")
+        if not self.fused <= self.directions:
+            raise ValueError(f"algorithm {self.name!r} fuses a pass it does not implement")
+
+
+# The name the backends' tables used before the record carried everything.
+AlgorithmRule = Algorithm
 
 
 class Backend(abc.ABC):
@@ -78,8 +120,15 @@ class Backend(abc.ABC):
         """Availability, with the reason; must not raise."""
 
     @abc.abstractmethod
-    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
-        """The backend's algorithms, in the order the selector tries their rules."""
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
+        """The backend's algorithm records, in the order the selector tries their rules, as
+        they apply on *device* (the backend's default device when None): a record's
+        ``can_run`` includes that device's limits."""
+
+    def algorithm_names(self) -> frozenset[str]:
+        """Every algorithm name this backend has on any device, known without opening the
+        backend's runtime (validating CONVFLOW_DISABLE_ALGOS must not import its library)."""
+        return frozenset(rule.name for rule in self.algorithm_rules())
 
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
         """Why this backend cannot compute *problem* on *device*, or None if it can."""
@@ -88,14 +137,26 @@ class Backend(abc.ABC):
     def default_device(self) -> Device:
         return Device(self.device_type, 0)
 
+    def in_host_memory(self, device: Device) -> bool:
+        """Whether *device*'s memory is the host's RAM (the CPU itself, a CPU OpenCL device):
+        its buffers and the host's copies of the same data then draw on one memory."""
+        return device.type == "cpu"
+
     @abc.abstractmethod
     def available_memory(self, device: Device) -> int:
         """Bytes a call may allocate on *device* (used to fail fast on impossible requests)."""
 
+    def algorithm(self, name: str) -> Algorithm:
+        """The record of the algorithm called *name* (KeyError if the backend has none)."""
+        for record in self.algorithm_rules():
+            if record.name == name:
+                return record
+        raise KeyError(f"the {self.name} backend has no algorithm {name!r}")
+
     def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
         """Scratch memory *algorithm* needs for *problem*, roughly (orders the algorithms tried
         after running out of memory: smallest first)."""
-        return 0
+        return self.algorithm(algorithm).workspace(problem)
 
     def device_identity(self, device: Device) -> str:
         """What identifies the hardware and software a timing was taken on (perf-db key)."""
@@ -113,6 +174,35 @@ class Backend(abc.ABC):
         (``a=dy, b=w``) result with the bias added, the same as :meth:`forward` /
         :meth:`backward_data` but without Tensor wrapping; None where not applicable."""
         return None
+
+    # Run-time fallbacks --------------------------------------------------------------------
+    # Rules include device limits, so an algorithm rarely fails once chosen; when one does
+    # (a driver refuses a kernel, cuDNN refuses a problem), the backend records what ran
+    # instead, and every later Decision for that problem says so (explain(), the debug log,
+    # the perf-db) instead of naming the algorithm that did not run.
+    _fallbacks_lock = threading.Lock()
+
+    def record_fallback(self, problem: ConvProblem, device: Device, algorithm: str,
+                        replacement: str, reason: str) -> None:
+        """Note that *algorithm* could not run *problem* on *device* and *replacement* ran."""
+        with self._fallbacks_lock:
+            table: dict[tuple[ConvProblem, Device, str], tuple[str, str]] = (
+                self.__dict__.setdefault("_fallbacks", {}))
+            if table.get((problem, device, algorithm)) != (replacement, reason):
+                table[(problem, device, algorithm)] = (replacement, reason)
+                self.__dict__["_fallback_epoch"] = self.fallback_epoch + 1
+
+    def run_time_fallback(self, problem: ConvProblem, device: Device,
+                          algorithm: str) -> tuple[str, str] | None:
+        """``(replacement, reason)`` once *algorithm* has failed at run time for *problem* on
+        *device* in this process; None while it has not."""
+        table = self.__dict__.get("_fallbacks")
+        return None if table is None else table.get((problem, device, algorithm))
+
+    @property
+    def fallback_epoch(self) -> int:
+        """Counts recorded fallbacks: plans made before a change are made again."""
+        return int(self.__dict__.get("_fallback_epoch", 0))
 
     # Storage -----------------------------------------------------------------------------
     def adopt(self, obj: Any) -> Tensor:
@@ -167,7 +257,7 @@ def run_pass(backend: Backend, problem: ConvProblem, algorithm: str, a: Tensor, 
     return backend.backward_weight(a, b, problem, algorithm)
 
 
-def excluded_reason(rule: AlgorithmRule) -> str:
+def excluded_reason(rule: Algorithm) -> str:
     """Why the configuration excludes *rule* (``CONVFLOW_DISABLE_ALGOS``,
     ``CONVFLOW_DETERMINISTIC``), or ``""``. The selector and any backend falling back at run
     time apply the same exclusions."""

@@ -248,6 +248,24 @@ CF_HD int cf_out_coord(int i, int t, int stride, int pad, int dilation, int size
     return q < size ? q : -1;
 }
 
+// Non-finite values have one IEEE answer on every own algorithm, as in the opencl backend
+// (README, "Guarantees"): a forward pass multiplies the zero padding by the weights,
+// so a tap that reads the padding adds 0 * w, NaN for an Inf or NaN weight (as PyTorch's
+// im2col path and our im2col + cuBLAS do); a weight gradient likewise adds 0 * dy for every
+// output that reads the padding; a data gradient (or transposed convolution) sums only the
+// products of real entries. The direct kernels skip the padding and add those products in a
+// branch taken only for a non-finite value, so finite sums keep their bits. (cuDNN's
+// behaviour on non-finite values is NVIDIA's; it is checked only on a GPU.)
+CF_HD cf_acc cf_add_padding_product(cf_acc acc, cf_acc v) {
+    return isfinite(v) ? acc : acc + (cf_acc)0 * v;
+}
+
+// acc + 0 * w[first + i] for i < count: what `count` padding taps add to a forward sum.
+CF_HD cf_acc cf_add_padding_products(cf_acc acc, const cf_t* w, cf_i64 first, int count) {
+    for (int i = 0; i < count; ++i) acc = cf_add_padding_product(acc, cf_load(w, first + i));
+    return acc;
+}
+
 // Flat offset of input element (n, c, id, ih, iw) and output element (n, k, position).
 CF_HD cf_i64 cf_x_offset(const cf_geom& g, int n, int c, int id, int ih, int iw) {
     return (((cf_i64)n * g.c + c) * g.id + id) * ((cf_i64)g.ih * g.iw) + (cf_i64)ih * g.iw + iw;

@@ -17,15 +17,24 @@ CF_HD cf_acc cf_fprop_depthwise_at(const cf_t* x, const cf_t* w, const cf_geom& 
     cf_acc acc = 0;
     for (int td = 0; td < g.kd; ++td) {
         const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
-        if (id < 0) continue;
+        if (id < 0) {
+            acc = cf_add_padding_products(acc, w, w_base + td * g.kh * g.kw, g.kh * g.kw);
+            continue;
+        }
         for (int th = 0; th < g.kh; ++th) {
             const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
-            if (ih < 0) continue;
-            const cf_i64 row = cf_x_offset(g, n, ci, id, ih, 0);
             const cf_i64 w_row = w_base + (td * g.kh + th) * g.kw;
+            if (ih < 0) {
+                acc = cf_add_padding_products(acc, w, w_row, g.kw);
+                continue;
+            }
+            const cf_i64 row = cf_x_offset(g, n, ci, id, ih, 0);
             for (int tw = 0; tw < g.kw; ++tw) {
                 const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
-                if (iw < 0) continue;
+                if (iw < 0) {
+                    acc = cf_add_padding_product(acc, cf_load(w, w_row + tw));
+                    continue;
+                }
                 acc += cf_load(x, row + iw) * cf_load(w, w_row + tw);
             }
         }
@@ -86,9 +95,12 @@ CF_HD cf_acc cf_wgrad_depthwise_part(const cf_t* x, const cf_t* dy, const cf_geo
         const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
         const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
         const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
-        if (id < 0 || ih < 0 || iw < 0) continue;
-        acc += cf_load(x, cf_x_offset(g, n, ci, id, ih, iw)) *
-               cf_load(dy, cf_y_offset(g, n, k, position));
+        const cf_acc grad = cf_load(dy, cf_y_offset(g, n, k, position));
+        if (id < 0 || ih < 0 || iw < 0) {
+            acc = cf_add_padding_product(acc, grad);  // 0 * dy: this output reads the padding
+            continue;
+        }
+        acc += cf_load(x, cf_x_offset(g, n, ci, id, ih, iw)) * grad;
     }
     return acc;
 }

@@ -3,7 +3,8 @@
 #pragma once
 #include "common.cuh"
 
-// y[index] of the forward pass, index over (n, k, od, oh, ow), without the bias.
+// y[index] of the forward pass, index over (n, k, od, oh, ow), without the bias; the taps
+// that read the padding add 0 * w (common.cuh).
 CF_HD cf_acc cf_fprop_direct_at(const cf_t* x, const cf_t* w, const cf_geom& g, cf_i64 index) {
     const cf_i64 positions = cf_out_plane(g);
     const cf_i64 position = index % positions;
@@ -18,15 +19,25 @@ CF_HD cf_acc cf_fprop_direct_at(const cf_t* x, const cf_t* w, const cf_geom& g, 
         const cf_i64 w_base = ((cf_i64)k * cpg + c) * cf_taps(g);
         for (int td = 0; td < g.kd; ++td) {
             const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
-            if (id < 0) continue;
+            if (id < 0) {
+                acc = cf_add_padding_products(acc, w, w_base + td * g.kh * g.kw, g.kh * g.kw);
+                continue;
+            }
             for (int th = 0; th < g.kh; ++th) {
                 const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
-                if (ih < 0) continue;
+                const cf_i64 w_row = w_base + (td * g.kh + th) * g.kw;
+                if (ih < 0) {
+                    acc = cf_add_padding_products(acc, w, w_row, g.kw);
+                    continue;
+                }
                 for (int tw = 0; tw < g.kw; ++tw) {
                     const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
-                    if (iw < 0) continue;
+                    if (iw < 0) {
+                        acc = cf_add_padding_product(acc, cf_load(w, w_row + tw));
+                        continue;
+                    }
                     acc += cf_load(x, cf_x_offset(g, n, c_first + c, id, ih, iw)) *
-                           cf_load(w, w_base + (td * g.kh + th) * g.kw + tw);
+                           cf_load(w, w_row + tw);
                 }
             }
         }
@@ -72,6 +83,7 @@ CF_HD cf_acc cf_dgrad_direct_at(const cf_t* dy, const cf_t* w, const cf_geom& g,
 
 // The share of reduction thread `lane` (of `lanes`) in dw[index] of the backward-weight pass,
 // index over (k, c, kd, kh, kw): the sum over (n, output position) j = lane, lane + lanes, ...
+// (an output that reads the padding adds 0 * dy).
 CF_HD cf_acc cf_wgrad_direct_part(const cf_t* x, const cf_t* dy, const cf_geom& g, cf_i64 index,
                                   int lane, int lanes) {
     const int taps = cf_taps(g);
@@ -93,9 +105,12 @@ CF_HD cf_acc cf_wgrad_direct_part(const cf_t* x, const cf_t* dy, const cf_geom& 
         const int id = cf_in_coord(od, td, g.sd, g.pd, g.dd, g.id);
         const int ih = cf_in_coord(oh, th, g.sh, g.ph, g.dh, g.ih);
         const int iw = cf_in_coord(ow, tw, g.sw, g.pw, g.dw, g.iw);
-        if (id < 0 || ih < 0 || iw < 0) continue;
-        acc += cf_load(x, cf_x_offset(g, n, ci, id, ih, iw)) *
-               cf_load(dy, cf_y_offset(g, n, k, position));
+        const cf_acc grad = cf_load(dy, cf_y_offset(g, n, k, position));
+        if (id < 0 || ih < 0 || iw < 0) {
+            acc = cf_add_padding_product(acc, grad);  // 0 * dy: this output reads the padding
+            continue;
+        }
+        acc += cf_load(x, cf_x_offset(g, n, ci, id, ih, iw)) * grad;
     }
     return acc;
 }

@@ -80,6 +80,85 @@ inline int out_coord(int i, int t, int stride, int pad, int dil, int size) {
     return q / stride < size ? q / stride : -1;
 }
 
+/* Non-finite values have one IEEE answer on every solver (README, "Guarantees"): a forward
+ * pass multiplies the zero padding by the weights, so a tap that reads the padding adds
+ * 0 * w, which is NaN for an Inf or NaN weight (as PyTorch's im2col path does); a weight
+ * gradient likewise adds 0 * dy for every output that reads the padding; a data gradient (or
+ * transposed convolution) sums only the products of real entries. Kernels that skip the
+ * padding instead of reading zeros add those products with the helpers below, after their
+ * main loops and only when the operand the padding meets has an Inf or NaN (a flag from
+ * util.cl any_nonfinite), so finite sums keep their bits and their speed. */
+
+/* acc + 0 * v, which is acc unless v is Inf or NaN. */
+inline T add_padding_product(const T acc, const T v) {
+    return isfinite(v) ? acc : acc + (T)0 * v;
+}
+
+/* Whether outputs o0 .. o1 read the padding through some tap (t = 0 .. k - 1) along one dim:
+ * the input coordinate grows with o and t, so the two ends decide. */
+inline int reads_padding(const int o0, const int o1, const int stride, const int pad,
+                         const int dil, const int k, const int size) {
+    return o0 * stride - pad < 0 || o1 * stride - pad + (k - 1) * dil >= size;
+}
+
+/* acc + 0 * w for the taps of output (od, oh, ow) that read the zero padding, w running over
+ * the output channel's CG filters wk[c * taps + tap]: the padding products of a forward sum
+ * that skipped those taps. An output that reads no padding returns at once. */
+inline T add_padding_taps(T acc, const __global T* wk, GEOM_PARAMS, const int od, const int oh,
+                          const int ow)
+{
+    if (!reads_padding(od, od, SD, PD, DD, KD, D) && !reads_padding(oh, oh, SH, PH, DH, KH, H)
+            && !reads_padding(ow, ow, SW, PW, DW, KW, W))
+        return acc;
+    const int taps = KD * KH * KW;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int pad_d = in_coord(od, kd, SD, PD, DD, D) < 0;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int pad_h = pad_d || in_coord(oh, kh, SH, PH, DH, H) < 0;
+            for (int kw = 0; kw < KW; ++kw) {
+                if (!pad_h && in_coord(ow, kw, SW, PW, DW, W) >= 0) continue;
+                const __global T* wt = wk + (kd * KH + kh) * KW + kw;
+                for (int c = 0; c < CG; ++c) acc = add_padding_product(acc, wt[(long)c * taps]);
+            }
+        }
+    }
+    return acc;
+}
+
+/* y[n, k, od, oh, ow] summed tap by tap, without the epilogue: the naive solver's output and
+ * the fallback of solvers whose fast path cannot give the IEEE answer for non-finite values.
+ * pad_products: the taps that read the zero padding add 0 * w (a forward pass), or nothing (a
+ * data gradient computed as the forward pass of the flipped problem, whose padding stands for
+ * products that do not exist). */
+inline T direct_output(const __global T* restrict x, const __global T* restrict w, GEOM_PARAMS,
+                       const int n, const int k, const int od, const int oh, const int ow,
+                       const int pad_products)
+{
+    const int g = k / (K / G);
+    const long plane = (long)D * H * W;
+    const int taps = KD * KH * KW;
+    const __global T* wk = w + (long)k * CG * taps;
+    T acc = 0;
+    for (int c = 0; c < CG; ++c) {
+        const __global T* xp = x + ((long)n * C + g * CG + c) * plane;
+        const __global T* wp = wk + c * taps;
+        for (int kd = 0; kd < KD; ++kd) {
+            const int id = in_coord(od, kd, SD, PD, DD, D);
+            if (id < 0) continue;
+            for (int kh = 0; kh < KH; ++kh) {
+                const int ih = in_coord(oh, kh, SH, PH, DH, H);
+                if (ih < 0) continue;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const int iw = in_coord(ow, kw, SW, PW, DW, W);
+                    if (iw < 0) continue;
+                    acc += xp[((long)id * H + ih) * W + iw] * wp[(kd * KH + kh) * KW + kw];
+                }
+            }
+        }
+    }
+    return pad_products ? add_padding_taps(acc, wk, GEOM_ARGS, od, oh, ow) : acc;
+}
+
 /* Floor division for any signs of a (b > 0). */
 inline int floor_div(int a, int b) {
     const int q = a / b;
@@ -94,4 +173,37 @@ inline int2 valid_outputs(int pad, int tap, int dil, int stride, int size, int n
     lo = max(lo, 0);
     hi = min(hi, n_out);
     return (int2)(lo, max(hi, lo));
+}
+
+/* acc + 0 * dy[o] for every output position o that reads the zero padding through one tap,
+ * whose outputs that read real entries are the box rd x rh x rw (valid_outputs): the padding
+ * products of a weight gradient, which a kernel summing over the box alone leaves out. dy of
+ * image n at (od, oh, ow) is dy[n * sn + od * sd + oh * sh + ow * sw]. Rows (n, od, oh) first,
+ * first + step, ... are visited, so work-items can share them; a row outside the box reads the
+ * padding at every column, one inside it at the columns outside rw. Not inlined: inlined in
+ * direct_wrw it slowed the finite case by about 8% on PoCL (measured), though it never ran. */
+__attribute__((noinline))
+T add_padding_grads(T acc, const __global T* dy, const long sn, const long sd, const long sh,
+                    const long sw, const int N, const int OD, const int OH, const int OW,
+                    const int2 rd, const int2 rh, const int2 rw, const int first, const int step)
+{
+    if (rd.x == 0 && rd.y == OD && rh.x == 0 && rh.y == OH && rw.x == 0 && rw.y == OW)
+        return acc;                             /* this tap never meets the padding */
+    const int rows_per_image = OD * OH;
+    int oh = first % OH, od = first / OH % OD, n = first / rows_per_image;
+    while (n < N) {
+        const int inside = od >= rd.x && od < rd.y && oh >= rh.x && oh < rh.y;
+        const int lo = inside ? rw.x : OW, hi = inside ? rw.y : OW;
+        const __global T* row = dy + n * sn + od * sd + oh * sh;
+        for (int ow = 0; ow < lo; ++ow) acc = add_padding_product(acc, row[ow * sw]);
+        for (int ow = hi; ow < OW; ++ow) acc = add_padding_product(acc, row[ow * sw]);
+        oh += step;                             /* the next row of this work-item */
+        if (oh >= OH) {
+            od += oh / OH;
+            oh %= OH;
+            n += od / OD;
+            od %= OD;
+        }
+    }
+    return acc;
 }

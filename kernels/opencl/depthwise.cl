@@ -2,15 +2,45 @@
  * DW_OPI consecutive outputs along W of one channel, so the input row it reads is shared by
  * its outputs and no reduction over channels is needed. The weight gradient uses
  * direct_wrw.cl. w has shape (K, 1, KD, KH, KW). Outputs are written through the epilogue
- * (bias, activation; common.h).
+ * (bias, activation; common.h). The forward kernels skip the taps that read the padding,
+ * then add their 0 * w (add_block_padding) when w has an Inf or NaN (w_nonfinite, util.cl
+ * any_nonfinite).
  *
  * The *_nhwc kernels read and write channels-last tensors (N, D, H, W, C) in place: the
  * channel is work-item dimension 0, so neighbouring work-items touch neighbouring
  * addresses (coalesced on GPUs, vectorized across work-items by PoCL). */
 #define DW_OPI 4
 
+/* acc[j] + 0 * w for the taps through which output (od, oh, ow0 + j) of a work-item's block
+ * reads the zero padding, wp the output channel's filter: only a non-finite weight changes
+ * a sum. */
+inline void add_block_padding(T acc[DW_OPI], const __global T* wp, GEOM_PARAMS, const int od,
+                              const int oh, const int ow0)
+{
+    const int ow1 = ow0 + DW_OPI - 1;
+    if (!reads_padding(od, od, SD, PD, DD, KD, D) && !reads_padding(oh, oh, SH, PH, DH, KH, H)
+            && !reads_padding(ow0, ow1, SW, PW, DW, KW, W))
+        return;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int pad_d = in_coord(od, kd, SD, PD, DD, D) < 0;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int pad_h = pad_d || in_coord(oh, kh, SH, PH, DH, H) < 0;
+            for (int kw = 0; kw < KW; ++kw) {
+                if (!pad_h && in_coord(ow0, kw, SW, PW, DW, W) >= 0
+                        && in_coord(ow1, kw, SW, PW, DW, W) >= 0)
+                    continue;                   /* no output of the block meets the padding */
+                const T wv = wp[(kd * KH + kh) * KW + kw];
+                if (isfinite(wv)) continue;
+                for (int j = 0; j < DW_OPI; ++j)
+                    if (pad_h || in_coord(ow0 + j, kw, SW, PW, DW, W) < 0) acc[j] += (T)0 * wv;
+            }
+        }
+    }
+}
+
 __kernel void depthwise_fwd(__global const T* restrict x, __global const T* restrict w,
-                            __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
+                            __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS,
+                            __global const T* restrict w_nonfinite)
 {
     const int ow0 = get_global_id(0) * DW_OPI;
     const int oh = get_global_id(1);
@@ -41,6 +71,7 @@ __kernel void depthwise_fwd(__global const T* restrict x, __global const T* rest
             }
         }
     }
+    if (w_nonfinite[0] != 0) add_block_padding(acc, wp, GEOM_ARGS, od, oh, ow0);
     __global T* out = y + (((long)n * K + k) * OD + od) * OH * OW + (long)oh * OW;
     for (int j = 0; j < DW_OPI; ++j)
         if (ow0 + j < OW) out[ow0 + j] = epilogue(acc[j], ep_bias, ep_base + k, ep_mode);
@@ -89,7 +120,8 @@ __kernel void depthwise_bwd_data(__global const T* restrict dy, __global const T
 
 /* Channels-last forward: work-item (k, block of DW_OPI outputs along W, (n, od, oh)). */
 __kernel void depthwise_fwd_nhwc(__global const T* restrict x, __global const T* restrict w,
-                                 __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
+                                 __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS,
+                                 __global const T* restrict w_nonfinite)
 {
     const int k = get_global_id(0);
     const int ow0 = get_global_id(1) * DW_OPI;
@@ -119,6 +151,7 @@ __kernel void depthwise_fwd_nhwc(__global const T* restrict x, __global const T*
             }
         }
     }
+    if (w_nonfinite[0] != 0) add_block_padding(acc, wp, GEOM_ARGS, od, oh, ow0);
     __global T* out = y + (((long)n * OD + od) * OH + oh) * OW * K + k;
     for (int j = 0; j < DW_OPI; ++j)
         if (ow0 + j < OW)

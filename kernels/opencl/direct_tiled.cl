@@ -8,6 +8,12 @@
  * run-time values, so the host sizes the two __local buffers (in_th x in_tw per channel)
  * and falls back to another solver when they exceed the device's local memory. Outputs are
  * written through the epilogue (bias, activation; common.h).
+ *
+ * The staged tile holds zeros where it covers the padding, so each padding tap adds 0 * w:
+ * the IEEE answer of a forward pass (common.h). A data gradient computed as the forward pass
+ * of the flipped problem (pad_products == 0) must not have those products; they change a sum
+ * only when it meets an Inf or NaN, so an output whose sum is not finite is recomputed by
+ * direct_output without them, and finite outputs keep their bits.
  */
 #ifndef TW
 #define TW 16
@@ -22,7 +28,8 @@
 __kernel __attribute__((reqd_work_group_size(TW, TH, 1)))
 void direct_tiled_fwd(__global const T* restrict x, __global const T* restrict w,
                       __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS, const int in_tw,
-                      const int in_th, const int co_blocks, __local T* xs, __local T* ws)
+                      const int in_th, const int co_blocks, const int pad_products,
+                      __local T* xs, __local T* ws)
 {
     const int lx = get_local_id(0), ly = get_local_id(1);
     const int tid = ly * TW + lx;
@@ -95,7 +102,11 @@ void direct_tiled_fwd(__global const T* restrict x, __global const T* restrict w
         __global T* out = y + ((((long)n * K + g * KG + co) * OD + od) * OH + oh) * OW;
         for (int j = 0; j < OWPI; ++j) {
             const int ow = ow_base + lx + j * TW;
-            if (ow < OW) out[ow] = epilogue(acc[o][j], ep_bias, ep_base + g * KG + co, ep_mode);
+            if (ow >= OW) continue;
+            T v = acc[o][j];
+            if (!pad_products && !isfinite(v))
+                v = direct_output(x, w, GEOM_ARGS, n, g * KG + co, od, oh, ow, 0);
+            out[ow] = epilogue(v, ep_bias, ep_base + g * KG + co, ep_mode);
         }
     }
 }

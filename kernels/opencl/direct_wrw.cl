@@ -2,14 +2,17 @@
  * deterministic): one work-group per weight element; its WRW_WG work-items split the sum
  * over (n, od, oh, ow) and combine their partial sums by a tree in __local memory, in a
  * fixed order, so every run gives the same bits. With nhwc, x and dy are channels-last
- * tensors (N, D, H, W, C), read in place. */
+ * tensors (N, D, H, W, C), read in place. The sum runs over the outputs that read real
+ * entries; those that read the padding add 0 * dy (add_padding_grads, common.h) when dy has
+ * an Inf or NaN (dy_nonfinite, util.cl any_nonfinite). */
 #ifndef WRW_WG
 #define WRW_WG 64
 #endif
 
 __kernel __attribute__((reqd_work_group_size(WRW_WG, 1, 1)))
 void direct_wrw(__global const T* restrict x, __global const T* restrict dy,
-                __global T* restrict dw, GEOM_PARAMS, const int nhwc)
+                __global T* restrict dw, GEOM_PARAMS, const int nhwc,
+                __global const T* restrict dy_nonfinite)
 {
     __local T part[WRW_WG];
     const long e = get_group_id(0) + (long)get_group_id(1) * get_num_groups(0);
@@ -44,6 +47,15 @@ void direct_wrw(__global const T* restrict x, __global const T* restrict dy,
             const long yi = nhwc ? ((((long)n * OD + od) * OH + oh) * OW + ow) * K + k
                                  : ((((long)n * K + k) * OD + od) * OH + oh) * OW + ow;
             acc += x[xi] * dy[yi];
+        }
+        if (dy_nonfinite[0] != 0) {
+            const long oplane = (long)OD * OH * OW;
+            acc = nhwc ? add_padding_grads(acc, dy + k, oplane * K, (long)OH * OW * K,
+                                           (long)OW * K, K, N, OD, OH, OW, rd, rh, rw, lid,
+                                           WRW_WG)
+                       : add_padding_grads(acc, dy + (long)k * oplane, (long)K * oplane,
+                                           (long)OH * OW, OW, 1, N, OD, OH, OW, rd, rh, rw,
+                                           lid, WRW_WG);
         }
     }
     part[lid] = acc;

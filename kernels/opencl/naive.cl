@@ -5,10 +5,12 @@
  * sums its own output in a private accumulator, so the results are deterministic.
  */
 
-/* y[n, k, od, oh, ow] = sum_{c, kd, kh, kw} x[n, g*CG + c, ...] * w[k, c, kd, kh, kw], then
- * the epilogue of channel k. */
+/* y[n, k, od, oh, ow] = sum_{c, kd, kh, kw} x[n, g*CG + c, ...] * w[k, c, kd, kh, kw]
+ * (direct_output; the padding taps' 0 * w only when w has an Inf or NaN: w_nonfinite, util.cl
+ * any_nonfinite), then the epilogue of channel k. */
 __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict w,
-                        __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS)
+                        __global T* restrict y, GEOM_PARAMS, EPILOGUE_PARAMS,
+                        __global const T* restrict w_nonfinite)
 {
     const long gid = get_global_id(0);
     const long total = (long)N * K * OD * OH * OW;
@@ -19,27 +21,7 @@ __kernel void naive_fwd(__global const T* restrict x, __global const T* restrict
     const int od = (int)(r % OD); r /= OD;
     const int k = (int)(r % K);
     const int n = (int)(r / K);
-    const int g = k / (K / G);
-    const long plane = (long)D * H * W;
-    const int taps = KD * KH * KW;
-    T acc = 0;
-    for (int c = 0; c < CG; ++c) {
-        const __global T* xp = x + ((long)n * C + g * CG + c) * plane;
-        const __global T* wp = w + ((long)k * CG + c) * taps;
-        for (int kd = 0; kd < KD; ++kd) {
-            const int id = in_coord(od, kd, SD, PD, DD, D);
-            if (id < 0) continue;
-            for (int kh = 0; kh < KH; ++kh) {
-                const int ih = in_coord(oh, kh, SH, PH, DH, H);
-                if (ih < 0) continue;
-                for (int kw = 0; kw < KW; ++kw) {
-                    const int iw = in_coord(ow, kw, SW, PW, DW, W);
-                    if (iw < 0) continue;
-                    acc += xp[((long)id * H + ih) * W + iw] * wp[(kd * KH + kh) * KW + kw];
-                }
-            }
-        }
-    }
+    const T acc = direct_output(x, w, GEOM_ARGS, n, k, od, oh, ow, w_nonfinite[0] != 0);
     y[gid] = epilogue(acc, ep_bias, ep_base + k, ep_mode);
 }
 
@@ -86,9 +68,11 @@ __kernel void naive_bwd_data(__global const T* restrict dy, __global const T* re
 }
 
 /* dw[k, c, kd, kh, kw] = sum_{n, od, oh, ow} x[n, g*CG + c, id, ih, iw] * dy[n, k, od, oh, ow]:
- * one work-item per weight element, a fixed summation order (deterministic). */
+ * one work-item per weight element, a fixed summation order (deterministic); the outputs
+ * that read the padding add 0 * dy (add_padding_grads) when dy has an Inf or NaN. */
 __kernel void naive_bwd_weight(__global const T* restrict x, __global const T* restrict dy,
-                               __global T* restrict dw, GEOM_PARAMS)
+                               __global T* restrict dw, GEOM_PARAMS,
+                               __global const T* restrict dy_nonfinite)
 {
     const long gid = get_global_id(0);
     const long total = (long)K * CG * KD * KH * KW;
@@ -120,5 +104,8 @@ __kernel void naive_bwd_weight(__global const T* restrict x, __global const T* r
             }
         }
     }
+    if (dy_nonfinite[0] != 0)
+        acc = add_padding_grads(acc, dy + (long)k * oplane, (long)K * oplane, (long)OH * OW,
+                                OW, 1, N, OD, OH, OW, rd, rh, rw, 0, 1);
     dw[gid] = acc;
 }

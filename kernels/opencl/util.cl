@@ -12,6 +12,30 @@ __kernel void fill_zero(__global T* restrict y, const long count)
     if (gid < count) y[gid] = 0;
 }
 
+/* flag[0] = 1 if a[0 .. count) holds an Inf or NaN, else 0, by one work-group of RED_WG
+ * items (no zeroing beforehand, no two writers). The kernels that skip the zero padding read
+ * it to know whether the padding's products 0 * v can change a sum (common.h), so a finite
+ * problem pays one pass over the operand instead of a check per skipped tap. */
+__kernel __attribute__((reqd_work_group_size(RED_WG, 1, 1)))
+void any_nonfinite(__global const T* restrict a, const long count, __global T* restrict flag)
+{
+    __local int seen[RED_WG];
+    const int lid = get_local_id(0);
+    /* A contiguous share per work-item: one pass over memory where a CPU device runs the
+     * work-items one after another. */
+    const long share = (count + RED_WG - 1) / RED_WG;
+    const long end = min(count, (lid + 1) * share);
+    int found = 0;
+    for (long i = lid * share; i < end; ++i) found |= !isfinite(a[i]);
+    seen[lid] = found;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int step = RED_WG / 2; step > 0; step >>= 1) {
+        if (lid < step) seen[lid] |= seen[lid + step];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) flag[0] = seen[0] ? 1 : 0;
+}
+
 /* out[c] = sum_{n, i} dy[n, c, i]: one work-group per channel, each work-item sums a
  * strided share, then a tree in local memory (a fixed order: deterministic). */
 __kernel __attribute__((reqd_work_group_size(RED_WG, 1, 1)))

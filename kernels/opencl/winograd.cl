@@ -155,39 +155,16 @@ __kernel void wino_input(__global const T* restrict x, __global T* restrict V, G
     }
 }
 
-/* The 2x2 outputs of tile (img, th, tw) of output channel k computed directly (used when
- * the Winograd path met a non-finite value: the transforms would turn Inf into NaN). */
-inline void direct_tile(__global const T* restrict x, __global const T* restrict w, GEOM_PARAMS,
-                        const int n, const int k, const int th, const int tw, T out[2][2])
-{
-    const int g = k / (K / G);
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) {
-            T acc = 0;
-            const int oh = 2 * th + i, ow = 2 * tw + j;
-            for (int c = 0; c < CG; ++c) {
-                const __global T* xp = x + ((long)n * C + g * CG + c) * (H * W);
-                const __global T* wp = w + ((long)k * CG + c) * 9;
-                for (int kh = 0; kh < 3; ++kh) {
-                    const int ih = oh - PH + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int kw = 0; kw < 3; ++kw) {
-                        const int iw = ow - PW + kw;
-                        if (iw >= 0 && iw < W) acc += xp[ih * W + iw] * wp[kh * 3 + kw];
-                    }
-                }
-            }
-            out[i][j] = acc;
-        }
-}
-
 /* A^T = [1 1 1 0; 0 1 -1 -1]. A work-item finishes tiles tw0 .. tw0 + RUN - 1 of one tile
  * row of output channel k as RUN-wide vectors and writes the outputs that exist (OH, OW may
- * be odd) through the epilogue; tiles with a non-finite M value are recomputed directly. */
+ * be odd) through the epilogue; tiles with a non-finite M value are recomputed directly
+ * (direct_output: the transforms would turn an Inf into NaN), their padding taps adding
+ * 0 * w if pad_products (a forward pass) and nothing otherwise (a data gradient computed as
+ * the flipped problem's forward pass). */
 __kernel void wino_output(__global const T* restrict Mb, __global T* restrict y,
                           __global const T* restrict x, __global const T* restrict w,
                           GEOM_PARAMS, EPILOGUE_PARAMS, const int n0, const int nimg,
-                          const int tiles_h, const int tiles_w)
+                          const int tiles_h, const int tiles_w, const int pad_products)
 {
     const int tw0 = get_global_id(0) * RUN;
     const int row = get_global_id(1);           /* img * tiles_h + th */
@@ -226,12 +203,10 @@ __kernel void wino_output(__global const T* restrict Mb, __global T* restrict y,
     vstore8(finite, 0, lanes);
     for (int l = 0; l < tn; ++l) {
         if (lanes[l]) continue;
-        T out[2][2];
-        direct_tile(x, w, GEOM_ARGS, n0 + img, k, th, tw0 + l, out);
-        for (int i = 0; i < 2; ++i) {
-            outv[i][2 * l] = out[i][0];
-            outv[i][2 * l + 1] = out[i][1];
-        }
+        for (int i = 0; i < 2; ++i)
+            for (int j = 0; j < 2; ++j)
+                outv[i][2 * l + j] = direct_output(x, w, GEOM_ARGS, n0 + img, k, 0, 2 * th + i,
+                                                   2 * (tw0 + l) + j, pad_products);
     }
     __global T* yp = y + ((long)(n0 + img) * K + k) * (OH * OW);
     const int ow0 = 2 * tw0;

@@ -41,7 +41,7 @@ from ... import config
 from ...errors import DeviceError
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
+from ..base import Algorithm, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
 from . import algorithms
 from .cudnn_plans import CudnnPlans, Policy, Resolution, as_channels_last, run_cudnn
 from .status import Probe, probe
@@ -100,13 +100,27 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     return True, "the always-applicable baseline: one thread per output element"
 
 
-OWN_RULES: tuple[AlgorithmRule, ...] = (
-    AlgorithmRule("depthwise", "per-channel CUDA kernels", _depthwise_rule, _depthwise_rule),
-    AlgorithmRule("gemm_1x1", "1x1 convolution as cuBLAS GEMMs", _pointwise_rule,
-                  _pointwise_rule),
-    AlgorithmRule("im2col_gemm", "im2col / col2im kernels + cuBLAS GEMMs", _im2col_rule,
-                  _always),
-    AlgorithmRule("direct", "direct CUDA kernels", _direct_rule, _always),
+# Every pass of the own kernels ends with the bias and activation (fused into the direct
+# and depthwise kernels' write-back, one bias_activation pass after a cuBLAS GEMM).
+_FUSED = frozenset({Direction.FORWARD, Direction.BACKWARD_DATA})
+
+
+def _own(name: str, summary: str, applies: Any, can_run: Any, forward: algorithms.Pass,
+         backward_data: algorithms.Pass, backward_weight: algorithms.Pass) -> Algorithm:
+    return Algorithm(name, summary, applies, can_run, fused=_FUSED,
+                     passes={Direction.FORWARD: forward, Direction.BACKWARD_DATA: backward_data,
+                             Direction.BACKWARD_WEIGHT: backward_weight})
+
+
+OWN_RULES: tuple[Algorithm, ...] = (
+    _own("depthwise", "per-channel CUDA kernels", _depthwise_rule, _depthwise_rule,
+         algorithms.fprop_depthwise, algorithms.dgrad_depthwise, algorithms.wgrad_depthwise),
+    _own("gemm_1x1", "1x1 convolution as cuBLAS GEMMs", _pointwise_rule, _pointwise_rule,
+         algorithms.fprop_pointwise, algorithms.dgrad_pointwise, algorithms.wgrad_im2col),
+    _own("im2col_gemm", "im2col / col2im kernels + cuBLAS GEMMs", _im2col_rule, _always,
+         algorithms.fprop_im2col, algorithms.dgrad_im2col, algorithms.wgrad_im2col),
+    _own("direct", "direct CUDA kernels", _direct_rule, _always, algorithms.fprop_direct,
+         algorithms.dgrad_direct, algorithms.wgrad_direct),
 )
 
 
@@ -122,7 +136,7 @@ class CupyBackend(Backend):
         self._probe_lock = threading.Lock()
         self._kernels: Any = None
         self._plans: CudnnPlans | None = None
-        self._rules: tuple[AlgorithmRule, ...] | None = None
+        self._rules: tuple[Algorithm, ...] | None = None
 
     # Status ------------------------------------------------------------------------------
     def _probed(self) -> Probe:
@@ -155,13 +169,17 @@ class CupyBackend(Backend):
         self._probed()
         return self._plans
 
-    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+    def algorithm_names(self) -> frozenset[str]:
+        return frozenset(("cudnn", *(rule.name for rule in OWN_RULES)))
+
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
         if self._rules is None:
             rules = OWN_RULES
             if self.plans is not None:
-                cudnn_rule = AlgorithmRule("cudnn", "cuDNN through the cuDNN frontend graph API",
-                                           self._cudnn_rule, self._cudnn_can_run,
-                                           channels_last=True)
+                # cuDNN's passes are the frontend graphs _run_cudnn builds (no own code).
+                cudnn_rule = Algorithm("cudnn", "cuDNN through the cuDNN frontend graph API",
+                                       self._cudnn_rule, self._cudnn_can_run,
+                                       channels_last=True, fused=_FUSED)
                 rules = (cudnn_rule, *OWN_RULES)
             self._rules = rules
         return self._rules
@@ -319,13 +337,16 @@ class CupyBackend(Backend):
                 fallback = self._own_algorithm(problem)
                 logger.warning("cuDNN cannot run %s on %s (%s); running convflow's %s kernels",
                                problem.describe(), device, resolution.reason, fallback)
+                self.record_fallback(problem, device, "cudnn", fallback,
+                                     f"cuDNN refused it: {resolution.reason}")
                 algorithm = fallback
             # The own kernels compute packed channels-first arrays (channels-last data is
             # converted here; explain() says so for these rules).
             a_data = cupy.ascontiguousarray(a.data)
             b_data = cupy.ascontiguousarray(b.data)
             with self._gemm_mode(problem):
-                out = algorithms.run(self._context(), algorithm, problem, a_data, b_data,
+                function = self.algorithm(algorithm).passes[problem.direction]
+                out = algorithms.run(self._context(), function, problem, a_data, b_data,
                                      bias_data)
             return Tensor(out, device)
 

@@ -295,21 +295,11 @@ def dgrad_pointwise(ctx: Context, dy: Array, w: Array, b: Array | None,
 
 Pass = Callable[..., Array]
 
-# algorithm name -> (forward, backward_data, backward_weight)
-PASSES: dict[str, tuple[Pass, Pass, Pass]] = {
-    "direct": (fprop_direct, dgrad_direct, wgrad_direct),
-    "depthwise": (fprop_depthwise, dgrad_depthwise, wgrad_depthwise),
-    "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_im2col),
-    "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
-}
 
-PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
-
-
-def run(ctx: Context, algorithm: str, problem: ConvProblem, a: Array, b: Array,
+def run(ctx: Context, function: Pass, problem: ConvProblem, a: Array, b: Array,
         bias: Array | None) -> Array:
-    """Compute one pass with one of the own algorithms; operands as the pass takes them."""
-    function = PASSES[algorithm][PASS_INDEX[problem.direction]]
+    """Compute one pass with one of the own algorithms' pass functions (its record's
+    ``passes[problem.direction]``); operands as the pass takes them."""
     if problem.direction == Direction.BACKWARD_WEIGHT:
         return function(ctx, a, b, problem)
     return function(ctx, a, b, bias, problem)

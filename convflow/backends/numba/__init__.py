@@ -23,9 +23,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ... import config, hostinfo
+from ...errors import ConfigError
 from ...params import ConvProblem, Direction
 from ...tensor import CPU, Device, Tensor
-from ..base import AlgorithmRule, Backend, BackendStatus, depthwise_rule, gemm_rule, pointwise_rule
+from ..base import (
+    ALL_DIRECTIONS,
+    Algorithm,
+    Backend,
+    BackendStatus,
+    depthwise_rule,
+    gemm_rule,
+    pointwise_rule,
+)
 
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
 # Against im2col + BLAS (single-thread CPU time, AVX2): it wins on large outputs and on short
@@ -109,18 +118,90 @@ def _direct_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 # BLAS libraries may split a product's sums differently with another thread count or CPU.
 _BLAS_ORDER = "BLAS may sum in another order with another thread count"
+_FORWARD = frozenset({Direction.FORWARD})
 
-RULES: tuple[AlgorithmRule, ...] = (
-    AlgorithmRule("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
-                  _depthwise_rule, channels_last=True),
-    AlgorithmRule("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
-                  _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER,
-                  channels_last=True),
-    AlgorithmRule("packed_direct", "direct convolution over a packed, phase-split input",
-                  _packed_rule, _packed_can_run, frozenset({Direction.FORWARD}), channels_last=True),
-    AlgorithmRule("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
-                  deterministic=False, why_not_deterministic=_BLAS_ORDER),
-    AlgorithmRule("direct", "direct loops over the kernel taps", _direct_rule, _always),
+
+def _workspace_budget() -> int:
+    return int(config.get("CONVFLOW_WORKSPACE_MB")) << 20
+
+
+def _itemsize(problem: ConvProblem) -> int:
+    return 8 if problem.dtype == "float64" else 4  # half types are computed in float32
+
+
+def _im2col_workspace(problem: ConvProblem) -> int:
+    """The im2col scratch: columns of the whole batch, tiled to the workspace budget."""
+    columns = problem.batch * problem.output_positions
+    return min(_workspace_budget(), columns * (problem.reduction_size
+                                               + problem.out_channels_per_group)
+               * _itemsize(problem))
+
+
+def _pointwise_workspace(problem: ConvProblem) -> int:
+    from . import algorithms
+
+    gathered = algorithms.pointwise_variant(problem) == algorithms.GATHERED_GEMM
+    return _im2col_workspace(problem) if gathered else 0
+
+
+def _packed_workspace(problem: ConvProblem) -> int:
+    from .algorithms import packed_bytes_per_image
+
+    per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                       problem.stride, problem.dilation, _itemsize(problem))
+    return max(per_image, min(_workspace_budget(), per_image * problem.batch))
+
+
+def _depthwise_workspace(problem: ConvProblem) -> int:
+    return 2 * int(np.prod(problem.x_spatial)) * _itemsize(problem)
+
+
+def _variant(function: str, directions: frozenset[Direction] = ALL_DIRECTIONS,
+             **kwargs: Callable[[], Any]) -> Callable[[ConvProblem], str]:
+    """A record's ``variant``: ``algorithms.<function>(problem)`` for the passes in
+    *directions* (the others have one path, ``""``); imported when first asked."""
+    def variant(problem: ConvProblem) -> str:
+        if problem.direction not in directions:
+            return ""
+        from . import algorithms
+
+        extra = {name: make() for name, make in kwargs.items()}
+        return str(getattr(algorithms, function)(problem, **extra))
+
+    return variant
+
+
+# The passes of each algorithm, by the name of their function in .algorithms (resolved when
+# first run, so listing the records imports no numba code).
+_ALL_PASSES = ("fprop", "dgrad", "wgrad")
+
+
+def _passes(suffix: str, directions: frozenset[Direction] = ALL_DIRECTIONS
+            ) -> dict[Direction, str]:
+    return {direction: f"{prefix}_{suffix}"
+            for direction, prefix in zip(Direction, _ALL_PASSES) if direction in directions}
+
+
+RULES: tuple[Algorithm, ...] = (
+    Algorithm("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
+              _depthwise_rule, channels_last=True, fused=_FORWARD,
+              workspace=_depthwise_workspace,
+              variant=_variant("depthwise_variant", _FORWARD),
+              passes=_passes("depthwise")),
+    Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
+              _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER,
+              channels_last=True, workspace=_pointwise_workspace,
+              variant=_variant("pointwise_variant"), passes=_passes("pointwise")),
+    Algorithm("packed_direct", "direct convolution over a packed, phase-split input",
+              _packed_rule, _packed_can_run, _FORWARD, channels_last=True, fused=_FORWARD,
+              workspace=_packed_workspace,
+              variant=_variant("packed_variant", budget=_workspace_budget),
+              passes=_passes("packed", _FORWARD)),
+    Algorithm("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
+              deterministic=False, why_not_deterministic=_BLAS_ORDER,
+              workspace=_im2col_workspace, passes=_passes("im2col")),
+    Algorithm("direct", "direct loops over the kernel taps", _direct_rule, _always,
+              passes=_passes("direct")),
 )
 
 
@@ -135,6 +216,29 @@ class _Prepared(NamedTuple):
     activation: int
     channels_last: bool
     in_place_layout: bool  # the algorithm reads and writes the problem's layout as it lies
+    variant: str           # the code path the algorithm runs (its record names it)
+    pass_index: int        # 0 forward, 1 data gradient, 2 weight gradient
+    chunks: tuple[Any, ...]  # algorithms.Chunk: a long pass runs as these calls (else empty)
+
+
+def _chunks(problem: ConvProblem, algorithm: str, pass_index: int) -> tuple[Any, ...]:
+    """The chunks a long pass runs as (empty for a pass short enough for one call). The
+    forward and data-gradient passes of the deterministic algorithms split into images;
+    ``direct``, whose sums per output are plain loops, also into groups and rows (weight
+    gradient included). The BLAS algorithms are not split: they already return to Python
+    between matrix products (one per group and workspace tile), and a product of another
+    size may round differently."""
+    from . import algorithms
+
+    flops = problem.flops
+    record = next(r for r in RULES if r.name == algorithm)
+    if flops <= algorithms.LONG_PASS_FLOPS or not record.deterministic:
+        return ()
+    shape = (problem.y_shape, problem.x_shape, problem.w_shape)[pass_index]
+    rows = (shape[:2] + (1,) * (5 - len(shape)) + shape[2:])[3]   # H, lifted to 3-D
+    chunks = algorithms.plan_chunks(pass_index, problem.batch, problem.groups, rows, flops,
+                                    algorithm == "direct", algorithms.CHUNK_FLOPS)
+    return tuple(chunks) if len(chunks) > 1 else ()
 
 
 class NumbaBackend(Backend):
@@ -184,6 +288,8 @@ class NumbaBackend(Backend):
                                  f"numba is not installed ({exc}); pip install numba", "cpu")
         try:
             layer = self._start_threading(numba)
+        except ConfigError:
+            raise  # a bad CONVFLOW_* value is the user's to fix, not a missing backend
         except Exception as exc:
             return BackendStatus(self.name, False,
                                  f"numba {numba.__version__} could not start: {exc!r}", "cpu")
@@ -226,7 +332,7 @@ class NumbaBackend(Backend):
         if numba.get_num_threads() != wanted:
             numba.set_num_threads(wanted)
 
-    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
         return RULES
 
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
@@ -236,23 +342,6 @@ class NumbaBackend(Backend):
 
     def available_memory(self, device: Device) -> int:
         return hostinfo.memory_available()
-
-    def workspace_bytes(self, problem: ConvProblem, algorithm: str) -> int:
-        budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
-        itemsize = 8 if problem.dtype == "float64" else 4
-        if algorithm == "packed_direct":
-            from .algorithms import packed_bytes_per_image
-
-            per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
-                                               problem.stride, problem.dilation, itemsize)
-            return max(per_image, min(budget, per_image * problem.batch))
-        if algorithm == "im2col_gemm" or (algorithm == "gemm_1x1" and problem.is_strided()):
-            columns = problem.batch * problem.output_positions
-            return min(budget, columns * (problem.reduction_size + problem.out_channels_per_group)
-                       * itemsize)
-        if algorithm == "depthwise":
-            return 2 * int(np.prod(problem.x_spatial)) * itemsize
-        return 0
 
     def device_identity(self, device: Device) -> str:
         import numba
@@ -280,22 +369,22 @@ class NumbaBackend(Backend):
     def _prepared(self, problem: ConvProblem, algorithm: str) -> _Prepared:
         prepared = self._prepared_passes.get((problem, algorithm))
         if prepared is None:
-            from .algorithms import PASSES, Geometry
-
-            run = PASSES[algorithm][_PASS_INDEX[problem.direction]]
-            assert run is not None, f"{algorithm} has no {problem.direction.value} pass"
             from ...activations import ACTIVATION_CODES
-            from .algorithms import FUSED
+            from . import algorithms
 
+            record = self.algorithm(algorithm)
+            run = getattr(algorithms, record.passes[problem.direction])
             index = _PASS_INDEX[problem.direction]
-            rule = next(r for r in RULES if r.name == algorithm)
             out_shape = (problem.y_shape, problem.x_shape, problem.w_shape)[index]
+            variant = record.variant(problem)
             prepared = _Prepared(
-                run, Geometry.lift(problem.stride, problem.padding, problem.dilation, problem.groups),
+                run, algorithms.Geometry.lift(problem.stride, problem.padding, problem.dilation,
+                                              problem.groups),
                 self._compute_dtype(np.dtype(problem.dtype)), out_shape,
-                (algorithm, index) in FUSED, ACTIVATION_CODES[problem.activation],
+                problem.direction in record.fused, ACTIVATION_CODES[problem.activation],
                 problem.channels_last,
-                rule.channels_last and index != 2 and problem.channels_last)
+                record.channels_last and index != 2 and problem.channels_last, variant, index,
+                _chunks(problem, algorithm, index))
             with self._status_lock:
                 if len(self._prepared_passes) > 1024:
                     self._prepared_passes.clear()
@@ -333,13 +422,39 @@ class NumbaBackend(Backend):
         self._set_threads()
         arrays = (lift(a_host), lift(b_host), lift(out))
         lock = self._launch_lock or contextlib.nullcontext()
-        with lock:
-            prepared.run(*arrays, prepared.geometry, budget, epilogue)
-            if (epilogue.has_bias or epilogue.activation) and not prepared.fused:
-                from . import kernels
+        if prepared.chunks:
+            self._run_chunks(prepared, arrays, budget, epilogue)
+        else:
+            with lock:
+                prepared.run(*arrays, prepared.geometry, budget, epilogue, prepared.variant)
+        if (epilogue.has_bias or epilogue.activation) and not prepared.fused:
+            from . import kernels
 
+            with lock:
                 kernels.apply_epilogue(arrays[2], *epilogue)
         return out
+
+    def _run_chunks(self, prepared: _Prepared, arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    budget: int, epilogue: Any) -> None:
+        """Run a long pass as its chunks, one kernel call each, returning to Python between
+        them so that a KeyboardInterrupt lands within one chunk (see algorithms.CHUNK_FLOPS).
+        Chunks of channels or rows are copied to and from contiguous arrays, so each call runs
+        the kernel compiled for the unsplit pass (the same code, so the same results)."""
+        from .algorithms import chunk_operands
+
+        lock = self._launch_lock or contextlib.nullcontext()
+        for chunk in prepared.chunks:
+            a, b, out, geometry = chunk_operands(prepared.pass_index, chunk, *arrays,
+                                                 prepared.geometry)
+            target = out
+            if not prepared.in_place_layout:
+                a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+                if not out.flags.c_contiguous:
+                    target = np.empty(out.shape, out.dtype)
+            with lock:
+                prepared.run(a, b, target, geometry, budget, epilogue, prepared.variant)
+            if target is not out:
+                out[...] = target
 
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
              bias: Tensor | None = None) -> Tensor:

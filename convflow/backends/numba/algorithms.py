@@ -7,6 +7,7 @@ scratch is tiled so it never exceeds the workspace limit (``CONVFLOW_WORKSPACE_M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ...params import ConvProblem
 from . import kernels
 
 Array = np.ndarray
@@ -160,7 +162,7 @@ def _flat(array: Array) -> Array:
 
 
 def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
-                 epilogue: Epilogue | None = None) -> None:
+                 epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, w.shape, y.shape, geometry.groups, x.dtype, budget)
     w_mat = w.reshape(layout.c_out, layout.rows)
     y_flat = _flat(y)
@@ -179,7 +181,7 @@ def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
 
 
 def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
-                 epilogue: Epilogue | None = None) -> None:
+                 epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(dx.shape, w.shape, dy.shape, geometry.groups, dx.dtype, budget)
     w_mat = w.reshape(layout.c_out, layout.rows)
     dy_flat = _flat(dy)
@@ -195,7 +197,7 @@ def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
 
 
 def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
-                 epilogue: Epilogue | None = None) -> None:
+                 epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, dw.shape, dy.shape, geometry.groups, x.dtype, budget)
     dw_mat = dw.reshape(layout.c_out, layout.rows)
     dw_mat[...] = 0
@@ -210,9 +212,22 @@ def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int
             target += partial
 
 
-def _pointwise_in_place(x_shape: tuple[int, ...], y_shape: tuple[int, ...], geometry: Geometry) -> bool:
-    """A 1x1 problem needs no gather when unstrided and the output covers the input."""
-    return geometry.is_unit_stride() and x_shape[2:] == y_shape[2:]
+# Variants: the code paths an algorithm has, chosen from the problem alone by the functions
+# below and handed back to the pass, so the Decision names the path that runs.
+IN_PLACE_GEMM = "in-place GEMM"
+GATHERED_GEMM = "GEMM over im2col-gathered pixels (strided or cropped)"
+SINGLE_PASS = "single-pass strategy (small problem: one single-threaded pass)"
+IN_PLACE_1X1 = "in-place strategy (a 1x1 input read where it lies)"
+PER_IMAGE = "per-image strategy"
+CHANNELS_IN_LANES = "channels-in-lanes kernel"
+PER_PLANE = "per-plane packed kernel"
+PER_PLANE_SERIAL = "per-plane packed kernel, single-threaded (small problem)"
+
+
+def pointwise_variant(problem: ConvProblem) -> str:
+    """In place when unstrided and the output covers the input, else gathered first."""
+    in_place = not problem.is_strided() and problem.x_spatial == problem.y_spatial
+    return IN_PLACE_GEMM if in_place else GATHERED_GEMM
 
 
 def _group_slices(w: Array, groups: int) -> list[tuple[slice, slice]]:
@@ -223,8 +238,8 @@ def _group_slices(w: Array, groups: int) -> list[tuple[slice, slice]]:
 
 
 def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
-                    epilogue: Epilogue | None = None) -> None:
-    if not _pointwise_in_place(x.shape, y.shape, geometry):
+                    epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
+    if variant == GATHERED_GEMM:
         fprop_im2col(x, w, y, geometry, budget)
         return
     w_mat = w.reshape(w.shape[0], w.shape[1])
@@ -234,8 +249,8 @@ def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
 
 
 def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
-                    epilogue: Epilogue | None = None) -> None:
-    if not _pointwise_in_place(dx.shape, dy.shape, geometry):
+                    epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
+    if variant == GATHERED_GEMM:
         dgrad_im2col(dy, w, dx, geometry, budget)
         return
     w_mat = w.reshape(w.shape[0], w.shape[1])
@@ -245,8 +260,8 @@ def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
 
 
 def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
-                    epilogue: Epilogue | None = None) -> None:
-    if not _pointwise_in_place(x.shape, dy.shape, geometry):
+                    epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
+    if variant == GATHERED_GEMM:
         wgrad_im2col(x, dy, dw, geometry, budget)
         return
     dw_mat = dw.reshape(dw.shape[0], dw.shape[1])
@@ -263,7 +278,7 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
 def _direct(name: str) -> Callable[..., None]:
     # Looked up at call time: after a fork the module's kernels may be single-threaded twins.
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
-            epilogue: Epilogue | None = None) -> None:
+            epilogue: Epilogue | None = None, variant: str = "") -> None:
         getattr(kernels, name)(a, b, out, *geometry.args, geometry.groups)
 
     return run
@@ -271,7 +286,7 @@ def _direct(name: str) -> Callable[..., None]:
 
 def _depthwise(name: str) -> Callable[..., None]:
     def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
-            epilogue: Epilogue | None = None) -> None:
+            epilogue: Epilogue | None = None, variant: str = "") -> None:
         getattr(kernels, name)(a, b, out, *geometry.args)
 
     return run
@@ -330,13 +345,6 @@ class PackedLayout:
         return (group_base + within[None, :]).reshape(groups, steps, per)
 
 
-def _reads_in_place(x: Array, layout: PackedLayout, geometry: Geometry) -> bool:
-    """A 1x1 kernel without stride or padding can read a channels-first input where it lies."""
-    return (len(layout.phases) == 1 and geometry.is_unit_stride() and geometry.pad_low == (0, 0, 0)
-            and layout.tap_shift.tolist() == [0] and (layout.dq, layout.hq, layout.wq) == x.shape[2:]
-            and all(x[n].flags.c_contiguous for n in range(min(1, x.shape[0]))))
-
-
 def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
                            y_shape: tuple[int, ...], stride: tuple[int, ...],
                            dilation: tuple[int, ...], itemsize: int) -> int:
@@ -350,8 +358,26 @@ def packed_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
     return x_shape[1] * layout.row_length(1) * itemsize
 
 
+def _compute_itemsize(problem: ConvProblem) -> int:
+    return 8 if problem.dtype == "float64" else 4  # half types are computed in float32
+
+
+def packed_variant(problem: ConvProblem, budget: int) -> str:
+    """Which of :func:`fprop_packed`'s three strategies runs *problem*."""
+    per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                       problem.stride, problem.dilation,
+                                       _compute_itemsize(problem))
+    flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
+    if flops < kernels.SERIAL_FLOPS and problem.batch * per_image <= budget:
+        return SINGLE_PASS
+    reads_in_place = (problem.taps == 1 and not problem.is_strided()
+                      and all(lo == 0 for lo, _ in problem.padding)
+                      and problem.x_spatial == problem.y_spatial and not problem.channels_last)
+    return IN_PLACE_1X1 if reads_in_place else PER_IMAGE
+
+
 def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
-                 epilogue: Epilogue | None = None) -> None:
+                 epilogue: Epilogue | None = None, variant: str = PER_IMAGE) -> None:
     n_images, channels = x.shape[:2]
     layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
     groups, c_per_group = geometry.groups, w.shape[1]
@@ -359,13 +385,13 @@ def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
     plane = layout.plane
     per_image = channels * layout.row_length(1) * x.dtype.itemsize
     ep = epilogue or no_epilogue(y.dtype)
-    if 2 * y.size * w[0].size < kernels.SERIAL_FLOPS and n_images * per_image <= budget:
+    if variant == SINGLE_PASS:
         length = layout.row_length(n_images)
         offsets = layout.pair_offsets(groups, c_per_group, length, n_images * plane)
         kernels.packed_small(x, w2, offsets, y, length, layout.phases, layout.dq, layout.hq,
                              layout.wq, *geometry.args[:6], *ep)
         return
-    if _reads_in_place(x, layout, geometry):
+    if variant == IN_PLACE_1X1:
         offsets = layout.pair_offsets(groups, c_per_group, plane, 0)
         for n in range(n_images):
             kernels.packed_direct(x[n].reshape(-1), w2, offsets, y, n, 1, plane, layout.hq,
@@ -404,32 +430,153 @@ def _channels_innermost(a: Array) -> Array:
     return a.transpose(0, 2, 3, 4, 1)
 
 
+def depthwise_variant(problem: ConvProblem) -> str:
+    """Which kernel the depthwise forward pass runs."""
+    lift_shape = lambda shape: (*shape[:2], *(1,) * (5 - len(shape)), *shape[2:])  # noqa: E731
+    if depthwise_channels_last_applies(lift_shape(problem.x_shape), lift_shape(problem.w_shape),
+                                       lift_shape(problem.y_shape), problem.channels_last):
+        return CHANNELS_IN_LANES
+    flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
+    return PER_PLANE_SERIAL if flops < kernels.SERIAL_FLOPS else PER_PLANE
+
+
 def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
-                    epilogue: Epilogue | None = None) -> None:
+                    epilogue: Epilogue | None = None, variant: str = PER_PLANE) -> None:
     ep = epilogue or no_epilogue(y.dtype)
-    channels_last = x.strides[1] == x.itemsize and not x.flags.c_contiguous
-    if depthwise_channels_last_applies(x.shape, w.shape, y.shape, channels_last):
+    if variant == CHANNELS_IN_LANES:
         w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
         kernels.depthwise_channels_last(_channels_innermost(x), w_t, _channels_innermost(y),
                                         w.shape[3], w.shape[4], *geometry.stride[1:],
                                         *geometry.pad_low[1:], *geometry.dilation[1:], *ep)
         return
     layout = PackedLayout.of(w.shape[2:], y.shape[2:], geometry)
-    small = 2 * y.size * w[0].size < kernels.SERIAL_FLOPS
-    kernel = kernels.depthwise_packed_serial if small else kernels.depthwise_packed
+    serial = variant == PER_PLANE_SERIAL
+    kernel = kernels.depthwise_packed_serial if serial else kernels.depthwise_packed
     kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
            layout.dq, layout.hq, layout.wq, *geometry.args[:6], *ep)
 
 
-# algorithm name -> (forward, backward_data, backward_weight), each (a, b, out, geometry, budget,
-# epilogue); None where the algorithm has no such pass (its rule lists the directions it
-# serves). FUSED lists the (algorithm, pass) pairs that apply the epilogue in their own
-# write-back; for the others the backend applies it in one pass afterwards.
-FUSED = {("packed_direct", 0), ("depthwise", 0)}
-PASSES: dict[str, tuple[Callable[..., None] | None, ...]] = {
-    "packed_direct": (fprop_packed, None, None),
-    "direct": (_direct("fprop_direct"), _direct("dgrad_direct"), _direct("wgrad_direct")),
-    "depthwise": (fprop_depthwise, _depthwise("dgrad_depthwise"), _depthwise("wgrad_depthwise")),
-    "gemm_1x1": (fprop_pointwise, dgrad_pointwise, wgrad_pointwise),
-    "im2col_gemm": (fprop_im2col, dgrad_im2col, wgrad_im2col),
-}
+# Long passes in chunks ------------------------------------------------------------------------
+# numba kernels run on the calling thread (nogil) and Python runs its SIGINT handler only
+# between bytecodes, so one long kernel call holds a Ctrl-C until it returns. A pass estimated
+# to be long is therefore run as a sequence of kernel calls, each computing an independent
+# part of the output: the interrupt lands after the current chunk, nothing runs on in the
+# background, and the output (a fresh array) is dropped with the exception. The alternative,
+# a worker thread while the caller waits in short joins, answers at once but leaves the
+# worker computing (and holding numba's thread pool) until its chunk ends anyway, so it
+# would need the same chunks and adds a thread per call.
+# CHUNK_FLOPS is ~0.25 s of one thread at ~4 GFLOP/s (the direct kernel, AVX2): the pass of
+# the issue (1x1x2048x2048 * 63x63, 33 GFLOP) runs as ~34 calls, and a call's dispatch (tens
+# of microseconds at most) is under 0.1% of a chunk. Passes under LONG_PASS_FLOPS are never
+# split (the tiny-call path is unchanged: the plan is made once per problem and cached).
+CHUNK_FLOPS = 1_000_000_000
+LONG_PASS_FLOPS = 2 * CHUNK_FLOPS
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Images ``n0 .. n1`` (forward and data gradient), groups ``g0 .. g1`` and, when
+    ``rows`` is set, rows ``r0 .. r1`` of one axis: the output rows (forward), the input
+    rows (data gradient) or the kernel rows (weight gradient)."""
+
+    n0: int
+    n1: int
+    g0: int
+    g1: int
+    rows: tuple[int, int] | None = None
+
+
+def _blocks(total: int, cost_each: float, budget: float) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges covering ``range(total)``, each costing about *budget* or less
+    (at least one unit each)."""
+    step = max(1, int(budget // max(cost_each, 1.0)))
+    return [(lo, min(total, lo + step)) for lo in range(0, total, step)]
+
+
+def plan_chunks(pass_index: int, batch: int, groups: int, rows: int, flops: int,
+                split_groups_and_rows: bool, chunk_flops: int = CHUNK_FLOPS) -> list[Chunk]:
+    """Split a pass of *flops* into independent chunks of about *chunk_flops*: blocks of
+    images first (forward and data gradient: each image is its own problem), then, when
+    one image (or, for the weight gradient, the whole pass) is still too long and the
+    algorithm allows it (*split_groups_and_rows*, direct only), blocks of whole groups, then
+    blocks of *rows*. Each output's sum runs over the same terms in the same order as in the
+    unsplit pass, so results are bitwise identical."""
+    images = batch if pass_index != 2 else 1
+    per_image = flops / max(1, images)
+    if images > 1 and (per_image <= chunk_flops or not split_groups_and_rows):
+        return [Chunk(n0, n1, 0, groups) for n0, n1 in _blocks(images, per_image, chunk_flops)]
+    if not split_groups_and_rows:
+        return [Chunk(0, batch, 0, groups)]
+    per_group = per_image / groups
+    chunks = []
+    for n in range(images):
+        n0, n1 = (n, n + 1) if pass_index != 2 else (0, batch)
+        if per_group <= chunk_flops or rows == 1:
+            chunks += [Chunk(n0, n1, g0, g1) for g0, g1 in _blocks(groups, per_group, chunk_flops)]
+            continue
+        for g in range(groups):
+            chunks += [Chunk(n0, n1, g, g + 1, r) for r in _blocks(rows, per_group / rows,
+                                                                   chunk_flops)]
+    return chunks
+
+
+def _row_window(pass_index: int, chunk_rows: tuple[int, int], a_rows: int, k_rows: int,
+                stride: int, pad: int, dilation: int) -> tuple[int, int, int]:
+    """For a chunk of rows ``r0 .. r1``: the rows ``s .. e`` of the input operand it reads
+    (the weight gradient reads every row) and the low padding that makes the sliced
+    operands address the same elements."""
+    r0, r1 = chunk_rows
+    if pass_index == 0:   # output rows r0..r1 read input rows r0*s - p .. (r1-1)*s - p + (k-1)*d
+        first = r0 * stride - pad
+        s = min(max(0, first), a_rows)
+        e = max(s, min(a_rows, (r1 - 1) * stride - pad + (k_rows - 1) * dilation + 1))
+        return s, e, pad - r0 * stride + s
+    if pass_index == 1:   # input rows r0..r1 gather the output rows that read them
+        s = min(max(0, -(-(r0 + pad - (k_rows - 1) * dilation) // stride)), a_rows)
+        e = max(s, min(a_rows, (r1 - 1 + pad) // stride + 1))
+        return s, e, pad + r0 - s * stride
+    return 0, a_rows, pad - r0 * dilation   # kernel rows r0..r1: tap kh reads kh * d - p
+
+
+def chunk_operands(pass_index: int, chunk: Chunk, a: Array, b: Array, out: Array,
+                   geometry: Geometry) -> tuple[Array, Array, Array, Geometry]:
+    """Views of the operands and the output that one chunk reads and writes, and its
+    geometry. Every array is ``(N, C, D, H, W)``; for the weight gradient *out* is the weight."""
+    if pass_index != 2:   # the weight gradient sums over the batch: never split there
+        a, out = a[chunk.n0:chunk.n1], out[chunk.n0:chunk.n1]
+    if (chunk.g0, chunk.g1) != (0, geometry.groups):
+        # Channels of groups g0..g1 in each operand: the weight (or weight gradient) holds
+        # output channels on its first axis, activations their channels on the second.
+        w_like = b if pass_index != 2 else out
+        per_out = w_like.shape[0] // geometry.groups
+        per_in = w_like.shape[1]
+        out_block = slice(chunk.g0 * per_out, chunk.g1 * per_out)
+        in_block = slice(chunk.g0 * per_in, chunk.g1 * per_in)
+        if pass_index == 0:
+            a, b, out = a[:, in_block], b[out_block], out[:, out_block]
+        elif pass_index == 1:
+            a, b, out = a[:, out_block], b[out_block], out[:, in_block]
+        else:
+            a, b, out = a[:, in_block], b[:, out_block], out[out_block]
+        geometry = dataclasses.replace(geometry, groups=chunk.g1 - chunk.g0)
+    if chunk.rows is not None:
+        r0, r1 = chunk.rows
+        weight = b if pass_index != 2 else out
+        s, e, pad = _row_window(pass_index, chunk.rows, a.shape[3], weight.shape[3],
+                                geometry.stride[1], geometry.pad_low[1], geometry.dilation[1])
+        if pass_index == 2:
+            out = out[:, :, :, r0:r1]
+        else:
+            a, out = a[:, :, :, s:e], out[:, :, :, r0:r1]
+        pad_low = (geometry.pad_low[0], pad, geometry.pad_low[2])
+        geometry = dataclasses.replace(geometry, pad_low=pad_low)
+    return a, b, out, geometry
+
+
+# The passes of the direct algorithm and depthwise's gradients, by the names the backend's
+# algorithm records give (each ``(a, b, out, geometry, budget, epilogue, variant)``).
+fprop_direct = _direct("fprop_direct")
+dgrad_direct = _direct("dgrad_direct")
+wgrad_direct = _direct("wgrad_direct")
+dgrad_depthwise = _depthwise("dgrad_depthwise")
+wgrad_depthwise = _depthwise("wgrad_depthwise")

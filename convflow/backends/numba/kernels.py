@@ -56,6 +56,49 @@ def _serial(kernel):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
+def _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
+    """The border of output row ``(od, oh)`` outside the box ``[lo, hi)`` of each axis, as
+    two column ranges ``[0, stop)`` and ``[start, out_w)`` (the whole row when the row
+    itself lies outside)."""
+    if od_lo <= od < od_hi and oh_lo <= oh < oh_hi:
+        return min(ow_lo, out_w), max(ow_hi, 0)
+    return out_w, out_w
+
+
+@_jit(inline="always")
+def _add_outside(out, value, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
+    """Add *value* to every output outside the box ``[lo, hi)`` of each axis: the outputs
+    whose tap reads the zero padding (only the border is visited)."""
+    out_d, out_h, out_w = out.shape
+    for od in range(out_d):
+        for oh in range(out_h):
+            row = out[od, oh]
+            stop, start = _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi)
+            for ow in range(stop):
+                row[ow] += value
+            for ow in range(start, out_w):
+                row[ow] += value
+
+
+@_jit(inline="always")
+def _sum_outside(a, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
+    """``sum(0 * a)`` over the positions outside the box ``[lo, hi)`` of each axis (only the
+    border is visited): zero unless one of them is not finite, then NaN, as multiplying the
+    padding zeros gives."""
+    total = 0.0
+    out_d, out_h, out_w = a.shape
+    for od in range(out_d):
+        for oh in range(out_h):
+            row = a[od, oh]
+            stop, start = _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi)
+            for ow in range(stop):
+                total += 0.0 * row[ow]
+            for ow in range(start, out_w):
+                total += 0.0 * row[ow]
+    return total
+
+
+@_jit(inline="always")
 def _valid_outputs(offset, stride, size, n_out):  # type: ignore[no-untyped-def]
     """Output indices ``o`` in ``[lo, hi)`` whose input ``o * stride - offset`` is in
     ``[0, size)``; ``offset = pad_low - tap * dilation``."""
@@ -146,6 +189,12 @@ def fprop_direct(x, w, y, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups):  # type: 
                                 in_row = plane[i_d, oh * sh - ph + kh * dh]
                                 for j in range(ow_hi - ow_lo):
                                     out_row[ow_lo + j] += weight * in_row[base + j * sw]
+                        if weight - weight != 0:
+                            # An Inf or NaN weight times the padding zeros is NaN, as in
+                            # the algorithms that multiply the padding (0 * w is 0 for
+                            # every finite w, so only non-finite weights need it).
+                            _add_outside(out, weight * 0, od_lo, od_hi, oh_lo, oh_hi,
+                                         ow_lo, ow_hi)
 
 
 @_kernel()
@@ -209,6 +258,9 @@ def wgrad_direct(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups):  # 
                                 grad_row = grad[od, oh]
                                 for j in range(ow_hi - ow_lo):
                                     acc += in_row[base + j * sw] * grad_row[ow_lo + j]
+                        # The padding zeros times the output gradient where this tap reads
+                        # the padding: NaN for a non-finite gradient there, as im2col gives.
+                        acc += _sum_outside(grad, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi)
                     dw_out[co, ci, kd, kh, kw] = acc
 
 

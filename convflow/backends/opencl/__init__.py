@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import config
+from ... import config, hostinfo
 from ...activations import ACTIVATION_CODES
 from ...errors import (
     ArgumentTypeError,
@@ -53,15 +53,8 @@ from ...errors import (
 )
 from ...params import ConvProblem, Direction
 from ...tensor import Device, Tensor
-from ..base import (
-    AlgorithmRule,
-    Backend,
-    BackendStatus,
-    depthwise_rule,
-    excluded_reason,
-    gemm_rule,
-    pointwise_rule,
-)
+from ..base import Algorithm, Backend, BackendStatus, excluded_reason
+from .rules import device_limits
 from .runtime import (
     ContextState,
     DeviceEntry,
@@ -73,11 +66,7 @@ from .runtime import (
     pocl_cache_scope,
     query_info,
 )
-from .solvers import NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
-
-WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_TILES = 32
-TILED_DIRECT_MAX_OUT_CHANNELS = 32
+from .solvers import ALGORITHMS, NO_EPILOGUE, SOLVERS, Call, Epilogue, Geom, Solver
 
 _PAD_MODES = {"reflect": 1, "replicate": 2, "circular": 3}
 _ELEMENT_KERNELS = {2: "u16", 4: "u32", 8: "u64"}
@@ -96,141 +85,40 @@ def _to_channels_first(ndim: int) -> tuple[int, ...]:
     """Axes taking a channels-last (N, *spatial, C) array to (N, C, *spatial)."""
     return (0, ndim - 1, *range(1, ndim - 1))
 
-# Rule order per device style: the style's own solvers first; the other style's solvers are
-# listed (so explain() shows them and algorithm= can force them) but never chosen by rule.
-CPU_ORDER = ("depthwise", "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "winograd",
-             "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw", "naive")
-GPU_ORDER = ("depthwise", "winograd", "gemm_1x1", "tiled_direct", "im2col_gemm", "direct_wrw",
-             "vec_winograd", "vec_gemm_1x1", "vec_im2col_gemm", "naive")
+def _styled(record: Solver, style: str) -> Solver:
+    """*record* as the rules of a *style* device see it: a solver of the other style is
+    listed (explain() shows it, algorithm= forces it) but never chosen by rule."""
+    if record.style in ("any", style):
+        return record
+    kind = "CPU" if style == "cpu" else "non-CPU"
+    reason = (f"{record.style.upper()}-style solver, not chosen on a {kind} device (force it "
+              f"with algorithm={record.name!r})")
+    return replace(record, applies=lambda problem: (False, reason))
 
 
-# Rules -------------------------------------------------------------------------------------
-def _pass_channels(problem: ConvProblem) -> tuple[int, int]:
-    """(channels reduced over, channels produced) per group by this pass's kernels."""
-    if problem.direction == Direction.BACKWARD_DATA:
-        return problem.out_channels_per_group, problem.in_channels_per_group
-    return problem.in_channels_per_group, problem.out_channels_per_group
+def rule_order(style: str) -> tuple[Solver, ...]:
+    """The solvers in the order the rules of a *style* device try them: ALGORITHMS' order,
+    the other style's solvers moved after this style's, before the catch-all baseline."""
+    *ranked, baseline = ALGORITHMS
+    own = [r for r in ranked if r.style in ("any", style)]
+    other = [r for r in ranked if r.style not in ("any", style)]
+    return tuple(_styled(r, style) for r in (*own, *other, baseline))
 
 
-def _winograd_fits(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.direction == Direction.BACKWARD_WEIGHT:
-        return False, "Winograd solvers compute forward and data-gradient passes only"
-    if (problem.ndim == 2 and problem.kernel_size == (3, 3) and problem.stride == (1, 1)
-            and problem.dilation == (1, 1)):
-        return True, "2-D 3x3 kernel, stride 1, dilation 1"
-    return False, (f"needs a 2-D 3x3 kernel with stride 1 and dilation 1, got kernel "
-                   f"{problem.kernel_size}, stride {problem.stride}, dilation {problem.dilation}")
+RULES: dict[str, tuple[Solver, ...]] = {style: rule_order(style) for style in ("cpu", "gpu")}
 
 
-def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
-    fits, why = _winograd_fits(problem)
-    if not fits:
-        return False, why
-    if problem.channels_last:
-        return False, (f"{why}, but the data is channels-last: the im2col GEMM computes it in "
-                       f"place, while Winograd would convert the input and the result, which "
-                       f"costs more than its saved multiplications (measured on PoCL)")
-    reduced, produced = _pass_channels(problem)
-    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
-        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
-                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
-    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
-    tiles = out[0] * -(-out[2] // 2) * -(-out[3] // 2)
-    if tiles < WINOGRAD_MIN_TILES:
-        return False, (f"{why}, but only {tiles} output tiles of 2x2 share each transformed "
-                       f"filter (needs >= {WINOGRAD_MIN_TILES} to amortize the filter transform)")
-    return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
-                  f"F(2x2,3x3) does 16 instead of 36 multiplications per 2x2 tile")
+def _within_limits(record: Solver, info: DeviceInfo) -> Solver:
+    """*record* whose rule also asks *info*'s limits: the rules never choose a solver the
+    device cannot run. Forcing one (``algorithm=``) still tries it, and its run-time
+    fallback warns and is recorded, as for any other failure."""
+    applies = record.applies
 
+    def rule(problem: ConvProblem) -> tuple[bool, str]:
+        fits, why = device_limits(record.name, problem, info)
+        return applies(problem) if fits else (False, why)
 
-def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    return pointwise_rule(problem, "one GEMM per group", not problem.is_strided())
-
-
-def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
-    return gemm_rule(problem, "a GEMM")
-
-
-def _tiled_direct_can_run(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.direction == Direction.BACKWARD_WEIGHT:
-        return False, "tiled_direct computes forward and stride-1 data-gradient passes only"
-    if problem.direction == Direction.BACKWARD_DATA and problem.is_strided():
-        return False, (f"the data gradient is a forward convolution only for stride 1, got "
-                       f"stride {problem.stride}")
-    return True, "any kernel, padding, dilation and groups (stride 1 for the data gradient)"
-
-
-def _tiled_direct_rule(problem: ConvProblem) -> tuple[bool, str]:
-    ok, why = _tiled_direct_can_run(problem)
-    if not ok:
-        return False, why
-    produced = _pass_channels(problem)[1]
-    if produced < TILED_DIRECT_MAX_OUT_CHANNELS:
-        return True, (f"{produced} output channels per group would leave most of a 64-row GEMM "
-                      f"tile empty; direct tiles in local memory compute them without im2col")
-    return False, (f"{produced} output channels per group fill GEMM tiles (tiled_direct is "
-                   f"chosen below {TILED_DIRECT_MAX_OUT_CHANNELS})")
-
-
-def _depthwise_rule(problem: ConvProblem) -> tuple[bool, str]:
-    return depthwise_rule(problem, "each channel is convolved on its own")
-
-
-def _weight_grad_only(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.direction == Direction.BACKWARD_WEIGHT:
-        return True, ("weight gradient by work-group tree reductions in local memory "
-                      "(deterministic, no atomics)")
-    return False, "computes the weight gradient only"
-
-
-def _always(problem: ConvProblem) -> tuple[bool, str]:
-    return True, "handles every problem"
-
-
-_APPLIES: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
-    "naive": lambda p: (True, "the always-applicable baseline: one work-item per output"),
-    "depthwise": _depthwise_rule,
-    "winograd": _winograd_rule,
-    "vec_winograd": _winograd_rule,
-    "gemm_1x1": _pointwise_rule,
-    "vec_gemm_1x1": _pointwise_rule,
-    "tiled_direct": _tiled_direct_rule,
-    "im2col_gemm": _im2col_rule,
-    "vec_im2col_gemm": _im2col_rule,
-    "direct_wrw": _weight_grad_only,
-}
-_CAN_RUN: dict[str, Callable[[ConvProblem], tuple[bool, str]]] = {
-    "naive": _always,
-    "depthwise": _depthwise_rule,
-    "winograd": _winograd_fits,
-    "vec_winograd": _winograd_fits,
-    "gemm_1x1": _pointwise_rule,
-    "vec_gemm_1x1": _pointwise_rule,
-    "tiled_direct": _tiled_direct_can_run,
-    "im2col_gemm": _always,
-    "vec_im2col_gemm": _always,
-    "direct_wrw": _weight_grad_only,
-}
-
-
-def _make_rule(solver: Solver, style: str) -> AlgorithmRule:
-    applies_fn, can_run_fn = _APPLIES[solver.name], _CAN_RUN[solver.name]
-
-    def applies(problem: ConvProblem) -> tuple[bool, str]:
-        if solver.style not in ("any", style):
-            kind = "CPU" if style == "cpu" else "non-CPU"
-            return False, (f"{solver.style.upper()}-style solver, not chosen on a {kind} device "
-                           f"(force it with algorithm={solver.name!r})")
-        return applies_fn(problem)
-
-    return AlgorithmRule(solver.name, solver.summary, applies, can_run_fn, solver.directions,
-                         channels_last=solver.channels_last)
-
-
-RULES: dict[str, tuple[AlgorithmRule, ...]] = {
-    "cpu": tuple(_make_rule(SOLVERS[name], "cpu") for name in CPU_ORDER),
-    "gpu": tuple(_make_rule(SOLVERS[name], "gpu") for name in GPU_ORDER),
-}
+    return replace(record, applies=rule)
 
 
 class OpenCLBackend(Backend):
@@ -248,6 +136,7 @@ class OpenCLBackend(Backend):
         self._devices: list[tuple[DeviceEntry, Any, DeviceInfo]] = []
         self._default_states: dict[int, ContextState] = {}
         self._states: dict[int, ContextState] = {}
+        self._device_rules: dict[tuple[str, DeviceInfo], tuple[Solver, ...]] = {}
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -319,9 +208,24 @@ class OpenCLBackend(Backend):
         self.status()
         return [info for _, _, info in self._devices]
 
-    def algorithm_rules(self) -> Sequence[AlgorithmRule]:
+    def algorithm_names(self) -> frozenset[str]:
+        return frozenset(SOLVERS)
+
+    def algorithm_rules(self, device: Device | None = None) -> Sequence[Algorithm]:
+        """The records in the rule order of opencl:0's style, whose rules refuse what
+        *device*'s work-group and local-memory limits cannot run."""
         infos = self.device_infos()
-        return RULES[infos[0].style if infos else "gpu"]
+        if not infos:
+            return RULES["gpu"]
+        index = device.index if device is not None and device.type == "opencl" else 0
+        info = infos[index if index < len(infos) else 0]
+        key = (infos[0].style, info)
+        with self._lock:
+            records = self._device_rules.get(key)
+            if records is None:
+                records = tuple(_within_limits(r, info) for r in RULES[infos[0].style])
+                self._device_rules[key] = records
+        return records
 
     def unsupported_reason(self, problem: ConvProblem, device: Device) -> str | None:
         if device.type != "opencl":
@@ -339,8 +243,13 @@ class OpenCLBackend(Backend):
                     f"operands to float32 or use another backend")
         return None
 
+    def in_host_memory(self, device: Device) -> bool:
+        return self._info(device).type == "cpu"
+
     def available_memory(self, device: Device) -> int:
-        return self._info(device).global_mem_size
+        size = self._info(device).global_mem_size
+        # A CPU device's "global memory" is the host's RAM: what is left of it bounds it.
+        return min(size, hostinfo.memory_available()) if self.in_host_memory(device) else size
 
     def device_identity(self, device: Device) -> str:
         info = self._info(device)
@@ -518,13 +427,14 @@ class OpenCLBackend(Backend):
 
     def _solve(self, problem: ConvProblem, algorithm: str, call: Call,
                operands: Callable[[bool], tuple[Any, Any]], ep: Epilogue,
-               out_shape: tuple[int, ...]) -> tuple[Any, bool]:
+               out_shape: tuple[int, ...], device: Device) -> tuple[Any, bool]:
         """Run *algorithm*; on a build failure or a device limit, warn and try the next
-        solver whose rule applies (``naive`` last), so a call never crashes on one kernel.
+        solver whose rule applies (``naive`` last), so a call never crashes on one kernel,
+        and record the fallback so later Decisions name the solver that runs.
         ``operands(channels_last)`` gives the inputs in the layout the solver computes in;
         returns the result and whether it is channels-last."""
         geometry = Geom.of(problem)
-        rules = [r for r in self.algorithm_rules() if problem.direction in r.directions]
+        rules = [r for r in self.algorithm_rules(device) if problem.direction in r.directions]
         tried: list[str] = []
         name = algorithm
         while True:
@@ -550,6 +460,8 @@ class OpenCLBackend(Backend):
                         f"no opencl solver can run {problem.describe()} on "
                         f"{call.state.info.name!r}: {exc}; use another backend") from exc
                 what = "failed to build" if isinstance(exc, KernelBuildError) else "cannot run here"
+                self.record_fallback(problem, device, algorithm, following[0],
+                                     f"opencl solver {name!r} {what}: {exc}")
                 warnings.warn(SolverFallbackWarning(
                     f"opencl solver {name!r} {what} ({exc}); falling back to {following[0]!r} "
                     f"for {problem.describe()}"), stacklevel=4)
@@ -575,7 +487,8 @@ class OpenCLBackend(Backend):
         if not weight_pass:
             ep = Epilogue(None if bias is None else self._operand(call, bias),
                           ACTIVATION_CODES[problem.activation])
-        out, channels_last = self._solve(problem, algorithm, call, operands, ep, out_shape)
+        out, channels_last = self._solve(problem, algorithm, call, operands, ep, out_shape,
+                                         a.device)
         return self._result(call, out, dtype, a.device, channels_last and not weight_pass)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,

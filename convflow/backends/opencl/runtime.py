@@ -11,10 +11,12 @@ in :meth:`ContextState.launch` and nowhere else.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -202,6 +204,29 @@ def _enumerate_devices(cl: Any, found: list[tuple[DeviceEntry, Any]]) -> list[tu
     return found
 
 
+# Launches given an estimate of their work (``item_flops``) run in pieces over this many
+# floating-point operations: ~0.2 s of PoCL's naive kernel on 2 cores (~1 GFLOP/s there);
+# a GPU runs it in milliseconds, so the adaptive pieces grow there at once.
+LONG_LAUNCH_FLOPS = 200_000_000
+FIRST_PIECE_FLOPS = 100_000_000
+PIECE_SECONDS = 0.2
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(1, -(-value // multiple)) * multiple
+
+
+def wait_interruptibly(cl: Any, event: Any) -> None:
+    """Wait for *event* in sleeps of at most 10 ms (not in pyopencl's blocking wait), so a
+    KeyboardInterrupt is raised in this thread within that time; errors of the command are
+    raised by the final ``wait``."""
+    delay = 5e-5
+    while event.command_execution_status > cl.command_execution_status.COMPLETE:
+        time.sleep(delay)
+        delay = min(2 * delay, 0.01)
+    event.wait()
+
+
 def _as_arg(value: Any) -> Any:
     """Python ints become int32 kernel arguments; everything else passes through."""
     if isinstance(value, (bool, np.bool_)):
@@ -336,10 +361,16 @@ class ContextState:
         return tuple(local)
 
     def launch(self, queue: Any, kernel: Any, global_size: Sequence[int],
-               local_size: Sequence[int], *args: Any, fixed: bool = False) -> None:
+               local_size: Sequence[int], *args: Any, fixed: bool = False,
+               item_flops: float = 0) -> None:
         """Enqueue *kernel*: the global size is rounded up to a multiple of the work-group
         size. A *fixed* work-group size (a kernel compiled for it) that exceeds the device's
-        or the kernel's limits raises SolverUnavailable; other sizes shrink to fit."""
+        or the kernel's limits raises SolverUnavailable; other sizes shrink to fit.
+
+        *item_flops* (the work of one work-item, given for 1-D kernels that index by
+        ``get_global_id`` alone, so that a global offset shifts them exactly) marks a launch
+        that may be long: over LONG_LAUNCH_FLOPS it runs in pieces, see :meth:`_launch_pieces`.
+        """
         local = tuple(int(v) for v in local_size)
         if fixed:
             group = int(np.prod(local))
@@ -357,6 +388,14 @@ class ContextState:
         rounded = tuple(max(1, -(-int(size) // group_size)) * group_size
                         for size, group_size in zip(global_size, local))
         converted = [_as_arg(a) for a in args]
+        if item_flops and len(rounded) == 1 and item_flops * rounded[0] > LONG_LAUNCH_FLOPS:
+            self._launch_pieces(queue, kernel, rounded[0], local[0], converted, item_flops)
+            return
+        self._enqueue(queue, kernel, rounded, local, converted)
+
+    def _enqueue(self, queue: Any, kernel: Any, global_size: tuple[int, ...],
+                 local: tuple[int, ...], converted: list[Any],
+                 offset: tuple[int, ...] | None = None) -> Any:
         signature = tuple(np.dtype(type(a)) if isinstance(a, np.integer) else None
                           for a in converted)
         with self._launch_lock:
@@ -369,7 +408,42 @@ class ContextState:
                 raise TypeError(f"kernel {kernel.function_name} launched with argument types "
                                 f"{signature}, but earlier with {known}")
             kernel.set_args(*converted)
-            self.cl.enqueue_nd_range_kernel(queue, kernel, rounded, local)
+            return self.cl.enqueue_nd_range_kernel(queue, kernel, global_size, local,
+                                                   global_work_offset=offset)
+
+    def _launch_pieces(self, queue: Any, kernel: Any, total: int, group: int,
+                       converted: list[Any], item_flops: float) -> None:
+        """Run a long 1-D launch as consecutive ranges of work-items (global offsets), at
+        most two in flight, waiting on each in short sleeps.
+
+        A kernel, once enqueued, cannot be stopped, and pyopencl's waits block the Python
+        thread in C, where no signal handler runs: one 30 s launch holds a Ctrl-C for 30 s.
+        Between pieces the thread sleeps in Python, so a KeyboardInterrupt lands there;
+        the pieces already enqueued (at most two) are then finished before it propagates,
+        so the queue is empty and the next call sound. Piece sizes adapt to the measured
+        rate, aiming at PIECE_SECONDS each: the first covers FIRST_PIECE_FLOPS."""
+        cl = self.cl
+        piece = _round_up(max(group, int(FIRST_PIECE_FLOPS / item_flops)), group)
+        pending: collections.deque[tuple[Any, int, float]] = collections.deque()
+        offset, last_done = 0, time.perf_counter()
+        try:
+            while offset < total or pending:
+                while offset < total and len(pending) < 2:
+                    size = min(piece, total - offset)
+                    event = self._enqueue(queue, kernel, (size,), (group,), converted, (offset,))
+                    queue.flush()
+                    pending.append((event, size, time.perf_counter()))
+                    offset += size
+                event, size, enqueued = pending.popleft()
+                wait_interruptibly(cl, event)
+                now = time.perf_counter()
+                elapsed = max(now - max(enqueued, last_done), 1e-6)
+                last_done = now
+                wanted = size * PIECE_SECONDS / elapsed
+                piece = _round_up(int(min(max(wanted, piece / 4), piece * 4)), group)
+        except BaseException:
+            queue.finish()
+            raise
 
     def reduction_group(self, preferred: int = 64) -> int:
         """The work-group size of tree reductions: a power of two within the device limit."""

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from ...params import ConvProblem, Direction
-from .runtime import ContextState, SolverUnavailable
+from ..base import Algorithm
+from . import rules
+from .runtime import ContextState, SolverUnavailable, wait_interruptibly
 
 Array = Any  # pyopencl.array.Array
 
@@ -61,7 +63,9 @@ class Geom:
     """A pass's geometry lifted to 3 spatial dims: x (N, C, D, H, W), w (K, CG, KD, KH, KW),
     y (N, K, OD, OH, OW), stride, low padding (any sign) and dilation per dim, groups.
     Shapes are channels-first; ``channels_last`` says the x and y (and dx, dy) arrays hold
-    them as (N, D, H, W, C) in memory."""
+    them as (N, D, H, W, C) in memory. ``pad_products``: whether a tap that reads the zero
+    padding stands for a product ``0 * w`` (NaN for an Inf or NaN weight), as in a forward
+    pass; a data gradient computed as the forward pass of the flipped problem has none."""
 
     x: tuple[int, int, int, int, int]
     w: tuple[int, int, int, int, int]
@@ -71,6 +75,7 @@ class Geom:
     dilation: tuple[int, int, int]
     groups: int
     channels_last: bool = False
+    pad_products: bool = True
 
     @classmethod
     def of(cls, problem: ConvProblem) -> Geom:
@@ -112,12 +117,13 @@ class Geom:
     def flipped(self) -> Geom:
         """The data gradient of a stride-1 pass as a forward convolution of dy with the
         flipped, channel-swapped weights (util.cl flip_weights) and padding
-        ``dilation * (k - 1) - pad`` (negative values crop)."""
+        ``dilation * (k - 1) - pad`` (negative values crop), whose padding taps stand for
+        no product: the scatter definition of the data gradient sums real entries only."""
         assert self.unit_stride()
         k, c = self.w[0], self.x[1]
         pad = tuple(d * (kk - 1) - p for d, kk, p in zip(self.dilation, self.w[2:], self.pad))
         return replace(self, x=self.y, y=self.x, w=(c, k // self.groups, *self.w[2:]),
-                       pad=pad)  # type: ignore[arg-type]
+                       pad=pad, pad_products=False)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -129,6 +135,8 @@ class Call:
     dtype: np.dtype
     budget: int
     _placeholder: Any = None
+    _steps: int = 0        # checkpoint(): loop steps of this call so far
+    _marker: Any = None    # checkpoint(): the event that ends the step before the last
 
     def placeholder(self) -> Array:
         """A one-element buffer for pointer arguments a kernel does not read (no bias)."""
@@ -157,16 +165,41 @@ class Call:
         return self.state.empty(self.queue, shape, self.dtype)
 
     def launch(self, kernel: Any, global_size: Sequence[int], local_size: Sequence[int],
-               *args: Any, fixed: bool = False) -> None:
-        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed)
+               *args: Any, fixed: bool = False, item_flops: float = 0) -> None:
+        self.state.launch(self.queue, kernel, global_size, local_size, *args, fixed=fixed,
+                          item_flops=item_flops)
 
-    def flat(self, program: str, name: str, count: int, *args: Any, **extra: Any) -> None:
-        """Launch a 1-D element-wise kernel over *count* items."""
+    def flat(self, program: str, name: str, count: int, *args: Any, item_flops: float = 0,
+             **extra: Any) -> None:
+        """Launch a 1-D element-wise kernel over *count* items (*item_flops* each: a long
+        launch runs in interruptible pieces, ContextState.launch)."""
         if count:
-            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args)
+            self.launch(self.kernel(program, name, **extra), (count,), (FLAT_GROUP,), *args,
+                        item_flops=item_flops)
 
     def zero(self, a: Array) -> None:
         self.flat("util", "fill_zero", a.size, a.data, np.int64(a.size))
+
+    def checkpoint(self) -> None:
+        """Called before each step of a solver's loop (a workspace tile, a block of images):
+        keeps at most two steps' work queued, waiting for older ones in short sleeps, so a
+        KeyboardInterrupt lands in this thread within about two steps instead of after the
+        whole pass (the solvers enqueue without waiting, and pyopencl's final wait blocks
+        signals). On an interrupt the queued steps are finished first, leaving the queue
+        empty for the next call. The first step of a pass costs nothing: a one-step pass
+        never waits here."""
+        self._steps += 1
+        if self._steps == 1:
+            return
+        marker = self.state.cl.enqueue_marker(self.queue)
+        self.queue.flush()
+        previous, self._marker = self._marker, marker
+        if previous is not None:
+            try:
+                wait_interruptibly(self.state.cl, previous)
+            except BaseException:
+                self.queue.finish()
+                raise
 
 
 def L(value: int) -> np.int64:
@@ -221,6 +254,17 @@ def pack_panels(call: Call, src: Array, m: int, k: int, r: int, *, s0: int, sm: 
                 (1, FLAT_GROUP // 8, 1), src.data, out.data, m, k, r, mpad, L(s0), sm, sk,
                 L(sb1), L(sb2), nb2)
     return out, per_batch
+
+
+def nonfinite_flag(call: Call, a: Array) -> Array:
+    """A one-element buffer holding 1 if *a* has an Inf or NaN, else 0 (util.cl
+    any_nonfinite): the kernels that skip the zero padding add its products ``0 * v`` only
+    when it says they can change a sum (common.h), so finite problems keep their speed."""
+    flag = call.empty((1,))
+    group = call.state.reduction_group()
+    call.launch(call.kernel("util", "any_nonfinite", RED_WG=group), (group,), (group,),
+                a.data, L(a.size), flag.data, fixed=True)
+    return flag
 
 
 def flip_weights(call: Call, g: Geom, w: Array) -> Array:
@@ -379,32 +423,30 @@ def plan_tiles(n_images: int, positions: int, bytes_per_column: int, budget: int
 # (call, geometry, a, b, out, epilogue): forward (x, w -> y) and data-gradient (dy, w -> dx)
 # passes write through the epilogue; weight-gradient passes (x, dy -> dw) get NO_EPILOGUE.
 Pass = Callable[[Call, Geom, Array, Array, Array, Epilogue], None]
+Rule = Callable[[ConvProblem], tuple[bool, str]]
 
 
 @dataclass(frozen=True)
-class Solver:
-    """One named solver: its passes (None where it has none), the device style it suits,
-    and whether it computes channels-last activations in place."""
+class Solver(Algorithm):
+    """An opencl algorithm record: the shared record plus the device style it suits
+    (``"any"``, ``"gpu"`` or ``"cpu"``); ``passes`` holds the :data:`Pass` of each direction.
+    Every forward and data-gradient pass applies the bias and activation as it writes."""
 
-    name: str
-    style: str            # "any", "gpu" or "cpu"
-    summary: str
-    forward: Pass | None
-    backward_data: Pass | None
-    backward_weight: Pass | None
-    channels_last: bool = False
-
-    @property
-    def directions(self) -> frozenset[Direction]:
-        present = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
-                   Direction.BACKWARD_WEIGHT: self.backward_weight}
-        return frozenset(d for d, f in present.items() if f is not None)
+    style: str = "any"
 
     def pass_for(self, direction: Direction) -> Pass:
-        run = {Direction.FORWARD: self.forward, Direction.BACKWARD_DATA: self.backward_data,
-               Direction.BACKWARD_WEIGHT: self.backward_weight}[direction]
-        assert run is not None, (self.name, direction)
-        return run
+        return self.passes[direction]  # type: ignore[no-any-return]
+
+
+def _solver(name: str, style: str, summary: str, applies: Rule, can_run: Rule,
+            forward: Pass | None = None, backward_data: Pass | None = None,
+            backward_weight: Pass | None = None, channels_last: bool = False) -> Solver:
+    given = {Direction.FORWARD: forward, Direction.BACKWARD_DATA: backward_data,
+             Direction.BACKWARD_WEIGHT: backward_weight}
+    passes = {direction: run for direction, run in given.items() if run is not None}
+    directions = frozenset(passes)
+    return Solver(name, summary, applies, can_run, directions, channels_last=channels_last,
+                  fused=directions - {Direction.BACKWARD_WEIGHT}, passes=passes, style=style)
 
 
 def _channels_first(g: Geom, solver: str) -> None:
@@ -412,11 +454,27 @@ def _channels_first(g: Geom, solver: str) -> None:
 
 
 # naive -------------------------------------------------------------------------------------
-def _naive(kernel_name: str, epilogue: bool) -> Pass:
+def _naive_item_flops(kernel_name: str, g: Geom) -> float:
+    """The work of one naive work-item (its output's sum; the data gradient visits every
+    tap of every output channel of its group), for splitting long launches."""
+    if kernel_name == "naive_fwd":
+        return 2.0 * g.w[1] * g.taps
+    if kernel_name == "naive_bwd_data":
+        return 2.0 * g.out_per_group * g.taps
+    return 2.0 * g.x[0] * g.positions
+
+
+def _naive(kernel_name: str, epilogue: bool, padding_meets_b: bool) -> Pass:
+    """*padding_meets_b*: the kernel multiplies its second operand by the zero padding (the
+    weights of the forward pass, dy of the weight gradient) and takes its nonfinite_flag."""
+
     def run(call: Call, g: Geom, a: Array, b: Array, out: Array, ep: Epilogue) -> None:
         _channels_first(g, "naive")
         extra = ep.args(call) if epilogue else ()
-        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra)
+        flag = (nonfinite_flag(call, b).data,) if padding_meets_b else ()
+        # The naive kernels index by get_global_id(0) alone: they may run in pieces.
+        call.flat("naive", kernel_name, out.size, a.data, b.data, out.data, *g.args, *extra,
+                  *flag, item_flops=_naive_item_flops(kernel_name, g))
 
     return run
 
@@ -431,10 +489,11 @@ def depthwise_forward(call: Call, g: Geom, x: Array, w: Array, y: Array, ep: Epi
     if g.channels_last:
         call.launch(call.kernel("depthwise", "depthwise_fwd_nhwc"),
                     (k, -(-ow // DW_OPI), n * od * oh), DW_NHWC_GROUP, x.data, w.data, y.data,
-                    *g.args, *ep.args(call))
+                    *g.args, *ep.args(call), nonfinite_flag(call, w).data)
         return
     call.launch(call.kernel("depthwise", "depthwise_fwd"), (-(-ow // DW_OPI), oh, n * k * od),
-                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call))
+                (8, 8, 1), x.data, w.data, y.data, *g.args, *ep.args(call),
+                nonfinite_flag(call, w).data)
 
 
 def depthwise_backward_data(call: Call, g: Geom, dy: Array, w: Array, dx: Array,
@@ -459,7 +518,7 @@ def direct_wrw(call: Call, g: Geom, x: Array, dy: Array, dw: Array,
     rows = -(-total // 65535)
     cols = min(total, 65535)
     call.launch(kernel, (cols * group, rows), (group, 1), x.data, dy.data, dw.data, *g.args,
-                g.channels_last, fixed=True)
+                g.channels_last, nonfinite_flag(call, dy).data, fixed=True)
 
 
 # tiled direct ------------------------------------------------------------------------------
@@ -470,7 +529,7 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
                          ep: Epilogue) -> None:
     _channels_first(g, "tiled_direct")
     info = call.state.info
-    shape = next(((tw, th) for tw, th in ((16, 8), (8, 8), (8, 4))
+    shape = next(((tw, th) for tw, th in rules.TILED_DIRECT_GROUPS
                   if tw * th <= info.max_work_group_size), None)
     if shape is None:
         raise SolverUnavailable(f"tiled_direct needs work-groups of 32 items; {info.name!r} "
@@ -493,7 +552,8 @@ def tiled_direct_forward(call: Call, g: Geom, x: Array, w: Array, y: Array,
     call.launch(kernel, (-(-ow // (tw * OWPI)) * tw, -(-oh // th) * th,
                          n * g.groups * co_blocks * od), (tw, th, 1),
                 x.data, w.data, y.data, *g.args, *ep.args(call), in_tw, in_th, co_blocks,
-                cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes), fixed=True)
+                int(g.pad_products), cl.LocalMemory(x_bytes), cl.LocalMemory(w_bytes),
+                fixed=True)
 
 
 def via_flipped_forward(forward: Pass) -> Pass:
@@ -667,6 +727,7 @@ def _gemm_1x1_backward_weight(style: str, fallback: Pass) -> Pass:
                 return
             for j0, count in _position_chunks(call, n * p, kg):
                 for group in range(groups):
+                    call.checkpoint()
                     nhwc_wgrad(call, dy, j0 * k + group * kg, k, kg, x, j0 * c + group * cg,
                                c, cg, count, dw, group * kg * cg, accumulate=j0 > 0)
             return
@@ -745,6 +806,7 @@ def _im2col_forward_nhwc(style: str, call: Call, g: Geom, x: Array, w: Array, y:
                                w_b1=kg * rows)
     for group in range(g.groups):
         for tile in tiles:
+            call.checkpoint()
             _im2col(call, g, x, col, group, tile)
             y0 = _first_positions(g, tile) * k + group * kg
             if weights is None:
@@ -777,6 +839,7 @@ def _im2col_forward(style: str) -> Pass:
         for group in range(g.groups):
             group_ep = ep.at(base=group * kg)
             for tile in tiles:
+                call.checkpoint()
                 _im2col(call, g, x, col, group, tile, transposed=nt)
                 y0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
@@ -816,6 +879,7 @@ def _im2col_backward_data_nhwc(style: str, call: Call, g: Geom, dy: Array, w: Ar
                                w_b1=kg * rows)
     for group in range(g.groups):
         for index, tile in enumerate(tiles):
+            call.checkpoint()
             dy0 = _first_positions(g, tile) * k + group * kg
             if weights is None:
                 gemm_tiled(call, rows, tile.columns, kg, kg, tile.columns,
@@ -845,6 +909,7 @@ def _im2col_backward_data(style: str) -> Pass:
                                       sk=rows, sb1=kg * rows, nb1=g.groups)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
+                call.checkpoint()
                 dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 if style == "gpu":
                     gemm_tiled(call, rows, tile.columns, kg, kg, tile.pcount,
@@ -873,6 +938,7 @@ def _im2col_backward_weight_nhwc(style: str, call: Call, g: Geom, x: Array, dy: 
     reordered = dw if style == "gpu" else call.empty((k * rows,))
     for group in range(g.groups):
         for index, tile in enumerate(tiles):
+            call.checkpoint()
             _im2col(call, g, x, col, group, tile)
             dy0 = _first_positions(g, tile) * k + group * kg
             dw0 = group * kg * rows
@@ -902,6 +968,7 @@ def _im2col_backward_weight(style: str) -> Pass:
         col = _col_buffer(call, rows, tiles)
         for group in range(g.groups):
             for index, tile in enumerate(tiles):
+                call.checkpoint()
                 _im2col(call, g, x, col, group, tile)
                 dy0 = tile.n0 * k * p + group * kg * p + tile.p_start
                 dw0 = group * kg * rows
@@ -946,6 +1013,7 @@ def _winograd_forward(style: str) -> Pass:
                     w.data, u.data, k, cg, groups, r, mpad)
         packed, per = u, mpad * cg
         for n0 in range(0, n, images):
+            call.checkpoint()
             nimg = min(images, n - n0)
             t = nimg * per_image
             grid = (-(-tiles_w // WINO_RUN), nimg * tiles_h)
@@ -963,52 +1031,60 @@ def _winograd_forward(style: str) -> Pass:
                       m, VOperand(0, 0, t, s_b1=k * t, s_b2=kg * t), nb1=16, nb2=groups)
             call.launch(call.kernel("winograd", "wino_output"), (*grid, k), (1, 8, 1),
                         m.data, y.data, x.data, w.data, *g.args, *ep.args(call), n0, nimg,
-                        tiles_h, tiles_w)
+                        tiles_h, tiles_w, int(g.pad_products))
 
     return run
 
 
-# The solver table --------------------------------------------------------------------------
-def _build_solvers() -> dict[str, Solver]:
-    naive = Solver("naive", "any", "one work-item per output element; handles every problem",
-                   _naive("naive_fwd", True), _naive("naive_bwd_data", True),
-                   _naive("naive_bwd_weight", False))
-    solvers = [
-        naive,
-        Solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
-               "work-item (weight gradient by direct_wrw's reduction)",
-               depthwise_forward, depthwise_backward_data, direct_wrw, channels_last=True),
-        Solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
-               "tiled GEMM", _winograd_forward("gpu"),
-               via_flipped_forward(_winograd_forward("gpu")), None),
-        Solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
-               "GEMM", _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
-               _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
-               _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu")),
-               channels_last=True),
-        Solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
-               "8 outputs per work-item (MIOpen ConvOclDirectFwd)",
-               tiled_direct_forward, via_flipped_forward(tiled_direct_forward), None),
-        Solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
-               "the data gradient)", _im2col_forward("gpu"), _im2col_backward_data("gpu"),
-               _im2col_backward_weight("gpu"), channels_last=True),
-        Solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
-               "reduction in __local memory (deterministic, no atomics)", None, None,
-               direct_wrw, channels_last=True),
-        Solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
-               "vector GEMM", _winograd_forward("cpu"),
-               via_flipped_forward(_winograd_forward("cpu")), None),
-        Solver("vec_gemm_1x1", "cpu", "1x1 convolution as a CPU-style vector GEMM (packed "
-               "weights, float16 vectors, no local memory)",
-               _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
-               _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
-               _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu")),
-               channels_last=True),
-        Solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
-               _im2col_forward("cpu"), _im2col_backward_data("cpu"),
-               _im2col_backward_weight("cpu"), channels_last=True),
-    ]
-    return {s.name: s for s in solvers}
+# The solver records ------------------------------------------------------------------------
+def _build_algorithms() -> tuple[Solver, ...]:
+    """Every solver, in the order of preference; :func:`~.rule_order` moves the other device
+    style's solvers after this style's, and the last record is the catch-all baseline."""
+    return (
+        _solver("depthwise", "any", "depthwise kernel: several outputs of one channel per "
+                "work-item (weight gradient by direct_wrw's reduction)",
+                rules.depthwise_solver_rule, rules.depthwise_solver_rule,
+                depthwise_forward, depthwise_backward_data, direct_wrw, channels_last=True),
+        _solver("winograd", "gpu", "Winograd F(2x2,3x3) transforms around the local-memory "
+                "tiled GEMM", rules.winograd_rule, rules.winograd_fits,
+                _winograd_forward("gpu"), via_flipped_forward(_winograd_forward("gpu"))),
+        _solver("vec_winograd", "cpu", "Winograd F(2x2,3x3) transforms around the CPU-style "
+                "vector GEMM", rules.winograd_rule, rules.winograd_fits,
+                _winograd_forward("cpu"), via_flipped_forward(_winograd_forward("cpu"))),
+        _solver("gemm_1x1", "gpu", "1x1 convolution as a local-memory tiled, register-blocked "
+                "GEMM", rules.gemm_1x1_rule, rules.gemm_1x1_rule,
+                _gemm_1x1_forward("gpu", _im2col_forward("gpu")),
+                _gemm_1x1_backward_data("gpu", _im2col_backward_data("gpu")),
+                _gemm_1x1_backward_weight("gpu", _im2col_backward_weight("gpu")),
+                channels_last=True),
+        _solver("vec_gemm_1x1", "cpu", "1x1 convolution as a CPU-style vector GEMM (packed "
+                "weights, float16 vectors, no local memory)", rules.gemm_1x1_rule,
+                rules.gemm_1x1_rule, _gemm_1x1_forward("cpu", _im2col_forward("cpu")),
+                _gemm_1x1_backward_data("cpu", _im2col_backward_data("cpu")),
+                _gemm_1x1_backward_weight("cpu", _im2col_backward_weight("cpu")),
+                channels_last=True),
+        _solver("tiled_direct", "gpu", "input tile + halo and weights in __local memory, "
+                "8 outputs per work-item (MIOpen ConvOclDirectFwd)", rules.tiled_direct_rule,
+                rules.tiled_direct_can_run, tiled_direct_forward,
+                via_flipped_forward(tiled_direct_forward)),
+        _solver("im2col_gemm", "gpu", "im2col + the local-memory tiled GEMM (col2im gather for "
+                "the data gradient)", rules.im2col_rule, rules.always, _im2col_forward("gpu"),
+                _im2col_backward_data("gpu"), _im2col_backward_weight("gpu"),
+                channels_last=True),
+        _solver("vec_im2col_gemm", "cpu", "im2col + the CPU-style vector GEMM",
+                rules.im2col_rule, rules.always, _im2col_forward("cpu"),
+                _im2col_backward_data("cpu"), _im2col_backward_weight("cpu"),
+                channels_last=True),
+        _solver("direct_wrw", "gpu", "weight gradient: one work-group per weight, tree "
+                "reduction in __local memory (deterministic, no atomics)",
+                rules.weight_grad_only, rules.weight_grad_only, backward_weight=direct_wrw,
+                channels_last=True),
+        _solver("naive", "any", "one work-item per output element; handles every problem",
+                rules.naive_rule, rules.always, _naive("naive_fwd", True, True),
+                _naive("naive_bwd_data", True, False), _naive("naive_bwd_weight", False, True)),
+    )
 
 
-SOLVERS: dict[str, Solver] = _build_solvers()
+ALGORITHMS: tuple[Solver, ...] = _build_algorithms()
+# By name: where a run finds a solver's code (tests replace entries to inject failures).
+SOLVERS: dict[str, Solver] = {record.name: record for record in ALGORITHMS}
