@@ -647,3 +647,20 @@ def test_tuners_killed_at_random_leave_every_cache_sound(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert final.returncode == 0 and final.stdout.startswith("ok"), final.stderr[-3000:]
     assert [p for p in cache.iterdir() if ".corrupt-" in p.name] == []
+
+
+def test_cache_clear_never_removes_through_a_link(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    scratch = tmp_path / "etc"
+    scratch.mkdir()
+    (scratch / "passwd").write_text("keep me")
+    (cache / "numba").symlink_to(scratch)
+    (cache / "pocl").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in _CACHE_VARIABLES}
+    env["CONVFLOW_CACHE_DIR"] = str(cache)
+    result = subprocess.run([sys.executable, "-m", "convflow", "cache", "clear"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "removed PoCL kernels" in result.stdout and "Traceback" not in result.stderr
+    assert (scratch / "passwd").read_text() == "keep me" and (cache / "numba").is_symlink()
