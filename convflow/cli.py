@@ -142,6 +142,20 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _cache_line() -> str:
+    """Where the cache directory is and whether convflow trusts it (see cachedir.py)."""
+    from . import cachedir
+
+    try:
+        decision = cachedir.trust()
+    except ConvflowError as exc:
+        return f"cache directory: INVALID ({exc})"
+    where = str(decision.configured)
+    if decision.path != decision.configured:
+        where += f" -> {decision.path}"
+    return f"cache directory: {where} ({decision.reason})"
+
+
 def _setting_problem(name: str, value: Any) -> str:
     """Why a parsed setting still cannot be used (an unknown backend or algorithm name), or ""."""
     from .backends import validate_backend_name
@@ -170,6 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}")
     print(f"host: {hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores, "
           f"{_gib(hostinfo.memory_total())} memory ({_gib(hostinfo.memory_available())} available)")
+    print(_cache_line())
     print("backends:")
     for name, status in available_backends().items():
         state = "available" if status.available else "unavailable"
@@ -346,22 +361,24 @@ def _folder_size(path: pathlib.Path) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from . import perfdb
+    from . import cachedir, perfdb
 
     db = perfdb.current()
-    caches = [(config.cache_dir() / name, what) for name, what in COMPILER_CACHES]
+    # The physical directory (links resolved by the trust decision), and never through a
+    # link in place of one of the caches.
+    caches = [(cachedir.trust().path / name, what) for name, what in COMPILER_CACHES]
     if args.action == "clear":
         removed = db.clear()
         print(f"removed {removed} entries from {db.path}")
         for path, what in caches:
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 size = _folder_size(path)
                 shutil.rmtree(path)
                 print(f"removed {what}: {path} ({size / 2**20:.1f} MiB)")
         return 0
     info = db.info()
-    print(f"cache directory: {config.cache_dir()}")
-    print(f"perf-db: {info['path']}")
+    print(_cache_line())
+    print(f"perf-db: {info['path']}" + (f" ({info['error']})" if "error" in info else ""))
     print(f"  entries: {info['entries']} ({info['bytes'] / 1024:.1f} KiB)")
     for backend, count in sorted(info["by_backend"].items()):
         print(f"    {backend}: {count}")

@@ -74,11 +74,25 @@ def _parse_name(text: str) -> str:
     return name
 
 
+# Linux's limits (NAME_MAX, PATH_MAX): a longer name fails every file call with ENAMETOOLONG.
+_NAME_MAX = 255
+_PATH_MAX = 4096
+
+
 def _parse_path(text: str) -> str:
     path = text.strip()
     if "\x00" in path:
         raise ValueError("expected a directory path")
-    return os.path.expanduser(path) if path else ""
+    path = os.path.expanduser(path) if path else ""
+    encoded = os.fsencode(path)
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > _NAME_MAX:
+        raise ValueError(f"one of its names is {longest} bytes long; the file system allows "
+                         f"{_NAME_MAX} per name")
+    if len(encoded) >= _PATH_MAX - 256:
+        raise ValueError(f"it is {len(encoded)} bytes long; paths must stay under "
+                         f"{_PATH_MAX - 256} bytes (room for the files convflow keeps below it)")
+    return path
 
 
 def _parse_text(text: str) -> str:
@@ -232,9 +246,12 @@ VARIABLES: Mapping[str, Variable] = {
             "CONVFLOW_CACHE_DIR",
             "directory",
             "",
-            "Where the perf-db (autotune results) lives. Empty: the user cache directory "
-            "(platformdirs), e.g. `~/.cache/convflow` on Linux. convflow writes nothing "
-            "outside it.",
+            "Where the perf-db (autotune results) and the compiler caches (numba, PyOpenCL, PoCL) "
+            "live. Empty: the user cache directory (platformdirs), e.g. `~/.cache/convflow` on "
+            "Linux; a relative path is taken from the working directory. It must be private "
+            "(see Trust model): otherwise every cache is skipped with one warning. convflow "
+            "writes nothing outside it, except PoCL's temporary build directory (removed at "
+            "exit) when it is not usable.",
             _parse_path,
             decides=True,
         ),
@@ -382,24 +399,18 @@ def override(**values: Any) -> Iterator[None]:
 
 
 def cache_dir() -> pathlib.Path:
-    """convflow's cache directory: CONVFLOW_CACHE_DIR, else the user cache directory
-    (platformdirs). Everything convflow and the libraries it drives write to disk goes
-    below it: the perf-db, numba's compiled kernels, PyOpenCL's and PoCL's program caches."""
+    """convflow's cache directory as configured, absolute: CONVFLOW_CACHE_DIR (a relative
+    path taken from the working directory), else the user cache directory (platformdirs).
+    Everything convflow and the libraries it drives write to disk goes below it: the
+    perf-db, numba's compiled kernels, PyOpenCL's and PoCL's program caches. Whether it is
+    used, and where it physically is, is :func:`convflow.cachedir.trust`'s decision."""
     configured = get("CONVFLOW_CACHE_DIR")
     if configured:
-        return pathlib.Path(configured)
+        # Absolute, so no library ever sees a path that looks like an option ("-1").
+        return pathlib.Path(os.path.abspath(configured))
     import platformdirs
 
-    return pathlib.Path(platformdirs.user_cache_dir("convflow", appauthor=False))
-
-
-def private_cache_dir() -> pathlib.Path:
-    """The cache directory, created readable and writable by the user alone: compiler caches
-    below it (numba's, PyOpenCL's, PoCL's) hold code those libraries load, so no other user
-    may plant files there."""
-    path = cache_dir()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return pathlib.Path(os.path.abspath(platformdirs.user_cache_dir("convflow", appauthor=False)))
 
 
 @contextlib.contextmanager

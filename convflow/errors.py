@@ -57,6 +57,15 @@ class WorkspaceTooLargeError(ConvflowError, MemoryError):
     """The output or scratch memory a call needs can never fit on the device."""
 
 
+class CacheError(ConvflowError, RuntimeError):
+    """An explicit cache command (``convflow cache clear``) could not change the cache."""
+
+
+class CacheWarning(RuntimeWarning):
+    """An on-disk cache was skipped, repaired or could not be written (the cache directory
+    is not private, a file in it is damaged, the disk is full); the call itself goes on."""
+
+
 class SolverFallbackWarning(UserWarning):
     """A backend could not run the chosen algorithm here (its kernel failed to build, or it
     exceeds the device's work-group or local-memory limits) and used the next one."""

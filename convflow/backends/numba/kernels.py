@@ -10,25 +10,34 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 from __future__ import annotations
 
 import math
-import os
 import types
 
 import numpy as np
-from numba import config as numba_config
 from numba import njit, prange, uint64
 
 from ... import config
+from . import cache as kernel_cache
 
-_CACHE = bool(config.get("CONVFLOW_NUMBA_CACHE"))
-if _CACHE and "NUMBA_CACHE_DIR" not in os.environ:
-    # Compiled kernels go to convflow's cache directory (not next to the installed package,
-    # which may be read-only), unless the user chose numba's own location.
-    numba_config.CACHE_DIR = str(config.private_cache_dir() / "numba")  # type: ignore[attr-defined]
+# Compiled kernels go to convflow's cache directory (not next to the installed package,
+# which may be read-only), unless the user chose numba's own location; cache.py checks what
+# it loads and never writes anywhere else.
+_CACHE = kernel_cache.configure(bool(config.get("CONVFLOW_NUMBA_CACHE")))
 _FASTMATH = {"contract", "reassoc"}
 
 
+def _jit(**options):  # type: ignore[no-untyped-def]
+    """``njit(**options)``, cached on disk through convflow's checked cache when enabled."""
+    def decorate(func):  # type: ignore[no-untyped-def]
+        dispatcher = njit(**options)(func)
+        if _CACHE:
+            kernel_cache.enable(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
 def _kernel(parallel: bool = True):  # type: ignore[no-untyped-def]
-    return njit(parallel=parallel, cache=_CACHE, fastmath=_FASTMATH, nogil=True)
+    return _jit(parallel=parallel, fastmath=_FASTMATH, nogil=True)
 
 
 # Below this many floating-point operations a call runs single-threaded: waking the thread
@@ -46,7 +55,7 @@ def _serial(kernel):  # type: ignore[no-untyped-def]
     return _kernel(parallel=False)(twin)
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
     """The border of output row ``(od, oh)`` outside the box ``[lo, hi)`` of each axis, as
     two column ranges ``[0, stop)`` and ``[start, out_w)`` (the whole row when the row
@@ -56,7 +65,7 @@ def _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  #
     return out_w, out_w
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _add_outside(out, value, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
     """Add *value* to every output outside the box ``[lo, hi)`` of each axis: the outputs
     whose tap reads the zero padding (only the border is visited)."""
@@ -71,7 +80,7 @@ def _add_outside(out, value, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type:
                 row[ow] += value
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _sum_outside(a, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
     """``sum(0 * a)`` over the positions outside the box ``[lo, hi)`` of each axis (only the
     border is visited): zero unless one of them is not finite, then NaN, as multiplying the
@@ -89,7 +98,7 @@ def _sum_outside(a, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[n
     return total
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _valid_outputs(offset, stride, size, n_out):  # type: ignore[no-untyped-def]
     """Output indices ``o`` in ``[lo, hi)`` whose input ``o * stride - offset`` is in
     ``[0, size)``; ``offset = pad_low - tap * dilation``."""
@@ -104,7 +113,7 @@ def _valid_outputs(offset, stride, size, n_out):  # type: ignore[no-untyped-def]
 
 # Activation codes (convflow.activations.ACTIVATION_CODES): 0 none, 1 relu, 2 relu6,
 # 3 silu, 4 gelu. Comparisons keep IEEE semantics: NaN stays NaN.
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _activate(v, act, zero, six):  # type: ignore[no-untyped-def]
     if act == 0:
         return v
@@ -117,7 +126,7 @@ def _activate(v, act, zero, six):  # type: ignore[no-untyped-def]
     return 0.5 * v * (1 + math.erf(v * 0.7071067811865476))
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _epilogue(v, co, bias, has_bias, act, zero, six):  # type: ignore[no-untyped-def]
     """The bias of output channel *co*, then the activation (the fused write-back)."""
     if has_bias:
@@ -255,7 +264,7 @@ def wgrad_direct(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups):  # 
                     dw_out[co, ci, kd, kh, kw] = acc
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _pad_plane(plane, buf, pd, ph, pw):  # type: ignore[no-untyped-def]
     """Copy ``plane`` into the zeroed buffer at offset ``(pd, ph, pw)``, clipped to it."""
     buf[:, :, :] = 0
@@ -472,7 +481,7 @@ PACKED_CHUNK = 768
 PACKED_VECTOR = 8
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _pack_phase(x, n, c, f, dst, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
     """Write stride phase ``phases[f]`` of the zero-padded plane ``x[n, c]`` into ``dst``."""
     _, _, in_d, in_h, in_w = x.shape
@@ -522,7 +531,7 @@ def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):
             dst_run[t] = 0
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, g, ob, p0,
                   total, per_image, bias, has_bias, act):  # type: ignore[no-untyped-def]
     """One job of :func:`packed_direct`: output channels ``ob * 4 ..`` of group ``g`` at
@@ -618,7 +627,7 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
                                                          zero, six)
 
 
-@njit(inline="always", cache=_CACHE)
+@_jit(inline="always")
 def _packed_extent(offsets, y, n_images, plane, hq, wq):  # type: ignore[no-untyped-def]
     """How packed_direct and packed_small split their work: the groups, the blocks of
     PACKED_CO_BLOCK output channels per group, the packed run of one image's outputs

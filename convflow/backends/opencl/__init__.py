@@ -174,6 +174,16 @@ class OpenCLBackend(Backend):
             return self._status
 
     def _probe(self) -> BackendStatus:
+        # Whatever goes wrong while OpenCL starts (a driver error, a damaged or unusable
+        # cache, a library raising something unexpected) makes this backend unavailable
+        # with the reason; it never reaches calls that use another backend.
+        try:
+            return self._start()
+        except Exception as exc:
+            return BackendStatus(self.name, False, f"OpenCL could not start: "
+                                 f"{type(exc).__name__}: {exc}", self.device_type)
+
+    def _start(self) -> BackendStatus:
         try:
             cl = import_pyopencl()
         except ImportError as exc:

@@ -27,6 +27,7 @@ import numpy as np
 from ... import config
 from ...errors import ConfigError, KernelBuildError
 from ...kernels import load_source
+from . import caches
 
 logger = logging.getLogger("convflow")
 
@@ -164,12 +165,11 @@ def query_info(cl: Any, device: Any) -> DeviceInfo:
 
 
 def import_pyopencl() -> Any:
-    """Import pyopencl with its on-disk caches under convflow's cache directory: pyopencl
-    creates its kernel-invoker cache (a pytools persistent dict) at import, wherever
-    XDG_CACHE_HOME points, so that variable is scoped around the first import (unless the
-    user set it)."""
+    """Import pyopencl with its on-disk caches off (caches.py says why): pyopencl reads
+    PYOPENCL_NO_CACHE, and creates its kernel-invoker cache (a pytools persistent dict), when
+    its modules are first imported, so the settings are scoped around that import."""
     if "pyopencl.invoker" not in sys.modules:
-        with config.environment_default("XDG_CACHE_HOME", str(config.private_cache_dir())):
+        with caches.pyopencl_import_scope():
             # The invoker module (imported lazily by pyopencl, at the first kernel launch)
             # is where the persistent dict is made.
             for name in ("pyopencl", "pyopencl.invoker", "pyopencl.array", "pyopencl.tools"):
@@ -179,9 +179,9 @@ def import_pyopencl() -> Any:
 
 def pocl_cache_scope() -> Any:
     """PoCL reads its kernel-cache location once, when its platform or first context starts:
-    around those calls, point it into convflow's cache directory (unless the user set
-    POCL_CACHE_DIR), so nothing lands outside it."""
-    return config.environment_default("POCL_CACHE_DIR", str(config.private_cache_dir() / "pocl"))
+    around those calls, point it at a cache convflow has checked (caches.py), unless the
+    user set POCL_CACHE_DIR. Raises caches.PoclCacheTrouble when PoCL cannot start safely."""
+    return caches.pocl_scope()
 
 
 def enumerate_devices(cl: Any) -> list[tuple[DeviceEntry, Any]]:
@@ -277,7 +277,8 @@ class ContextState:
             try:
                 program = cl.Program(self.context, source).build(
                     options=options, devices=[self.device],
-                    cache_dir=str(config.private_cache_dir() / "pyopencl"))
+                    cache_dir=False if getattr(cl, "_PYOPENCL_NO_CACHE", False)
+                    else caches.pyopencl_cache_dir())
             except cl.Error as exc:
                 log = str(exc)
                 raise KernelBuildError(
@@ -498,6 +499,8 @@ def inventory() -> list[str]:
     except cl.Error as exc:
         return [f"no OpenCL platform ({str(exc).strip()}); install a driver, e.g. "
                 f"apt-get install pocl-opencl-icd"]
+    except Exception as exc:  # the PoCL cache cannot be used safely, or anything else
+        return [f"OpenCL could not start: {type(exc).__name__}: {exc}"]
     lines = []
     chosen: dict[tuple[int, int], int] = {}
     try:
