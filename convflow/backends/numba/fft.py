@@ -15,7 +15,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ...fft_plan import Planner, Rates
 from ...params import ConvProblem, Direction
@@ -49,7 +49,7 @@ def _fast_length(n: int) -> int:
 RATES = Rates(fft=8e9, mac=8e9, direct=RATES_NAMED, fast_length=_fast_length)
 
 
-@njit(inline="always", cache=kernels._CACHE)
+@kernels._jit(inline="always")
 def _job(job, blocks, middle, inner, freqs):  # type: ignore[no-untyped-def]
     """Job -> (outer, middle, inner index, first and last frequency of its block)."""
     block = job % blocks
