@@ -97,7 +97,11 @@ def test_each_cuda_extra_pulls_one_cuda_major():
 def test_make_run_installs_the_extras_the_machine_can_use_with_a_fallback():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    result = subprocess.run(["make", "-n", "run"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    # Run as a top-level make even under `make test` (a nested make prints "Entering
+    # directory" lines and inherits the parent's flags).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    result = subprocess.run(["make", "-n", "run"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     commands = result.stdout
     assert "pip install -q -e '.[opencl" in commands  # pyopencl, for PoCL or a GPU driver

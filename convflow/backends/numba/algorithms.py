@@ -97,10 +97,24 @@ class _Im2colLayout:
         return gathered
 
 
+def _ieee(function: Callable[..., None]) -> Callable[..., None]:
+    """*function* without numpy's floating-point warnings: BLAS products of Inf and NaN are
+    IEEE arithmetic, meant as such (tests/test_ieee.py), and "invalid value encountered in
+    matmul" would only alarm the caller. A new errstate per call: one shared instance is not
+    safe across threads."""
+    @functools.wraps(function)
+    def run(*args: object, **kwargs: object) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            function(*args, **kwargs)
+
+    return run
+
+
 def _flat(array: Array) -> Array:
     return array.reshape(array.shape[0], array.shape[1], -1)
 
 
+@_ieee
 def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, w.shape, y.shape, geometry.groups, x.dtype, budget)
@@ -120,6 +134,7 @@ def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                 kernels.rows_to_output(result, y, c_out_first, *layout.tile_args(tile))
 
 
+@_ieee
 def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(dx.shape, w.shape, dy.shape, geometry.groups, dx.dtype, budget)
@@ -136,6 +151,7 @@ def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
                            *layout.kernel, *geometry.spatial_args)
 
 
+@_ieee
 def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, dw.shape, dy.shape, geometry.groups, x.dtype, budget)
@@ -177,6 +193,7 @@ def _group_slices(w: Array, groups: int) -> list[tuple[slice, slice]]:
             for g in range(groups)]
 
 
+@_ieee
 def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
@@ -188,6 +205,7 @@ def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
         np.matmul(w_mat[out_slice], x_flat[:, in_slice], out=y_flat[:, out_slice])
 
 
+@_ieee
 def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
@@ -199,6 +217,7 @@ def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
         np.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], out=dx_flat[:, in_slice])
 
 
+@_ieee
 def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
