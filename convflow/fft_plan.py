@@ -346,6 +346,19 @@ class Planner:
         return plan(problem, self.budget_bytes() if budget is None else budget, self.rates,
                     FLOAT32_TOLERANCE)
 
+    def require(self, problem: ConvProblem, budget: int, limit: str = "") -> FFTPlan:
+        """The plan *problem* runs with under *budget*, or WorkspaceTooLargeError (the pass's
+        own check, as it starts); *limit* names a further bound the budget reflects."""
+        found = self.plan_for(problem, budget)
+        if found is None:
+            from .errors import WorkspaceTooLargeError
+
+            raise WorkspaceTooLargeError(
+                f"fft: even one tile of {problem.describe()} needs more scratch than "
+                f"CONVFLOW_WORKSPACE_MB={budget >> 20}{limit}; raise it or choose "
+                f"another algorithm")
+        return found
+
     def can_run(self, problem: ConvProblem) -> tuple[bool, str]:
         missing = self.missing()
         if missing:

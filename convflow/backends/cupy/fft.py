@@ -54,14 +54,7 @@ plan_for, can_run, rule = PLANNER.plan_for, PLANNER.can_run, PLANNER.rule
 
 def _compute(ctx: Any, problem: ConvProblem, a: Any, b: Any) -> Any:
     """The pass in the transform's real dtype (no epilogue); a new array."""
-    from ...errors import WorkspaceTooLargeError
-
-    found = plan_for(problem, ctx.workspace_bytes)
-    if found is None:
-        raise WorkspaceTooLargeError(
-            f"fft: even one tile of {problem.describe()} needs more scratch than "
-            f"CONVFLOW_WORKSPACE_MB={ctx.workspace_bytes >> 20}; raise it or choose another "
-            f"algorithm")
+    found = PLANNER.require(problem, ctx.workspace_bytes)
     xp = ctx.xp
     real = xp.dtype(found.transform_dtype)
     shape = {Direction.FORWARD: problem.y_shape, Direction.BACKWARD_DATA: problem.x_shape,

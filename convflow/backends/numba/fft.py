@@ -199,13 +199,7 @@ def _pass(direction: Direction):  # type: ignore[no-untyped-def]
             _direct_fallback(direction, a, b, out, geometry, budget, epilogue)
             return
         problem = _unlifted_problem(direction, *shapes, out.dtype.name, geometry)
-        found = plan_for(problem, budget)
-        if found is None:
-            from ...errors import WorkspaceTooLargeError
-
-            raise WorkspaceTooLargeError(
-                f"fft: even one tile of {problem.describe()} needs more scratch than "
-                f"CONVFLOW_WORKSPACE_MB={budget >> 20}; raise it or choose another algorithm")
+        found = PLANNER.require(problem, budget)
         nd = problem.ndim
         a, b, out = (t.reshape(*t.shape[:2], *t.shape[5 - nd:]) for t in (a, b, out))
         finish = None

@@ -164,15 +164,7 @@ def _problem_of(direction: Direction, g: Geometry, dtype: np.dtype) -> ConvProbl
 
 
 def _planned(call: Call, problem: ConvProblem) -> FFTPlan:
-    from ...errors import WorkspaceTooLargeError
-
-    found = plan_for(problem, call.budget)
-    if found is None:
-        raise WorkspaceTooLargeError(
-            f"fft: even one tile of {problem.describe()} needs more scratch than "
-            f"CONVFLOW_WORKSPACE_MB={PLANNER.budget_bytes() >> 20} (or the device's largest "
-            f"allocation); raise it or choose another algorithm")
-    return found
+    return PLANNER.require(problem, call.budget, " (or the device's largest allocation)")
 
 
 def _tiles(found: FFTPlan, totals: tuple[int, ...]) -> list[tuple[int, ...]]:
