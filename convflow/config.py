@@ -173,19 +173,6 @@ VARIABLES: Mapping[str, Variable] = {
             _parse_int_at_least(0),
         ),
         Variable(
-            "CONVFLOW_OMP_WAIT_POLICY",
-            "one of passive/active/inherit",
-            "passive",
-            "How numba's OpenMP workers wait between parallel regions, applied when convflow "
-            "starts them: `passive` (sleep at once, so idle workers do not take the cores from "
-            "BLAS, PyTorch or your own threads), `active` (spin: lowest latency for back-to-back "
-            "calls, but on few cores the spinning slows everything else), `inherit` (leave "
-            "`OMP_WAIT_POLICY` / `GOMP_SPINCOUNT` alone). Has no effect when those variables are "
-            "set or another library already loaded the OpenMP runtime; the environment is "
-            "restored right after, so libraries loaded later do not see the change.",
-            _parse_choice(("passive", "active", "inherit")),
-        ),
-        Variable(
             "CONVFLOW_NUMBA_CACHE",
             "boolean",
             True,

@@ -130,7 +130,6 @@ def test_integer_variables_still_read_plain_values(monkeypatch):
 
 
 @pytest.mark.parametrize("variable, value, expected", [
-    ("CONVFLOW_OMP_WAIT_POLICY", "bogus", "expected one of passive, active, inherit"),
     ("CONVFLOW_NUMBA_CACHE", "maybe", "expected one of 1, 0, true, false"),
 ])
 def test_bad_numba_settings_are_config_errors_not_a_missing_backend(variable, value, expected):

@@ -177,7 +177,8 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "packed_direct"),
     ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "packed_direct"),
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col_gemm"),
-    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "packed_direct"),
+    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
+    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
     ((2, 4, 10, 10), (4, 2, 3, 3), dict(groups=2), "direct"),
 ])

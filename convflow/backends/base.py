@@ -290,6 +290,26 @@ def gemm_rule(problem: ConvProblem, engine: str, note: str = "") -> tuple[bool, 
                    f"and >= {GEMM_MIN_OUT_CHANNELS})")
 
 
+def winograd_fits(problem: ConvProblem) -> tuple[bool, str]:
+    """Whether a Winograd 3x3 algorithm can compute *problem* at all (every backend's): a
+    2-D 3x3 kernel, stride 1, dilation 1, forward or data-gradient pass (the data gradient
+    runs as the forward pass of the flipped problem)."""
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return False, "Winograd computes forward and data-gradient passes only"
+    if (problem.ndim == 2 and problem.kernel_size == (3, 3) and problem.stride == (1, 1)
+            and problem.dilation == (1, 1)):
+        return True, "2-D 3x3 kernel, stride 1, dilation 1"
+    return False, (f"needs a 2-D 3x3 kernel with stride 1 and dilation 1, got kernel "
+                   f"{problem.kernel_size}, stride {problem.stride}, dilation {problem.dilation}")
+
+
+def pass_channels(problem: ConvProblem) -> tuple[int, int]:
+    """(channels reduced over, channels produced) per group by this pass's kernels."""
+    if problem.direction == Direction.BACKWARD_DATA:
+        return problem.out_channels_per_group, problem.in_channels_per_group
+    return problem.in_channels_per_group, problem.out_channels_per_group
+
+
 def depthwise_rule(problem: ConvProblem, how: str) -> tuple[bool, str]:
     """The depthwise rule every backend shares; *how* says how its kernel computes a channel."""
     if problem.is_depthwise():

@@ -6,6 +6,9 @@ Algorithms, in the order the selector tries them:
   cost model says it beats what the rules below pick (``convflow.backends.numba.fft``);
 * ``depthwise`` -- groups == C_in: per-channel kernel over a zero-padded plane;
 * ``gemm_1x1`` -- 1x1 kernels without padding: one BLAS matrix product per image and group;
+* ``winograd`` -- 2-D 3x3, stride 1: F(4x4,3x3) transforms around 36 GEMMs
+  (``convflow.backends.numba.winograd``);
+* ``packed_direct`` -- direct convolution over a packed, phase-split input;
 * ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
 * ``direct`` -- loops over the taps, the always-applicable baseline.
 
@@ -19,7 +22,7 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,7 +38,9 @@ from ..base import (
     BackendStatus,
     depthwise_rule,
     gemm_rule,
+    pass_channels,
     pointwise_rule,
+    winograd_fits,
 )
 
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
@@ -49,17 +54,14 @@ _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
 
 
-@contextlib.contextmanager
-def _omp_wait_policy() -> Iterator[str]:
-    """Apply CONVFLOW_OMP_WAIT_POLICY while numba's OpenMP runtime loads (it reads the
-    environment once, when loaded), then restore the environment; yield what applies."""
-    wanted = config.get("CONVFLOW_OMP_WAIT_POLICY")
-    user_set = [name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ]
-    if wanted == "inherit" or user_set:
-        yield f"from the environment ({', '.join(user_set) or 'OpenMP defaults'})"
-        return
-    with config.environment_default("OMP_WAIT_POLICY", wanted.upper()):
-        yield f"{wanted} (CONVFLOW_OMP_WAIT_POLICY)"
+def _omp_wait_policy() -> str:
+    """The OpenMP wait policy in force, as the environment sets it. convflow never sets one:
+    the variables are process-wide, and PyTorch or any OpenMP user in the process would
+    inherit them. Its kernels run every parallel part on numba's one pool (BLAS included),
+    so no second pool waits for the cores while numba's workers spin."""
+    given = [f"{name}={os.environ[name]}" for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+             if name in os.environ]
+    return ", ".join(given) or "the OpenMP runtime's default"
 
 
 def _max_threads(numba: Any) -> int:
@@ -108,6 +110,83 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
                        f"{PACKED_LARGE_OUTPUT} positions or < {PACKED_SHORT_REDUCTION} products)")
     return True, (f"{positions} output positions per image, {reduction} products each: "
                   f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
+
+
+# Winograd pays when both channel counts feed the 36 GEMMs and the output fills its 4x4 tiles
+# (a 7x7 map computes 8x8, 31% of it discarded). Measured against packed_direct and
+# im2col_gemm on the 3x3 layers of convflow bench's networks (README, "CPU benchmarks").
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_MIN_FILL = 0.75
+
+
+def blas_status() -> tuple[bool, str]:
+    """Whether the private OpenBLAS (blas.py) loaded, and its description or why not."""
+    from . import blas
+
+    try:
+        return True, blas.load()
+    except ImportError as exc:
+        return False, str(exc)
+
+
+def _with_blas(check: Callable[[ConvProblem], tuple[bool, str]]
+               ) -> Callable[[ConvProblem], tuple[bool, str]]:
+    """*check*, and then whether the private BLAS its GEMMs run on is there."""
+    def checked(problem: ConvProblem) -> tuple[bool, str]:
+        ok, why = check(problem)
+        if not ok:
+            return False, why
+        loaded, description = blas_status()
+        if not loaded:
+            return False, f"{why}, but its GEMMs need the private BLAS: {description}"
+        return True, why
+
+    return checked
+
+
+def _winograd_fits_budget(problem: ConvProblem) -> tuple[bool, str]:
+    fits, why = winograd_fits(problem)
+    if not fits:
+        return False, why
+    needed, budget = _winograd_workspace(problem), _workspace_budget()
+    if needed > budget:
+        return False, (f"{why}, but the transformed filters and blocks need "
+                       f"{needed / 2**20:.1f} MiB, more than CONVFLOW_WORKSPACE_MB={budget >> 20}")
+    return True, why
+
+
+_winograd_can_run = _with_blas(_winograd_fits_budget)
+
+
+def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
+    fits, why = _winograd_can_run(problem)
+    if not fits:
+        return False, why
+    reduced, produced = pass_channels(problem)
+    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
+                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
+    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    from .winograd import OUTPUT_TILE, tiles_of
+
+    tiles = tiles_of(out[0], out[2], out[3])
+    fill = out[0] * out[2] * out[3] / (tiles * OUTPUT_TILE * OUTPUT_TILE)
+    if tiles < WINOGRAD_MIN_TILES or fill < WINOGRAD_MIN_FILL:
+        return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
+                       f"output) are too few to amortize the transforms (needs >= "
+                       f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
+    return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
+                  f"F(4x4,3x3) does 36 instead of 144 multiplications per 4x4 tile")
+
+
+def _winograd_workspace(problem: ConvProblem) -> int:
+    from .winograd import workspace_bytes
+
+    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    reduced, produced = pass_channels(problem)
+    return workspace_bytes(out[0], out[2], out[3], produced * problem.groups, reduced,
+                           problem.groups, hostinfo.cpu_count(), _itemsize(problem))
 
 
 def _im2col_rule(problem: ConvProblem) -> tuple[bool, str]:
@@ -224,16 +303,27 @@ RULES: tuple[Algorithm, ...] = (
               workspace=_depthwise_workspace,
               variant=_variant("depthwise_variant", _FORWARD),
               passes=_passes("depthwise")),
-    Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_rule,
-              _pointwise_rule, deterministic=False, why_not_deterministic=_BLAS_ORDER,
+    Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _with_blas(_pointwise_rule),
+              _with_blas(_pointwise_rule), deterministic=False, why_not_deterministic=_BLAS_ORDER,
               channels_last=True, workspace=_pointwise_workspace,
               variant=_variant("pointwise_variant"), passes=_passes("pointwise")),
+    Algorithm("winograd", "Winograd F(4x4,3x3): input and output transforms around 36 GEMMs "
+              "(private BLAS, one thread per block); tiles with Inf or NaN rerun as direct loops",
+              _winograd_rule, _winograd_can_run,
+              frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}), deterministic=False,
+              why_not_deterministic="Winograd rounds differently from direct summation, and its "
+              "blocks of tiles follow the thread count",
+              fused=frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}),
+              workspace=_winograd_workspace,
+              variant=_variant("winograd_variant"),
+              passes=_passes("winograd", frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}))),
     Algorithm("packed_direct", "direct convolution over a packed, phase-split input",
               _packed_rule, _packed_can_run, _FORWARD, channels_last=True, fused=_FORWARD,
               workspace=_packed_workspace,
               variant=_variant("packed_variant", budget=_workspace_budget),
               passes=_passes("packed", _FORWARD)),
-    Algorithm("im2col_gemm", "tiled im2col + BLAS matrix product", _im2col_rule, _always,
+    Algorithm("im2col_gemm", "tiled im2col + BLAS matrix product", _with_blas(_im2col_rule),
+              _with_blas(_always),
               deterministic=False, why_not_deterministic=_BLAS_ORDER,
               workspace=_im2col_workspace, passes=_passes("im2col")),
     Algorithm("direct", "direct loops over the kernel taps", _direct_rule, _always,
@@ -303,9 +393,10 @@ class NumbaBackend(Backend):
         from . import kernels
 
         kernels.use_serial_kernels()
-        from . import fft
+        from . import fft, winograd
 
         fft.use_serial_kernels()
+        winograd.use_serial_kernels()
         self._prepared_passes.clear()
         self._forked_serial = True
         self._status = dataclasses.replace(
@@ -334,7 +425,7 @@ class NumbaBackend(Backend):
                                  f"numba {numba.__version__} could not start: {exc!r}", "cpu")
         threads = _max_threads(numba)
         details = {"threading_layer": layer, "threads": str(threads),
-                   "omp_wait_policy": self._wait_policy,
+                   "omp_wait_policy": self._wait_policy, "blas": blas_status()[1],
                    "serialized_launches": str(self._launch_lock is not None)}
         return BackendStatus(
             self.name, True,
@@ -347,19 +438,18 @@ class NumbaBackend(Backend):
         from . import kernels
 
         probe = np.ones(4)
-        with _omp_wait_policy() as policy:
-            if "NUMBA_THREADING_LAYER" not in os.environ:
-                numba.config.THREADING_LAYER = "threadsafe"
-                try:
-                    kernels.threading_probe(probe)
-                except ValueError:
-                    numba.config.THREADING_LAYER = "workqueue"
-                    self._launch_lock = threading.Lock()
-            kernels.threading_probe(probe)
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            numba.config.THREADING_LAYER = "threadsafe"
+            try:
+                kernels.threading_probe(probe)
+            except ValueError:
+                numba.config.THREADING_LAYER = "workqueue"
+                self._launch_lock = threading.Lock()
+        kernels.threading_probe(probe)
         layer = str(numba.threading_layer())
         if layer == "workqueue" and self._launch_lock is None:
             self._launch_lock = threading.Lock()
-        self._wait_policy = policy if layer == "omp" else "n/a"
+        self._wait_policy = _omp_wait_policy() if layer == "omp" else "n/a"
         return layer
 
     def _set_threads(self) -> None:

@@ -1,8 +1,9 @@
 """The numba backend's algorithms: direct, depthwise, 1x1 GEMM and tiled im2col + GEMM.
 
 Each function takes C-contiguous 5-D arrays (1-D and 2-D problems lifted to 3-D) and fills a
-preallocated output. GEMMs go through ``numpy.matmul`` (the BLAS numpy ships); the im2col
-scratch is tiled so it never exceeds the workspace limit (``CONVFLOW_WORKSPACE_MB``).
+preallocated output. GEMMs go through :func:`.blas.matmul` (convflow's private OpenBLAS, one
+thread per block of numba's pool, so no second thread pool competes for the cores); the
+im2col scratch is tiled so it never exceeds the workspace limit (``CONVFLOW_WORKSPACE_MB``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem
-from . import kernels
+from . import blas, kernels
 from .fft import PASSES as FFT_PASSES
 
 Array = np.ndarray
@@ -97,24 +98,10 @@ class _Im2colLayout:
         return gathered
 
 
-def _ieee(function: Callable[..., None]) -> Callable[..., None]:
-    """*function* without numpy's floating-point warnings: BLAS products of Inf and NaN are
-    IEEE arithmetic, meant as such (tests/test_ieee.py), and "invalid value encountered in
-    matmul" would only alarm the caller. A new errstate per call: one shared instance is not
-    safe across threads."""
-    @functools.wraps(function)
-    def run(*args: object, **kwargs: object) -> None:
-        with np.errstate(invalid="ignore", over="ignore"):
-            function(*args, **kwargs)
-
-    return run
-
-
 def _flat(array: Array) -> Array:
     return array.reshape(array.shape[0], array.shape[1], -1)
 
 
-@_ieee
 def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, w.shape, y.shape, geometry.groups, x.dtype, budget)
@@ -127,14 +114,13 @@ def fprop_im2col(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
             col = layout.im2col(x, g * layout.c_per_group, tile, geometry)
             view = layout.output_view(y_flat, tile, c_out_first)
             if view is not None:
-                np.matmul(w_group, col, out=view)
+                blas.matmul(w_group, col, view)
             else:
                 result = layout.other(tile)
-                np.matmul(w_group, col, out=result)
+                blas.matmul(w_group, col, result)
                 kernels.rows_to_output(result, y, c_out_first, *layout.tile_args(tile))
 
 
-@_ieee
 def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(dx.shape, w.shape, dy.shape, geometry.groups, dx.dtype, budget)
@@ -146,26 +132,23 @@ def dgrad_im2col(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
         for tile in layout.tiles:
             grad = layout.gather_output(dy, dy_flat, tile, g * layout.c_out_per_group)
             col = layout.col(tile)
-            np.matmul(w_group_t, grad, out=col)
+            blas.matmul(w_group_t, grad, col)
             kernels.col2im(col, dx, g * layout.c_per_group, *layout.tile_args(tile),
                            *layout.kernel, *geometry.spatial_args)
 
 
-@_ieee
 def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
                  epilogue: Epilogue | None = None, variant: str = "") -> None:
     layout = _Im2colLayout(x.shape, dw.shape, dy.shape, geometry.groups, x.dtype, budget)
     dw_mat = dw.reshape(layout.c_out, layout.rows)
     dw_mat[...] = 0
     dy_flat = _flat(dy)
-    partial = np.empty((layout.c_out_per_group, layout.rows), dtype=x.dtype)
     for g in range(geometry.groups):
         target = dw_mat[g * layout.c_out_per_group:(g + 1) * layout.c_out_per_group]
         for tile in layout.tiles:
             col = layout.im2col(x, g * layout.c_per_group, tile, geometry)
             grad = layout.gather_output(dy, dy_flat, tile, g * layout.c_out_per_group)
-            np.matmul(grad, col.T, out=partial)
-            target += partial
+            blas.matmul(grad, col.T, target, accumulate=True)
 
 
 # Variants: the code paths an algorithm has, chosen from the problem alone by the functions
@@ -193,7 +176,6 @@ def _group_slices(w: Array, groups: int) -> list[tuple[slice, slice]]:
             for g in range(groups)]
 
 
-@_ieee
 def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
@@ -202,10 +184,9 @@ def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     w_mat = w.reshape(w.shape[0], w.shape[1])
     x_flat, y_flat = _flat(x), _flat(y)
     for out_slice, in_slice in _group_slices(w, geometry.groups):
-        np.matmul(w_mat[out_slice], x_flat[:, in_slice], out=y_flat[:, out_slice])
+        blas.matmul(w_mat[out_slice], x_flat[:, in_slice], y_flat[:, out_slice])
 
 
-@_ieee
 def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
@@ -214,10 +195,9 @@ def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
     w_mat = w.reshape(w.shape[0], w.shape[1])
     dy_flat, dx_flat = _flat(dy), _flat(dx)
     for out_slice, in_slice in _group_slices(w, geometry.groups):
-        np.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], out=dx_flat[:, in_slice])
+        blas.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], dx_flat[:, in_slice])
 
 
-@_ieee
 def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = IN_PLACE_GEMM) -> None:
     if variant == GATHERED_GEMM:
@@ -227,11 +207,9 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
     dw_mat[...] = 0
     x_flat, dy_flat = _flat(x), _flat(dy)
     for out_slice, in_slice in _group_slices(dw, geometry.groups):
-        partial = np.empty((out_slice.stop - out_slice.start, in_slice.stop - in_slice.start),
-                           dtype=x.dtype)
         for n in range(x.shape[0]):
-            np.matmul(dy_flat[n, out_slice], x_flat[n, in_slice].T, out=partial)
-            dw_mat[out_slice] += partial
+            blas.matmul(dy_flat[n, out_slice], x_flat[n, in_slice].T, dw_mat[out_slice],
+                        accumulate=True)
 
 
 def _direct(name: str) -> Callable[..., None]:
@@ -410,6 +388,49 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     kernel = kernels.depthwise_packed_serial if serial else kernels.depthwise_packed
     kernel(x, w.reshape(w.shape[0], -1), layout.tap_phase, layout.tap_shift, y, layout.phases,
            layout.dq, layout.hq, layout.wq, *geometry.spatial_args[:6], *ep)
+
+
+# Winograd F(4x4, 3x3) -----------------------------------------------------------------------
+WINOGRAD_POOL = "F(4x4,3x3), blocks of tiles across the pool, one GEMM thread per block"
+WINOGRAD_SERIAL = "F(4x4,3x3), single-threaded (small problem)"
+
+
+def winograd_variant(problem: ConvProblem) -> str:
+    flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
+    return WINOGRAD_SERIAL if flops < kernels.SERIAL_FLOPS else WINOGRAD_POOL
+
+
+def _winograd(x: Array, w: Array, y: Array, geometry: Geometry, epilogue: Epilogue | None,
+              variant: str) -> None:
+    from . import winograd
+
+    ep = epilogue or no_epilogue(y.dtype)
+    threads = 1 if variant == WINOGRAD_SERIAL else kernels.pool_threads()
+    winograd.forward(x[:, :, 0], w[:, :, 0], y[:, :, 0], geometry.pad_low[1],
+                     geometry.pad_low[2], geometry.groups, threads, *ep,
+                     pad_products=geometry.pad_products)
+
+
+def fprop_winograd(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                   epilogue: Epilogue | None = None, variant: str = WINOGRAD_POOL) -> None:
+    _winograd(x, w, y, geometry, epilogue, variant)
+
+
+def flipped_weights(w: Array, groups: int) -> Array:
+    """``(C, K / groups, *k)``: the weights of the data gradient as a forward pass, each
+    group's channels swapped and its kernels rotated half a turn."""
+    k_out, c_per_group = w.shape[:2]
+    spatial = w.shape[2:]
+    per_group = w.reshape(groups, k_out // groups, c_per_group, *spatial)
+    rotated = np.flip(per_group, axis=tuple(range(3, 3 + len(spatial))))
+    return np.ascontiguousarray(rotated.swapaxes(1, 2)).reshape(
+        groups * c_per_group, k_out // groups, *spatial)
+
+
+def dgrad_winograd(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
+                   epilogue: Epilogue | None = None, variant: str = WINOGRAD_POOL) -> None:
+    _winograd(dy, flipped_weights(w, geometry.groups), dx, geometry.flipped(), epilogue,
+              variant)
 
 
 # Long passes in chunks ------------------------------------------------------------------------

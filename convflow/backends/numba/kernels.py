@@ -13,7 +13,7 @@ import math
 import types
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import get_num_threads, njit, prange, uint64
 
 from ... import config
 from . import cache as kernel_cache
@@ -43,6 +43,11 @@ def _kernel(parallel: bool = True):  # type: ignore[no-untyped-def]
 # Below this many floating-point operations a call runs single-threaded: waking the thread
 # pool costs more than it saves.
 SERIAL_FLOPS = 4_000_000
+
+
+def pool_threads() -> int:
+    """The threads a parallel kernel launched from this Python thread runs on."""
+    return int(get_num_threads())
 
 
 def _serial(kernel):  # type: ignore[no-untyped-def]

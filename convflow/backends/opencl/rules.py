@@ -5,29 +5,12 @@ can run a problem at all. Pure functions of the problem; the solver records
 from __future__ import annotations
 
 from ...params import ConvProblem, Direction
-from ..base import depthwise_rule, gemm_rule, pointwise_rule
+from ..base import depthwise_rule, gemm_rule, pass_channels, pointwise_rule, winograd_fits
 from .runtime import DeviceInfo
 
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = 32
 TILED_DIRECT_MAX_OUT_CHANNELS = 32
-
-
-def _pass_channels(problem: ConvProblem) -> tuple[int, int]:
-    """(channels reduced over, channels produced) per group by this pass's kernels."""
-    if problem.direction == Direction.BACKWARD_DATA:
-        return problem.out_channels_per_group, problem.in_channels_per_group
-    return problem.in_channels_per_group, problem.out_channels_per_group
-
-
-def winograd_fits(problem: ConvProblem) -> tuple[bool, str]:
-    if problem.direction == Direction.BACKWARD_WEIGHT:
-        return False, "Winograd solvers compute forward and data-gradient passes only"
-    if (problem.ndim == 2 and problem.kernel_size == (3, 3) and problem.stride == (1, 1)
-            and problem.dilation == (1, 1)):
-        return True, "2-D 3x3 kernel, stride 1, dilation 1"
-    return False, (f"needs a 2-D 3x3 kernel with stride 1 and dilation 1, got kernel "
-                   f"{problem.kernel_size}, stride {problem.stride}, dilation {problem.dilation}")
 
 
 def winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
@@ -38,7 +21,7 @@ def winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but the data is channels-last: the im2col GEMM computes it in "
                        f"place, while Winograd would convert the input and the result, which "
                        f"costs more than its saved multiplications (measured on PoCL)")
-    reduced, produced = _pass_channels(problem)
+    reduced, produced = pass_channels(problem)
     if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
         return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
                        f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
@@ -72,7 +55,7 @@ def tiled_direct_rule(problem: ConvProblem) -> tuple[bool, str]:
     ok, why = tiled_direct_can_run(problem)
     if not ok:
         return False, why
-    produced = _pass_channels(problem)[1]
+    produced = pass_channels(problem)[1]
     if produced < TILED_DIRECT_MAX_OUT_CHANNELS:
         return True, (f"{produced} output channels per group would leave most of a 64-row GEMM "
                       f"tile empty; direct tiles in local memory compute them without im2col")
