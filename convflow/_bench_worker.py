@@ -147,11 +147,9 @@ def convflow_contender(spec: str) -> Contender:
                                   f"algorithms: {', '.join(known)}")
     settings = {"convflow": convflow.__version__, "backend": status.reason, **status.details}
     device_backend = get_backend(name) if name != "numba" else None
-    device = None
-    if device_backend is not None:
-        from convflow.tensor import Device
+    from convflow.tensor import Device
 
-        device = Device.parse(status.devices[0].split(" ")[0] if status.devices else None)
+    device = Device.parse(status.devices[0].split(" ")[0] if status.devices else None)
 
     def prepare(x: np.ndarray, w: np.ndarray, dy: np.ndarray, layer: dict[str, Any],
                 kind: str) -> Runner | None:
@@ -165,7 +163,7 @@ def convflow_contender(spec: str) -> Contender:
                 if algorithm not in decision.candidates:
                     return None
         forced = algorithm or None
-        if device is not None:
+        if device_backend is not None:
             # Device backends: data resident on the device; each timed call waits until the
             # device has finished (their calls return once the work is queued).
             from convflow.tensor import tensor
@@ -342,7 +340,7 @@ class Worker:
             self.sequences.setdefault(contender.name, []).append(run)
             return {"available": run is not None}
         if op == "sequence_round":
-            times = []
+            times: list[float | None] = []
             for run in self.sequences[request["contender"]]:
                 if run is None:
                     times.append(None)
