@@ -308,6 +308,9 @@ def _contenders(args: argparse.Namespace) -> list[Any]:
             contenders.append(bench.ContenderSpec("torch", "torch"))
         else:
             contenders += [bench.ContenderSpec(n, n) for n in ("scipy-fft", "scipy-oa")]
+    if not contenders:
+        raise ParameterError("--backend / --compare: no contender to benchmark; give a backend "
+                             "(e.g. --backend numba) or --compare torch")
     names = [c.name for c in contenders]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -530,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="convflow contenders: backend or backend:algorithm, comma list")
     be.add_argument("--compare", type=_names_from(COMPARE), default=[],
                     help="other contenders: torch (needs PyTorch), scipy (scipy.signal, where it applies)")
-    be.add_argument("--pass", dest="pass_", type=_passes, default="forward",
+    be.add_argument("--pass", dest="pass_", metavar="PASS", type=_passes, default="forward",
                     help="comma list of passes to time: forward, backward-data, backward-weight, "
                          "backward (both gradients, one call), or all; torch runs "
                          "aten.convolution_backward")
