@@ -477,3 +477,32 @@ def test_contenders_that_cannot_run_a_layer_show_na(tmp_path):
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("  0 "))
     assert row.count("n/a") == 3, row
+
+
+def test_ctrl_c_stops_the_workers_and_the_busy_process():
+    import re
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convflow", "bench", "--no-progress", "--net", "tiny", "--batch",
+         "1,2,3,4,5,6,7,8", "--pass", "all", "--repeats", "50", "--warmup", "1", "--busy-core"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    header = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        header.append(line)
+        if line.startswith("tiny, batch 1, forward"):
+            break
+    time.sleep(0.5)  # measuring now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err == "convflow bench: interrupted; every worker and the busy process are stopped\n"
+    text = "".join(header)
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)", text)]
+    pids.append(int(re.search(r"busy core: .*, pid (\d+)", text).group(1)))
+    assert len(pids) == 2
+    for pid in pids:
+        assert not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid), pid
