@@ -337,7 +337,8 @@ def test_torch_first_and_a_busy_core(tmp_path):
     pytest.importorskip("torch", reason="torch is a benchmark contender only")
     out = tmp_path / "bench.json"
     result = run_bench("--net", "tiny", "--layers", "0:1", "--batch", "1", "--repeats", "1",
-                       "--warmup", "1", "--torch-first", "--busy-core", "--json", str(out))
+                       "--warmup", "1", "--torch-first", "--threads", "1", "--busy-core", "--json",
+                       str(out))
     assert result.returncode == 0, result.stderr
     assert "torch-first: torch imported and one torch conv run before convflow" in result.stdout
     meta = json.loads(out.read_text())["meta"]
@@ -345,7 +346,8 @@ def test_torch_first_and_a_busy_core(tmp_path):
     assert meta["mode_label"] == "isolated+torch-first+busy-core"
     numba = meta["workers"]["numba"]
     assert "torch" in numba["modules"]
-    assert numba["settings"]["torch (imported first)"]["torch.get_num_threads()"] >= 1
+    assert numba["settings"]["torch (imported first)"]["torch.get_num_threads()"] == 1
+    assert numba["settings"]["torch (imported first)"]["torch.set_num_threads"] == 1
     busy = meta["busy_core"]
     assert busy["cpu_seconds"] is not None and busy["wall_seconds"] > 0
     assert not pathlib.Path(f"/proc/{busy['pid']}").exists() or _zombie(busy["pid"])
@@ -497,7 +499,7 @@ def test_ctrl_c_stops_the_workers_and_the_busy_process():
             break
     time.sleep(0.5)  # measuring now
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err == "convflow bench: interrupted; every worker and the busy process are stopped\n"
     text = "".join(header)
@@ -506,3 +508,26 @@ def test_ctrl_c_stops_the_workers_and_the_busy_process():
     assert len(pids) == 2
     for pid in pids:
         assert not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid), pid
+
+
+def test_the_bench_process_only_orchestrates():
+    """It loads neither a convflow backend nor torch: each contender's worker does."""
+    compare = ", '--compare', 'torch'" if _has("torch") else ""
+    code = ("import sys\n"
+            "from convflow.cli import main\n"
+            "status = main(['bench', '--net', 'tiny', '--batch', '1', '--repeats', '1', '--warmup', "
+            f"'1', '--no-progress'{compare}])\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('numba', 'torch', 'llvmlite')\n"
+            "          or m.startswith('convflow.backends.numba')]\n"
+            "print('loaded:', sorted(loaded))\n"
+            "sys.exit(status)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: []"
+    assert "tiny, batch 1, forward" in result.stdout
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
