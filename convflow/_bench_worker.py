@@ -145,7 +145,7 @@ def convflow_contender(spec: str) -> Contender:
             raise ArgumentProblem(f"--backend {spec}: {algorithm!r} is not an algorithm of the "
                                   f"{name} backend{did_you_mean(algorithm, known)}; its "
                                   f"algorithms: {', '.join(known)}")
-    settings = {"convflow": convflow.__version__, "backend": status.reason, **status.details}
+    settings = {"convflow": convflow.__version__, **status.details}
     device_backend = get_backend(name) if name != "numba" else None
     from convflow.tensor import Device
 

@@ -354,8 +354,8 @@ def run_bench(networks: Sequence[str], batches: Sequence[int],
               contenders: Sequence[ContenderSpec], *, passes: Sequence[str] = ("forward",),
               mode: Mode = Mode(), sequence: bool = False, threads: int | None = None,
               warmup: int = 2, repeats: int = 15, min_seconds: float = 0.25,
-              settle: float = 0.25, timeout: float = 600.0, layers: slice | None = None, progress: bool = True,
-              command: str = "", out: Callable[[str], None] = print) -> dict[str, Any]:
+              settle: float = 0.25, timeout: float = 600.0, layers: slice | None = None,
+              progress: bool = True, command: str = "", out: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark, print the tables, and return everything as a JSON-able dict.
 
     This process only orchestrates: the contenders run in worker processes (see *mode*),
