@@ -393,6 +393,20 @@ def test_plot(tmp_path, contenders):
         assert heights[0] == 1.0
 
 
+def test_plot_has_a_panel_per_pass_and_no_bar_where_a_contender_cannot_run(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots are an optional extra")
+    rows = [_row("tiny", 1, 0, {"numba": 1.0, "torch": 2.0}, kind)
+            for kind in ("forward", "backward")]
+    del rows[1]["results"]["torch"]  # n/a in the table
+    result = {"meta": {"contenders": {"numba": "", "torch": ""}, "date": "now", "host": "here",
+                       "mode_label": "isolated"}, "rows": rows}
+    fig = bench.plot(result, str(tmp_path / "out.png"))
+    assert [ax.get_title() for ax in fig.axes] == ["tiny, batch 1", "tiny, batch 1, backward"]
+    assert "isolated" in fig._suptitle.get_text()
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert heights[0] == 1.0 and np.isnan(heights[1])
+
+
 def test_ratios_go_one_way_in_rows_and_summaries(tmp_path):
     out = tmp_path / "bench.json"
     result = run_bench("--net", "tiny", "--batch", "1", "--repeats", "3", "--warmup", "1",
