@@ -506,8 +506,9 @@ def _measure_all(selected: dict[str, list[Layer]], batches: Sequence[int],
                         out(_line(f"{'':>3} {_sequence_label(entry):<34} {'sequence':<9}", names,
                                   entry["results"]))
                     for other in names[1:]:
-                        out(f"    geomean time {first}/{other}: "
-                            f"{geomean(_ratios(table, first, other)):.2f}")
+                        ratios = _ratios(table, first, other)
+                        out(f"    geomean time {first}/{other}: " + (
+                            f"{geomean(ratios):.2f}" if ratios else "n/a (no layer both ran)"))
     return rows, sequences
 
 
@@ -627,6 +628,9 @@ def _overall(rows: list[dict[str, Any]], sequences: list[dict[str, Any]], names:
         out(f"summary, {kind}, over {len(mine)} layer runs (time ratio {first}/other; below 1 "
             f"means {first} is faster)")
         for other in names[1:]:
+            if not _ratios(mine, first, other):
+                out(f"  {first}/{other}: n/a (no layer both ran)")
+                continue
             overall = geomean(_ratios(mine, first, other))
             per_kind = {}
             for layer_kind in KINDS:
