@@ -28,34 +28,95 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def _threads(meta: dict) -> str:
+    """The thread settings each contender's process reported (format 2), or the one count
+    the old in-process runs recorded."""
+    if "workers" not in meta:
+        return f"{meta['threads']} threads"
+    parts = []
+    for name, worker in meta["workers"].items():
+        own = worker["settings"].get(name, {})
+        if "threads" in own:
+            layer = own.get("threading_layer")
+            parts.append(f"{name} {own['threads']} threads" + (f" ({layer})" if layer else ""))
+        elif "torch.get_num_threads()" in own:
+            parts.append(f"{name} {own['torch.get_num_threads()']} threads")
+    return ", ".join(parts)
+
+
+def _mode(meta: dict) -> str:
+    """How the contenders ran; the runs before the format-2 JSON ran all in one process."""
+    if "mode" not in meta:
+        return "in-process (all contenders in one process, interleaved)"
+    mode = meta["mode"]
+    text = ("isolated (each contender in its own process)" if mode["processes"] == "isolated"
+            else "in-process (all contenders in one process, interleaved)")
+    if mode["torch_first"]:
+        text += ", torch imported first in convflow's process"
+    if mode["busy_core"]:
+        text += ", one core busy with an unrelated process"
+    return text
+
+
+def _ratio_table(rows: list[dict], contenders: list[str]) -> list[str]:
+    first = contenders[0]
+    header = "| time ratio | batch | layers | all | " + " | ".join(KINDS) + " |"
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for other in contenders[1:]:
+        for batch in sorted({row["batch"] for row in rows}):
+            mine = [r for r in rows if r["batch"] == batch and first in r["results"]
+                    and other in r["results"]]
+            if not mine:
+                continue
+            ratios = [r["results"][first]["median_ms"] / r["results"][other]["median_ms"]
+                      for r in mine]
+            cells = [f"{_geomean(ratios):.2f}"]
+            for kind in KINDS:
+                subset = [q for q, r in zip(ratios, mine) if r["kind"] == kind]
+                cells.append(f"{_geomean(subset):.2f}" if subset else "-")
+            lines.append(f"| {first} / {other} | {batch} | {len(mine)} | " + " | ".join(cells)
+                         + " |")
+    return lines
+
+
+def _sequence_table(sequences: list[dict], contenders: list[str]) -> list[str]:
+    """Each network's layers back to back (--sequence): the totals and their ratio."""
+    first = contenders[0]
+    lines = ["| back to back: network | batch | convs | " + " | ".join(f"{c} ms" for c in contenders)
+             + " | " + " | ".join(f"{first} / {c}" for c in contenders[1:]) + " |"]
+    lines.append("|" + " --- |" * (lines[0].count("|") - 1))
+    for seq in sequences:
+        results = seq["results"]
+        times = [f"{results[c]['median_ms']:.2f}" if c in results else "n/a" for c in contenders]
+        ratios = [f"{results[first]['median_ms'] / results[c]['median_ms']:.2f}"
+                  if first in results and c in results else "-" for c in contenders[1:]]
+        lines.append(f"| {seq['network']} | {seq['batch']} | {seq['convs']} | "
+                     + " | ".join(times + ratios) + " |")
+    return lines
+
+
 def bench_table() -> str:
-    """One row per (results file, contender pair, batch): geometric-mean time ratios."""
+    """Per results file: its command, date, host, mode and threads, then per pass a table of
+    geometric-mean time ratios per contender pair and batch (and the back-to-back totals)."""
     lines = []
     for path in sorted(BENCH_DIR.glob("*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         meta = result["meta"]
         contenders = list(meta["contenders"])
-        first = contenders[0]
-        lines.append(f"`{meta['command']}` ({meta['date'][:10]}, {meta['host']}, {meta['threads']} "
-                     f"threads, numpy sgemm peak {meta['sgemm_gflops']:.0f} GFLOP/s; results in "
+        lines.append(f"`{meta['command']}` ({meta['date'][:10]}, {meta['host']}, {_threads(meta)}, "
+                     f"numpy sgemm peak {meta['sgemm_gflops']:.0f} GFLOP/s; results in "
                      f"`ci/bench/{path.name}`):")
         lines.append("")
-        header = "| time ratio | batch | layers | all | " + " | ".join(KINDS) + " |"
-        lines.append(header)
-        lines.append("|" + " --- |" * (header.count("|") - 1))
-        for other in contenders[1:]:
-            for batch in sorted({row["batch"] for row in result["rows"]}):
-                rows = [r for r in result["rows"] if r["batch"] == batch]
-
-                ratios = [r["results"][first]["median_ms"] / r["results"][other]["median_ms"]
-                          for r in rows]
-                cells = [f"{_geomean(ratios):.2f}"]
-                for kind in KINDS:
-                    subset = [q for q, r in zip(ratios, rows) if r["kind"] == kind]
-                    cells.append(f"{_geomean(subset):.2f}" if subset else "-")
-                lines.append(f"| {first} / {other} | {batch} | {len(rows)} | " + " | ".join(cells)
-                             + " |")
-        lines.append("")
+        for kind in meta.get("passes", ["forward"]):
+            rows = [r for r in result["rows"] if r.get("pass", "forward") == kind]
+            lines.append(f"Pass: {kind}; mode: {_mode(meta)}.")
+            lines.append("")
+            lines.extend(_ratio_table(rows, contenders))
+            lines.append("")
+            sequences = [s for s in result.get("sequences", []) if s["pass"] == kind]
+            if sequences:
+                lines.extend(_sequence_table(sequences, contenders))
+                lines.append("")
     if not lines:
         return "No benchmark results are committed yet (see `ci/bench/`)."
     return "\n".join(lines).rstrip()

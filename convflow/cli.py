@@ -280,6 +280,75 @@ def _list_networks() -> int:
     return 0
 
 
+def _contenders(args: argparse.Namespace) -> list[Any]:
+    """The contenders ``--backend`` and ``--compare`` name, checked without importing them
+    (each is imported by its worker process)."""
+    import importlib.util
+
+    from . import bench
+    from .backends import validate_backend_name
+
+    contenders = []
+    for spec in args.backend:
+        backend, _, _ = spec.partition(":")
+        validate_backend_name(backend, "--backend")
+        contenders.append(bench.ContenderSpec(spec, "convflow"))
+    for name in args.compare:
+        module = {"torch": "torch", "scipy": "scipy"}[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            install = ("install it with pip install torch==2.13.0 (CPU build)" if name == "torch"
+                       else "pip install scipy")
+            raise ParameterError(f"--compare {name} needs {'PyTorch' if name == 'torch' else 'scipy'}"
+                                 f" (no module named {module!r}); {install}")
+        if name == "torch":
+            contenders.append(bench.ContenderSpec("torch", "torch"))
+        else:
+            contenders += [bench.ContenderSpec(n, n) for n in ("scipy-fft", "scipy-oa")]
+    if not contenders:
+        raise ParameterError("--backend / --compare: no contender to benchmark; give a backend "
+                             "(e.g. --backend numba) or --compare torch")
+    names = [c.name for c in contenders]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ParameterError(f"--backend / --compare: {', '.join(twice)} named twice; name each "
+                             f"contender once")
+    return contenders
+
+
+def _passes(text: str) -> list[str]:
+    """``forward,backward`` -> the passes to time; ``all`` -> every pass."""
+    from .bench import PASSES
+
+    if text.strip() == "all":
+        return list(PASSES)
+    return _names_from(PASSES)(text)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -299,21 +368,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not tables[name][args.layers]:
                 raise ParameterError(f"--layers {_slice_text(args.layers)}: selects no layer of {name}, "
                                      f"which has layers 0 to {len(tables[name]) - 1}")
-    contenders = [bench.convflow_contender(name) for name in args.backend]
-    threads = args.threads or hostinfo.cpu_count()
-    for name in args.compare:
-        if name == "scipy":
-            contenders.extend(bench.scipy_contenders())
-        elif name == "torch":
-            contenders.append(bench.torch_contender(threads))
-    if args.first_call:
-        for backend in args.backend:
-            latency = bench.first_call_latency(backend)
-            print(f"first call ({backend}, import + one conv per algorithm, new process): "
-                  + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
-    result = bench.run_bench(networks, args.batch, contenders, warmup=args.warmup,
-                             repeats=args.repeats, layers=args.layers,
-                             progress=not args.no_progress, command=args.command_line)
+    contenders = _contenders(args)
+    if args.torch_first and not any(c.kind == "convflow" for c in contenders):
+        raise ParameterError("--torch-first: imports torch before convflow in convflow's process, "
+                             "but no convflow backend is benchmarked; give --backend")
+    mode = bench.Mode(in_process=args.in_process, torch_first=args.torch_first,
+                      busy_core=args.busy_core)
+    try:
+        latencies = {}
+        if args.first_call:
+            for backend in args.backend:
+                latency = bench.first_call_latency(backend)
+                latencies[backend] = latency
+                print(f"first call ({backend}, import + one conv per algorithm, new process): "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
+        result = bench.run_bench(networks, args.batch, contenders, passes=args.pass_,
+                                 mode=mode, sequence=args.sequence, threads=args.threads or None,
+                                 warmup=args.warmup, repeats=args.repeats,
+                                 settle=args.settle, timeout=args.timeout, layers=args.layers,
+                                 progress=not args.no_progress, command=args.command_line)
+    except bench.WorkerError as exc:
+        print(f"convflow bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("convflow bench: interrupted; every worker and the busy process are stopped",
+              file=sys.stderr)
+        return 130
+    if latencies:
+        result["meta"]["first_call"] = latencies
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=1)
@@ -451,10 +533,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="convflow contenders: backend or backend:algorithm, comma list")
     be.add_argument("--compare", type=_names_from(COMPARE), default=[],
                     help="other contenders: torch (needs PyTorch), scipy (scipy.signal, where it applies)")
+    be.add_argument("--pass", dest="pass_", metavar="PASS", type=_passes, default="forward",
+                    help="comma list of passes to time: forward, backward-data, backward-weight, "
+                         "backward (both gradients, one call), or all; torch runs "
+                         "aten.convolution_backward")
+    be.add_argument("--sequence", action="store_true",
+                    help="also run each network's layers back to back, as inference does "
+                         "(each layer once per round, weighted by its count): a total per network")
     be.add_argument("--threads", type=_int_at_least(0), default=0,
-                    help="torch threads (0: all cores)")
+                    help="torch threads (0: torch's own default; torch.set_num_threads is not called)")
+    be.add_argument("--torch-first", action="store_true",
+                    help="convflow's worker imports torch and runs one torch conv before importing "
+                         "convflow, as in a process that uses both")
+    be.add_argument("--in-process", action="store_true",
+                    help="the old way: all contenders in one process, interleaved (their thread "
+                         "pools and settings then act on each other)")
+    be.add_argument("--busy-core", action="store_true",
+                    help="run an unrelated CPU-bound process (a busy loop) while measuring")
+    be.add_argument("--settle", type=_seconds_or_zero, default=0.25,
+                    help="seconds to wait before a worker measures after another did, so threads "
+                         "the other library left spinning are asleep")
+    be.add_argument("--timeout", type=_seconds, default=600.0,
+                    help="seconds a worker may take to start or to measure one layer")
     be.add_argument("--repeats", type=_int_at_least(1), default=15,
-                    help="timed rounds at most per layer")
+                    help="timed rounds at most per layer (back to back: rounds)")
     be.add_argument("--warmup", type=_int_at_least(1), default=2,
                     help="calls per contender before timing (the first compiles)")
     be.add_argument("--layers", type=_layer_slice, default=None,

@@ -151,6 +151,26 @@ def test_help_lists_every_command_and_the_defaults():
     (["bench", "--net", "tiny", "--backend", "numba:packed"],
      "convflow bench: error: --backend numba:packed: 'packed' is not an algorithm of the numba backend "
      "(did you mean 'packed_direct'?)"),
+    (["bench", "--pass", "sideways"],
+     "convflow bench: error: argument --pass: 'sideways' is not one of forward, backward-data, "
+     "backward-weight, backward"),
+    (["bench", "--pass", "forward,backwards"],
+     "argument --pass: 'backwards' is not one of forward, backward-data, backward-weight, backward "
+     "(did you mean 'backward'?)"),
+    (["bench", "--timeout", "0"],
+     "convflow bench: error: argument --timeout: expected a number of seconds > 0, got '0'"),
+    (["bench", "--timeout", "soon"], "argument --timeout: expected a number of seconds > 0, got 'soon'"),
+    (["bench", "--settle", "-1"],
+     "convflow bench: error: argument --settle: expected a number of seconds >= 0, got '-1'"),
+    (["bench", "--threads", "-1"],
+     "convflow bench: error: argument --threads: expected an integer >= 0, got '-1'"),
+    (["bench", "--net", "tiny", "--backend", ""],
+     "convflow bench: error: --backend / --compare: no contender to benchmark"),
+    (["bench", "--net", "tiny", "--backend", "numba,numba"],
+     "convflow bench: error: --backend / --compare: numba named twice; name each contender once"),
+    (["bench", "--net", "tiny", "--backend", "", "--compare", "scipy", "--torch-first"],
+     "convflow bench: error: --torch-first: imports torch before convflow in convflow's process, "
+     "but no convflow backend is benchmarked; give --backend"),
     (["tune", "--dtype", "int8"], "convflow tune: error: argument --dtype: invalid choice: 'int8'"),
     (["explain", "--input", "1,4,8,8", "--weight", "4,4,3,3", "--output-padding", "1"],
      "convflow explain: error: conv2d: output_padding applies only to transposed convolutions"),
