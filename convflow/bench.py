@@ -401,8 +401,7 @@ def run_bench(networks: Sequence[str], batches: Sequence[int],
 
 _ENVIRONMENT = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_NUM_THREADS",
                 "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
-                "OPENBLAS_L2_SIZE", "MKL_NUM_THREADS", "CONVFLOW_NUM_THREADS",
-                "CONVFLOW_OMP_WAIT_POLICY")
+                "OPENBLAS_L2_SIZE", "MKL_NUM_THREADS", "CONVFLOW_NUM_THREADS")
 
 
 def _meta(contenders: Sequence[ContenderSpec],

@@ -20,7 +20,7 @@ def test_info():
     out = result.stdout
     for expected in ("convflow 0.", "numpy", "host:", "cores", "backends:", "numba    available",
                      "threading_layer:", "threads:", "algorithms (in rule order): fft, depthwise, gemm_1x1, "
-                     "packed_direct, im2col_gemm, direct", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
+                     "winograd, packed_direct, im2col_gemm, direct", "blas: private OpenBLAS", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
         assert expected in out, expected
 
 
