@@ -34,7 +34,7 @@ def test_explain():
     result = convflow_cli("explain", "--input", "8,64,56,56", "--weight", "64,64,3,3", "--padding", "1")
     assert result.returncode == 0, result.stderr
     assert "problem: x[8, 64, 56, 56] w[64, 64, 3, 3] y[8, 64, 56, 56] float32" in result.stdout
-    assert "=> backend=numba algorithm=packed_direct" in result.stdout
+    assert "=> backend=numba algorithm=winograd" in result.stdout
 
 
 @pytest.mark.parametrize("args, expected", [

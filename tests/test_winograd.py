@@ -59,7 +59,20 @@ SHAPES = [  # (n, c, h, w, k, padding, groups)
     (1, 20, 7, 7, 24, 2, 1),        # padding wider than the kernel's half
     (3, 16, 12, 12, 32, 1, 2),      # groups
     (1, 64, 28, 28, 64, 1, 1),      # enough tiles for several blocks per thread
+    (1, 256, 9, 9, 32, 1, 1),       # many channels: the phased steps
+    (2, 512, 6, 6, 512, 1, 2),      # phased, with groups
 ]
+
+
+def test_phased_steps_over_several_chunks(monkeypatch):
+    """The phased steps run a chunk of tiles at a time; a small chunk makes several."""
+    monkeypatch.setattr(wino, "PHASED_CHUNK_BYTES", 1 << 20)
+    rng = np.random.default_rng(11)
+    x, weight = _case(rng, 3, 256, 11, 13, 64)
+    assert wino.phased_chunk(wino.tiles_of(3, 11, 13), 256, 64, 4) < wino.tiles_of(3, 11, 13)
+    bias = rng.standard_normal(64).astype(np.float32)
+    y = convflow.conv2d(x, weight, bias, padding=1, backend="numba", algorithm="winograd")
+    assert_close(y, reference.conv(x, weight, bias, padding=((1, 1), (1, 1))))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -278,3 +291,10 @@ def test_transformed_filters_beyond_the_workspace_limit_are_refused():
         outcome = next(o for o in decision.algorithm_rules if o.rule == "winograd")
         assert "more than CONVFLOW_WORKSPACE_MB=16" in outcome.detail
         assert decision.algorithm != "winograd"
+
+
+def test_an_empty_batch():
+    w = np.ones((16, 16, 3, 3), np.float32)
+    y = convflow.conv2d(np.ones((0, 16, 8, 8), np.float32), w, padding=1, backend="numba",
+                        algorithm="winograd")
+    assert y.shape == (0, 16, 8, 8)

@@ -112,11 +112,13 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
                   f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
 
 
-# Winograd pays when both channel counts feed the 36 GEMMs and the output fills its 4x4 tiles
-# (a 7x7 map computes 8x8, 31% of it discarded). Measured against packed_direct and
-# im2col_gemm on the 3x3 layers of convflow bench's networks (README, "CPU benchmarks").
-WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_TILES = 64
+# Winograd pays when both channel counts feed the 36 GEMMs, enough tiles share each transformed
+# filter, and the output fills its 4x4 tiles (a 13x13 map computes 16x16, a third discarded).
+# Measured against packed_direct and im2col_gemm on the 3x3 stride-1 layers of convflow
+# bench's networks (2 threads, AVX-512): it loses with 32 channels on a side, with 49 tiles
+# (one 28x28 image) and with 66% fill, and wins from 64 channels and 128 tiles (up to 2x).
+WINOGRAD_MIN_CHANNELS = 48
+WINOGRAD_MIN_TILES = 96
 WINOGRAD_MIN_FILL = 0.75
 
 
@@ -163,6 +165,10 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     fits, why = _winograd_can_run(problem)
     if not fits:
         return False, why
+    if problem.channels_last:
+        return False, (f"{why}, but the data is channels-last: packed_direct and the GEMMs "
+                       f"work on it in place, while Winograd would copy the input and the "
+                       f"result to channels-first and back")
     reduced, produced = pass_channels(problem)
     if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
         return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
@@ -171,6 +177,8 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     from .winograd import OUTPUT_TILE, tiles_of
 
     tiles = tiles_of(out[0], out[2], out[3])
+    if tiles == 0:
+        return False, f"{why}, but the output is empty"
     fill = out[0] * out[2] * out[3] / (tiles * OUTPUT_TILE * OUTPUT_TILE)
     if tiles < WINOGRAD_MIN_TILES or fill < WINOGRAD_MIN_FILL:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "

@@ -9,11 +9,13 @@ reassociation only: NaN and Inf still propagate as IEEE arithmetic says.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
+from collections.abc import Iterator
 
 import numpy as np
-from numba import get_num_threads, njit, prange, uint64
+from numba import get_num_threads, njit, prange, set_num_threads, uint64
 
 from ... import config
 from . import cache as kernel_cache
@@ -48,6 +50,20 @@ SERIAL_FLOPS = 4_000_000
 def pool_threads() -> int:
     """The threads a parallel kernel launched from this Python thread runs on."""
     return int(get_num_threads())
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Launches from this Python thread on at most *threads* of the pool (None: unchanged)."""
+    before = get_num_threads()
+    if threads is None or threads >= before:
+        yield
+        return
+    set_num_threads(threads)
+    try:
+        yield
+    finally:
+        set_num_threads(before)
 
 
 def _serial(kernel):  # type: ignore[no-untyped-def]
@@ -824,7 +840,6 @@ def depthwise_channels_last(xl, w_t, yl, kh_, kw_, sh, sw, ph, pw, dh, dw, bias,
                     pixel[c] = _epilogue(row[c], c0 + c, bias, has_bias, act, zero, six)
 
 
-depthwise_packed_serial = _serial(depthwise_packed)
 
 
 # GNU OpenMP is not fork-safe: numba terminates a forked child on its first parallel launch
