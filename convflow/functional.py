@@ -10,6 +10,7 @@ and :func:`explain` runs the same planning without computing anything.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import math
@@ -591,15 +592,16 @@ class _BackwardPlan:
     grad_bias: bool
     device: Device
     channels_last: bool = False
+    # The passes' backends' fallback_epoch when planned: a run-time fallback since makes it
+    # stale.
+    fallback_epochs: tuple[int, ...] = ()
 
 
 def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: Any,
                    padding: Any, dilation: Any, groups: Any, transposed: bool,
                    output_padding: Any, output_mask: Any, backend: Any,
                    algorithm: Any, layout: Any = None) -> _BackwardPlan:
-    dy, _ = as_tensor(grad_output, op, "grad_output")
-    x, kind = as_tensor(input, op, "input")
-    w, _ = as_tensor(weight, op, "weight")
+    dy, x, w, kind = _backward_operands(op, grad_output, input, weight)
     mask = checks.check_output_mask(op, output_mask)
     ndim = _ndim_from_weight(op, w)
     checked = checks.check_call(
@@ -638,8 +640,64 @@ def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: A
         _check_memory(op, chosen_pass.backend, run_device, dtype, needs,
                       [("grad_output", dy), ("input", x), ("weight", w)],
                       sum(nbytes for _, nbytes in needs))
+    epochs = tuple(p.backend.fallback_epoch for p in passes.values() if p is not None)
     return _BackwardPlan(params, dy, x, w, kind, passes["grad_input"], passes["grad_weight"],
-                         mask[2], run_device, channels_last)
+                         mask[2], run_device, channels_last, epochs)
+
+
+def _backward_operands(op: str, grad_output: Any, input: Any,
+                       weight: Any) -> tuple[Tensor, Tensor, Tensor, ResultKind]:
+    dy, _ = as_tensor(grad_output, op, "grad_output")
+    x, kind = as_tensor(input, op, "input")
+    w, _ = as_tensor(weight, op, "weight")
+    return dy, x, w, kind
+
+
+class _BackwardPlans:
+    """Validated backward plans of recent numpy calls (as :class:`_PlanCache` for forward
+    ones): keyed by the arrays' shapes, dtypes and strides and every argument, so a repeated
+    training step skips normalization, checks and selection (about half a millisecond)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._plans: collections.OrderedDict[Any, _BackwardPlan] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(arrays: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        """The key of a call whose operands are native-order numpy arrays, else None."""
+        if not all(type(a) is np.ndarray and a.dtype.isnative for a in arrays):
+            return None
+        try:
+            return ("backward", *((a.shape, a.dtype.str, a.strides) for a in arrays),
+                    *(_freeze(a) for a in args), config.fingerprint())
+        except TypeError:
+            return None
+
+    def get(self, key: Any) -> _BackwardPlan | None:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+        if plan is None:
+            return None
+        passes = [p for p in (plan.grad_input, plan.grad_weight) if p is not None]
+        current = all(is_current(p.backend) for p in passes) and plan.fallback_epochs == tuple(
+            p.backend.fallback_epoch for p in passes)
+        return plan if current else None
+
+    def put(self, key: Any, plan: _BackwardPlan) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+
+_BACKWARD_PLANS = _BackwardPlans()
 
 
 def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1, padding: Any = 0,
@@ -675,8 +733,22 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
         Same kind of array as ``input``.
     """
     op = "conv_backward"
-    plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
-                          transposed, output_padding, output_mask, backend, algorithm, layout)
+    key = _BackwardPlans.key((grad_output, input, weight), (
+        stride, padding, dilation, groups, transposed, output_padding, tuple(output_mask)
+        if isinstance(output_mask, (tuple, list)) else output_mask, layout, backend, algorithm))
+    plan = _BACKWARD_PLANS.get(key) if key is not None else None
+    if plan is not None:
+        # The same validated plan, with this call's arrays.
+        dy_t, x_t, w_t, kind = _backward_operands(op, grad_output, input, weight)
+        plan = dataclasses.replace(plan, dy=_channels_first_view(dy_t, plan.channels_last),
+                                   x=_channels_first_view(x_t, plan.channels_last), w=w_t,
+                                   kind=kind)
+    else:
+        plan = _plan_backward(op, grad_output, input, weight, stride, padding, dilation, groups,
+                              transposed, output_padding, output_mask, backend, algorithm,
+                              layout)
+        if key is not None:
+            _BACKWARD_PLANS.put(key, plan)
     device = plan.device
     dy, x = (_moved(native_byte_order(t), device, plan.channels_last) for t in (plan.dy, plan.x))
     w = native_byte_order(plan.w)

@@ -372,10 +372,15 @@ DEPTHWISE_SERIAL_FLOPS = kernels.SERIAL_FLOPS // 8
 def depthwise_variant(problem: ConvProblem) -> str:
     """Which kernel the depthwise forward pass runs."""
     lift_shape = lambda shape: (*shape[:2], *(1,) * (5 - len(shape)), *shape[2:])  # noqa: E731
-    if depthwise_channels_last_applies(lift_shape(problem.x_shape), lift_shape(problem.w_shape),
-                                       lift_shape(problem.y_shape), problem.channels_last):
+    return _depthwise_kernel(lift_shape(problem.x_shape), lift_shape(problem.w_shape),
+                             lift_shape(problem.y_shape), problem.channels_last)
+
+
+def _depthwise_kernel(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                      y_shape: tuple[int, ...], channels_last: bool) -> str:
+    if depthwise_channels_last_applies(x_shape, w_shape, y_shape, channels_last):
         return CHANNELS_IN_LANES
-    flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
+    flops = 2 * math.prod(y_shape) * math.prod(w_shape[1:])
     return PER_PLANE_SERIAL if flops < DEPTHWISE_SERIAL_FLOPS else PER_PLANE
 
 
@@ -569,5 +574,24 @@ fprop_fft, dgrad_fft, wgrad_fft = FFT_PASSES
 fprop_direct = _direct("fprop_direct")
 dgrad_direct = _direct("dgrad_direct")
 wgrad_direct = _direct("wgrad_direct")
-dgrad_depthwise = _depthwise("dgrad_depthwise")
+_scatter_dgrad_depthwise = _depthwise("dgrad_depthwise")
+
+
+def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None, variant: str = "") -> None:
+    """The depthwise data gradient. Without stride or channel multiplier it is the depthwise
+    forward pass of ``dy`` with the kernels rotated half a turn (the packed kernel, several
+    times faster than scattering); a forward pass would multiply the padding zeros by the
+    weights, so non-finite weights take the scatter kernel, which sums real entries only."""
+    flippable = (geometry.unit_stride() and w.shape[0] == dx.shape[1]
+                 and all(p <= d * (k - 1) for p, d, k in zip(geometry.pad_low, geometry.dilation,
+                                                             geometry.kernel)))
+    if flippable and np.isfinite(w).all():
+        flipped = flipped_weights(w, geometry.groups)
+        kernel = _depthwise_kernel(dy.shape, flipped.shape, dx.shape, geometry.channels_last)
+        fprop_depthwise(dy, flipped, dx, geometry.flipped(), budget, variant=kernel)
+        return
+    _scatter_dgrad_depthwise(dy, w, dx, geometry, budget, epilogue, variant)
+
+
 wgrad_depthwise = _depthwise("wgrad_depthwise")

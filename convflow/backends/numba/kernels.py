@@ -340,9 +340,73 @@ def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ign
                     dst[lo + k - pw] = src[lo + k]
 
 
+@_jit(fastmath=_FASTMATH, nogil=True)
+def _wgrad_depthwise_channel(x, dy, dw_out, co, c, sd, sh, sw, pd, ph, pw, dd, dh, dw, buf,  # type: ignore[no-untyped-def]
+                             grad_rows):
+    """``dw_out[co]``: every tap's sum over the batch and the outputs of ``dy[:, co]`` times
+    the zero-padded input plane ``c`` it reads. Flat indexing with unsigned offsets: a row
+    view per output row costs two atomic reference-count updates, and on small maps (7x7)
+    the per-row loops are all overhead. Without stride, ``dy``'s rows are copied into rows
+    as wide as the padded input (``grad_rows``, zeros past the output), so each tap's sum
+    over a plane is one contiguous dot product; a plane holding Inf or NaN keeps the per-row
+    sums (the extra products would be 0 * Inf)."""
+    n_batch = x.shape[0]
+    _, _, k_d, k_h, k_w = dw_out.shape
+    out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
+    e_h, e_w = buf.shape[1], buf.shape[2]
+    flat = buf.reshape(-1)
+    wide = grad_rows.reshape(-1)
+    unit = sd == 1 and sh == 1 and sw == 1
+    acc = np.zeros(k_d * k_h * k_w, dtype=np.float64)
+    for n in range(n_batch):
+        _pad_plane(x[n, c], buf, pd, ph, pw)
+        grad = dy[n, co].reshape(-1)
+        finite = True
+        if unit:
+            for v in range(flat.shape[0]):
+                finite = finite and math.isfinite(flat[v])
+        if unit and finite:
+            for r in range(out_d * out_h):
+                src = uint64(r * out_w)
+                dst = uint64(r * e_w)
+                for j in range(out_w):
+                    wide[dst + uint64(j)] = grad[src + uint64(j)]
+            length = uint64(out_h * e_w)
+            for kd in range(k_d):
+                for kh in range(k_h):
+                    for kw in range(k_w):
+                        total = 0.0
+                        for od in range(out_d):
+                            src = uint64(((od + kd * dd) * e_h + kh * dh) * e_w + kw * dw)
+                            row = uint64(od * out_h * e_w)
+                            # The last row's columns past the input's end are never read:
+                            # stop the dot where the padded plane ends.
+                            stop = min(length, uint64(flat.shape[0]) - src)
+                            for j in range(stop):
+                                total += flat[src + uint64(j)] * wide[row + uint64(j)]
+                        acc[(kd * k_h + kh) * k_w + kw] += total
+            continue
+        for kd in range(k_d):
+            for kh in range(k_h):
+                for kw in range(k_w):
+                    total = 0.0
+                    for od in range(out_d):
+                        for oh in range(out_h):
+                            src = uint64(((od * sd + kd * dd) * e_h + oh * sh + kh * dh) * e_w
+                                         + kw * dw)
+                            row = uint64((od * out_h + oh) * out_w)
+                            for j in range(out_w):
+                                total += flat[src + uint64(j * sw)] * grad[row + uint64(j)]
+                    acc[(kd * k_h + kh) * k_w + kw] += total
+    for t in range(k_d * k_h * k_w):
+        kd = t // (k_h * k_w)
+        kh = (t // k_w) % k_h
+        dw_out[co, 0, kd, kh, t % k_w] = acc[t]
+
+
 @_kernel()
 def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ignore[no-untyped-def]
-    n_batch, c_in = x.shape[0], x.shape[1]
+    c_in = x.shape[1]
     c_out, _, k_d, k_h, k_w = dw_out.shape
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
     multiplier = c_out // c_in
@@ -350,28 +414,10 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type:
     e_h = (out_h - 1) * sh + (k_h - 1) * dh + 1
     e_w = (out_w - 1) * sw + (k_w - 1) * dw + 1
     for co in prange(c_out):
-        c = co // multiplier
         buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
-        acc = np.zeros((k_d, k_h, k_w), dtype=np.float64)
-        for n in range(n_batch):
-            _pad_plane(x[n, c], buf, pd, ph, pw)
-            grad = dy[n, co]
-            for od in range(out_d):
-                for oh in range(out_h):
-                    grad_row = grad[od, oh]
-                    for kd in range(k_d):
-                        for kh in range(k_h):
-                            in_row = buf[od * sd + kd * dd, oh * sh + kh * dh]
-                            for kw in range(k_w):
-                                base = kw * dw
-                                total = 0.0
-                                for j in range(out_w):
-                                    total += in_row[base + j * sw] * grad_row[j]
-                                acc[kd, kh, kw] += total
-        for kd in range(k_d):
-            for kh in range(k_h):
-                for kw in range(k_w):
-                    dw_out[co, 0, kd, kh, kw] = acc[kd, kh, kw]
+        grad_rows = np.zeros((out_d, out_h, e_w), dtype=x.dtype)
+        _wgrad_depthwise_channel(x, dy, dw_out, co, co // multiplier, sd, sh, sw, pd, ph, pw,
+                                 dd, dh, dw, buf, grad_rows)
 
 
 @_kernel()
