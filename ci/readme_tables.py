@@ -117,6 +117,20 @@ def bench_table() -> str:
             if sequences:
                 lines.extend(_sequence_table(sequences, contenders))
                 lines.append("")
+            three = result.get("summary", {}).get(kind, {}).get("three_by_three", {})
+            if isinstance(three, dict) and three and "median_gflops" in next(iter(three.values())):
+                lines.append("3x3 layers: " + "; ".join(
+                    f"{name} {v['median_gflops']:.0f} GFLOP/s median, {v['best_gflops']:.0f} best "
+                    f"({v['best_percent_of_sgemm']:.0f}% of the sgemm peak)"
+                    for name, v in three.items()) + ".")
+                lines.append("")
+        first_call = meta.get("first_call")
+        for backend, latency in (first_call or {}).items():
+            lines.append(f"First call of {backend} in a new process (import and one conv per "
+                         f"algorithm, `--first-call`): " + ", ".join(
+                             f"{seconds:.1f} s with a {label}" for label, seconds in
+                             latency.items()) + ".")
+            lines.append("")
     if not lines:
         return "No benchmark results are committed yet (see `ci/bench/`)."
     return "\n".join(lines).rstrip()
