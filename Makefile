@@ -42,7 +42,8 @@ readme: $(BIN)/python
 
 # The wheels ci/gpu-check.sh installs on the lent GPU machine, which has no network. Its
 # python3 (3.12) already has GPU_PREINSTALLED; GPU_WHEELS is exactly what the check needs on
-# top of it: convflow's runtime dependencies platformdirs and rich, the cuDNN frontend, pyopencl (the
+# top of it: convflow's runtime dependencies platformdirs, rich and scipy-openblas32 (the numba
+# backend's private BLAS), the cuDNN frontend, pyopencl (the
 # opencl backend on NVIDIA's OpenCL), onnx (the conformance cases and the benchmark's
 # ResNet-50 layers), hypothesis and dask/distributed (the property tests and the gpu-marked
 # dask test), each with the requirements the machine lacks, pinned to the versions tested here.
@@ -56,6 +57,7 @@ GPU_PREINSTALLED := numpy numba llvmlite scipy ml-dtypes pytest pytest-xdist exe
   networkx jinja2 markupsafe fsspec setuptools cupy-cuda13x fastrlock cuda-pathfinder \
   nvidia-cudnn-cu13
 GPU_WHEELS := platformdirs==4.14.9 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 \
+  scipy-openblas32==0.3.34.481.3 \
   nvidia-cudnn-frontend==1.28.0 \
   pyopencl==2026.1.4 pytools==2026.1.1 siphash24==1.9 \
   onnx==1.23.2 protobuf==7.36.2 hypothesis==6.170.17 sortedcontainers==2.4.0 \

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
         queue.put(([float(r.sum()) for r in results], float(grads[1].sum()),
                    convflow.available_backends()["numba"].details.get("forked_child")))
 
-    ALGORITHMS = ("packed_direct", "direct", "im2col_gemm")
+    ALGORITHMS = ("packed_direct", "direct", "im2col_gemm", "winograd")
     if __name__ == "__main__":
         x = np.random.default_rng(0).standard_normal((2, 8, 40, 40)).astype(np.float32)
         w = np.random.default_rng(1).standard_normal((8, 8, 3, 3)).astype(np.float32)

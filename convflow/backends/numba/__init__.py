@@ -401,10 +401,11 @@ class NumbaBackend(Backend):
         from . import kernels
 
         kernels.use_serial_kernels()
-        from . import fft, winograd
+        from . import fft, gemm_kernels, winograd
 
         fft.use_serial_kernels()
         winograd.use_serial_kernels()
+        gemm_kernels.use_serial_kernels()
         self._prepared_passes.clear()
         self._forked_serial = True
         self._status = dataclasses.replace(
