@@ -222,6 +222,9 @@ def test_matmul_views_stacks_and_accumulation(threads, dtype):
         acc = start.copy()
         blas.matmul(left, right, acc, accumulate=True, threads=threads)
         np.testing.assert_allclose(acc, want + start, rtol=1e-4, atol=1e-3)
+    for out in (np.empty((300, 70), dtype).T, np.empty((70, 600), dtype)[:, ::2]):
+        blas.matmul(a, b, out, threads=threads)  # columns contiguous; neither contiguous
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
     wide = np.zeros((70, 400), dtype)
     blas.matmul(a, b, wide[:, 50:350], threads=threads)  # into a view of a wider array
     np.testing.assert_allclose(wide[:, 50:350], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)

@@ -165,18 +165,27 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool = 
     them (3-D; ``a`` or ``b`` may be one matrix for every product), across ``threads``
     partitions of numba's pool (default: the pool's size; one below SERIAL_FLOPS). Operands
     are any views whose rows or columns are contiguous (a transposed view is passed as such,
-    not copied); ``out``'s rows must be contiguous."""
+    not copied); an ``out`` with contiguous columns gets the transposed product, any other
+    ``out`` a contiguous result copied into it."""
     from .kernels import SERIAL_FLOPS, pool_threads
 
     load()
+    if out.strides[-1] != out.itemsize and out.shape[-1] > 1:
+        if out.strides[-2] == out.itemsize:
+            # Columns contiguous (a channels-last result): C^T = B^T A^T, rows contiguous.
+            matmul(b.swapaxes(-1, -2), a.swapaxes(-1, -2), out.swapaxes(-1, -2),
+                   accumulate=accumulate, threads=threads)
+            return
+        target = np.ascontiguousarray(out) if accumulate else np.empty(out.shape, out.dtype)
+        matmul(a, b, target, accumulate=accumulate, threads=threads)
+        out[...] = target
+        return
     stacked = out.ndim == 3
     a3 = a if a.ndim == 3 else a[None]
     b3 = b if b.ndim == 3 else b[None]
     c3 = out if stacked else out[None]
     a3, trans_a, lda = _operand(a3)
     b3, trans_b, ldb = _operand(b3)
-    if c3.strides[-1] != c3.itemsize:
-        raise ValueError("blas.matmul: the output's rows must be contiguous")
     ldc = max(1, c3.strides[-2] // c3.itemsize)
     m, n = c3.shape[1], c3.shape[2]
     k = a3.shape[-1]
