@@ -18,7 +18,7 @@ import numbers
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -145,6 +145,12 @@ class _ConvPlan:
     separate_activation: str = ""
     # The backend's fallback_epoch when planned: a run-time fallback since makes it stale.
     fallback_epoch: int = 0
+
+    def is_current(self) -> bool:
+        """Whether the plan still holds: its backend was not replaced and had no run-time
+        fallback since."""
+        return (is_current(self.step.backend)
+                and self.fallback_epoch == self.step.backend.fallback_epoch)
 
 
 def _channels_first_view(t: Tensor, channels_last: bool) -> Tensor:
@@ -322,27 +328,32 @@ def _activate_on_host(y: Tensor, activation: str, backend: Backend) -> Tensor:
     return Tensor(result, y.device) if y.device.type == "cpu" else backend.upload(result, y.device)
 
 
-class _PlanCache:
+class _Plan(Protocol):
+    def is_current(self) -> bool: ...
+
+
+_PlanType = TypeVar("_PlanType", bound=_Plan)
+
+
+class _PlanCache(Generic[_PlanType]):
     """Validated plans of recent calls, keyed by everything that decides validity and choice
     (shapes, dtypes, devices, contiguity, the typed arguments, the configuration), so a
-    repeated call skips normalization, checks and selection. Thread-safe, bounded."""
+    repeated call skips normalization, checks and selection. A plan whose backends changed
+    since (``is_current``) is not returned. Thread-safe, bounded."""
 
     def __init__(self, size: int = 512) -> None:
-        self._plans: collections.OrderedDict[Any, _ConvPlan] = collections.OrderedDict()
+        self._plans: collections.OrderedDict[Any, _PlanType] = collections.OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> _ConvPlan | None:
+    def get(self, key: Any) -> _PlanType | None:
         with self._lock:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-        if plan is not None and not (is_current(plan.step.backend) and plan.fallback_epoch
-                                     == plan.step.backend.fallback_epoch):
-            return None
-        return plan
+        return plan if plan is not None and plan.is_current() else None
 
-    def put(self, key: Any, plan: _ConvPlan) -> None:
+    def put(self, key: Any, plan: _PlanType) -> None:
         with self._lock:
             self._plans[key] = plan
             if len(self._plans) > self._size:
@@ -353,7 +364,7 @@ class _PlanCache:
             self._plans.clear()
 
 
-_PLANS = _PlanCache()
+_PLANS: _PlanCache[_ConvPlan] = _PlanCache()
 
 
 def _freeze(value: Any) -> Any:
@@ -596,6 +607,12 @@ class _BackwardPlan:
     # stale.
     fallback_epochs: tuple[int, ...] = ()
 
+    def is_current(self) -> bool:
+        """As :meth:`_ConvPlan.is_current`, for every pass."""
+        passes = [p for p in (self.grad_input, self.grad_weight) if p is not None]
+        return all(is_current(p.backend) for p in passes) and self.fallback_epochs == tuple(
+            p.backend.fallback_epoch for p in passes)
+
 
 def _plan_backward(op: str, grad_output: Any, input: Any, weight: Any, stride: Any,
                    padding: Any, dilation: Any, groups: Any, transposed: bool,
@@ -653,51 +670,20 @@ def _backward_operands(op: str, grad_output: Any, input: Any,
     return dy, x, w, kind
 
 
-class _BackwardPlans:
-    """Validated backward plans of recent numpy calls (as :class:`_PlanCache` for forward
-    ones): keyed by the arrays' shapes, dtypes and strides and every argument, so a repeated
-    training step skips normalization, checks and selection (about half a millisecond)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._plans: collections.OrderedDict[Any, _BackwardPlan] = collections.OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(arrays: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
-        """The key of a call whose operands are native-order numpy arrays, else None."""
-        if not all(type(a) is np.ndarray and a.dtype.isnative for a in arrays):
-            return None
-        try:
-            return ("backward", *((a.shape, a.dtype.str, a.strides) for a in arrays),
-                    *(_freeze(a) for a in args), config.fingerprint())
-        except TypeError:
-            return None
-
-    def get(self, key: Any) -> _BackwardPlan | None:
-        with self._lock:
-            plan = self._plans.get(key)
-            if plan is not None:
-                self._plans.move_to_end(key)
-        if plan is None:
-            return None
-        passes = [p for p in (plan.grad_input, plan.grad_weight) if p is not None]
-        current = all(is_current(p.backend) for p in passes) and plan.fallback_epochs == tuple(
-            p.backend.fallback_epoch for p in passes)
-        return plan if current else None
-
-    def put(self, key: Any, plan: _BackwardPlan) -> None:
-        with self._lock:
-            self._plans[key] = plan
-            if len(self._plans) > self._size:
-                self._plans.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._plans.clear()
+def _backward_key(arrays: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+    """The plan-cache key of a backward call whose operands are native-order numpy arrays
+    (shapes, dtypes and strides, and every argument), else None: a repeated training step
+    then skips normalization, checks and selection (about half a millisecond)."""
+    if not all(type(a) is np.ndarray and a.dtype.isnative for a in arrays):
+        return None
+    try:
+        return ("backward", *((a.shape, a.dtype.str, a.strides) for a in arrays),
+                *(_freeze(a) for a in args), config.fingerprint())
+    except TypeError:
+        return None
 
 
-_BACKWARD_PLANS = _BackwardPlans()
+_BACKWARD_PLANS: _PlanCache[_BackwardPlan] = _PlanCache(256)
 
 
 def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1, padding: Any = 0,
@@ -733,7 +719,7 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
         Same kind of array as ``input``.
     """
     op = "conv_backward"
-    key = _BackwardPlans.key((grad_output, input, weight), (
+    key = _backward_key((grad_output, input, weight), (
         stride, padding, dilation, groups, transposed, output_padding, tuple(output_mask)
         if isinstance(output_mask, (tuple, list)) else output_mask, layout, backend, algorithm))
     plan = _BACKWARD_PLANS.get(key) if key is not None else None

@@ -310,6 +310,22 @@ def pass_channels(problem: ConvProblem) -> tuple[int, int]:
     return problem.in_channels_per_group, problem.out_channels_per_group
 
 
+def pass_output_shape(problem: ConvProblem) -> tuple[int, ...]:
+    """The shape this pass's kernels write as activations: ``dx`` for the data gradient
+    (the forward pass of the flipped problem), else ``y``."""
+    return problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+
+
+def winograd_channels_too_few(problem: ConvProblem, why: str, minimum: int) -> str | None:
+    """The reason a Winograd rule refuses *problem* for its channel counts, or None: below
+    *minimum* channels on either side of the pass the transforms do not pay."""
+    reduced, produced = pass_channels(problem)
+    if min(reduced, produced) < minimum:
+        return (f"{why}, but {reduced} -> {produced} channels per group are too few for the "
+                f"transforms to pay (needs >= {minimum} each)")
+    return None
+
+
 def depthwise_rule(problem: ConvProblem, how: str) -> tuple[bool, str]:
     """The depthwise rule every backend shares; *how* says how its kernel computes a channel."""
     if problem.is_depthwise():

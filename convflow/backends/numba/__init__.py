@@ -39,7 +39,9 @@ from ..base import (
     depthwise_rule,
     gemm_rule,
     pass_channels,
+    pass_output_shape,
     pointwise_rule,
+    winograd_channels_too_few,
     winograd_fits,
 )
 
@@ -159,6 +161,7 @@ def _winograd_fits_budget(problem: ConvProblem) -> tuple[bool, str]:
 
 
 _winograd_can_run = _with_blas(_winograd_fits_budget)
+_pointwise_with_blas = _with_blas(_pointwise_rule)
 
 
 def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
@@ -169,11 +172,11 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but the data is channels-last: packed_direct and the GEMMs "
                        f"work on it in place, while Winograd would copy the input and the "
                        f"result to channels-first and back")
+    too_few = winograd_channels_too_few(problem, why, WINOGRAD_MIN_CHANNELS)
+    if too_few:
+        return False, too_few
     reduced, produced = pass_channels(problem)
-    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
-        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
-                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
-    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    out = pass_output_shape(problem)
     from .winograd import OUTPUT_TILE, tiles_of
 
     tiles = tiles_of(out[0], out[2], out[3])
@@ -191,7 +194,7 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
 def _winograd_workspace(problem: ConvProblem) -> int:
     from .winograd import workspace_bytes
 
-    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    out = pass_output_shape(problem)
     reduced, produced = pass_channels(problem)
     return workspace_bytes(out[0], out[2], out[3], produced * problem.groups, reduced,
                            problem.groups, hostinfo.cpu_count(), _itemsize(problem))
@@ -311,8 +314,8 @@ RULES: tuple[Algorithm, ...] = (
               workspace=_depthwise_workspace,
               variant=_variant("depthwise_variant", _FORWARD),
               passes=_passes("depthwise")),
-    Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _with_blas(_pointwise_rule),
-              _with_blas(_pointwise_rule), deterministic=False, why_not_deterministic=_BLAS_ORDER,
+    Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_with_blas,
+              _pointwise_with_blas, deterministic=False, why_not_deterministic=_BLAS_ORDER,
               channels_last=True, workspace=_pointwise_workspace,
               variant=_variant("pointwise_variant"), passes=_passes("pointwise")),
     Algorithm("winograd", "Winograd F(4x4,3x3): input and output transforms around 36 GEMMs "

@@ -100,10 +100,7 @@ PARALLEL_KERNELS = ("contract", "accumulate_weight")
 def use_serial_kernels() -> None:
     """After a fork with the OpenMP pool started: single-threaded products and transforms."""
     global _serial
-    module = globals()
-    for name in PARALLEL_KERNELS:
-        if module[name].targetoptions.get("parallel"):
-            module[name] = kernels._serial(module[name])
+    kernels.make_serial(globals(), PARALLEL_KERNELS)
     _serial = True
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads, uint64
@@ -897,9 +898,14 @@ PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depth
                     "apply_epilogue")
 
 
+def make_serial(namespace: dict[str, Any], names: Sequence[str]) -> None:
+    """Replace each named parallel kernel of a module's *namespace* by its single-threaded
+    twin (after a fork; every numba module of the backend calls this for its kernels)."""
+    for name in names:
+        if namespace[name].targetoptions.get("parallel"):
+            namespace[name] = _serial(namespace[name])
+
+
 def use_serial_kernels() -> None:
     """Make every parallel kernel of this module its single-threaded twin (after a fork)."""
-    module = globals()
-    for name in PARALLEL_KERNELS:
-        if module[name].targetoptions.get("parallel"):
-            module[name] = _serial(module[name])
+    make_serial(globals(), PARALLEL_KERNELS)

@@ -32,7 +32,7 @@ import numpy as np
 from numba import prange, uint64
 
 from . import blas, workspace
-from .kernels import _FASTMATH, _epilogue, _jit, _kernel, _serial, thread_limit
+from .kernels import _FASTMATH, _epilogue, _jit, _kernel, make_serial, thread_limit
 
 OUTPUT_TILE = 4
 KERNEL = 3
@@ -300,30 +300,40 @@ def _transform_outputs(x, w, y, g, k_per_group, count, table, ph, pw, mf, ld_m, 
                                 y[n, ko, oh0 + i, ow0 + q], ko, bias, has_bias, act, zero, six)
 
 
+@_jit(inline="always")
+def _lane_scratch(like, tiles):  # type: ignore[no-untyped-def]
+    """What a job's transforms need besides V and M: the constants 2, 4, 5, 8 in the data's
+    dtype (scalars, see :func:`input_1d`), the lane work array and a table for ``tiles``
+    tiles. One array holds the patch, the half-transformed rows and the output tile, so
+    loads and stores go off one base pointer at constant offsets, which LLVM vectorizes
+    without runtime alias checks; zeroed, because lanes past a block's tiles are computed
+    and discarded."""
+    numbers = np.array([2, 4, 5, 8], dtype=like.dtype)
+    constants = (numbers[0], numbers[1], numbers[2], numbers[3])
+    return (constants, np.zeros(WORK_ROWS * LANES, dtype=like.dtype),
+            np.empty((tiles, 4), dtype=np.int64))
+
+
 @_jit(fastmath=_FASTMATH, nogil=True)
 def _run_part(x, w, u, y, ph, pw, block_tiles, ld_v, ld_m, scratch, part, bias, has_bias, act,  # type: ignore[no-untyped-def]
               pad_products):
-    """The jobs of one part of the pool (see :func:`winograd_forward`). A function of its own,
-    not the loop body: inside a parfor numba compiles the body with worse loop optimization
-    (measured: the transforms ran ten times slower)."""
+    """The jobs of one part of the pool (see :func:`winograd_forward`). A compiled function of
+    its own rather than the parfor's loop body, as are the phased steps' blocks below: the
+    body of a parfor is compiled by numba's parallel lowering, and the transforms were
+    measured several times slower there (once, on a machine another process was loading,
+    so the factor is not a clean measurement)."""
     groups, _, k_per_group, c_per_group = u.shape
     parts = scratch.shape[0]
     tiles_h = -(-y.shape[2] // OUTPUT_TILE)
     tiles_w = -(-y.shape[3] // OUTPUT_TILE)
     tiles = y.shape[0] * tiles_h * tiles_w
     blocks = -(-tiles // block_tiles)
-    numbers = np.array([2, 4, 5, 8], dtype=y.dtype)
-    constants = (numbers[0], numbers[1], numbers[2], numbers[3])
+    constants, work, table = _lane_scratch(y, block_tiles)
     v_size = ALPHA * ALPHA * c_per_group * ld_v
     m_size = ALPHA * ALPHA * k_per_group * ld_m
     vf = scratch[part, :v_size]
     mf = scratch[part, v_size:v_size + m_size]
     xf = x.reshape(-1)
-    # One array for the patch, the half-transformed rows and the output tile: loads and
-    # stores off one base pointer at constant offsets, which LLVM can vectorize without
-    # runtime alias checks. Zeroed: lanes past a block's tiles are computed and discarded.
-    work = np.zeros(WORK_ROWS * LANES, dtype=y.dtype)
-    table = np.empty((block_tiles, 4), dtype=np.int64)
     for job in range(part, groups * blocks, parts):
         g = job // blocks
         t0 = (job - g * blocks) * block_tiles
@@ -357,10 +367,7 @@ def winograd_forward(x, w, u, y, ph, pw, block_tiles, ld_v, ld_m, scratch, bias,
 # as the chunk), then all output transforms.
 @_jit(fastmath=_FASTMATH, nogil=True)
 def _inputs_block(x, g, c_per_group, t_first, t0, count, tiles_h, tiles_w, ph, pw, vf, ld):  # type: ignore[no-untyped-def]
-    numbers = np.array([2, 4, 5, 8], dtype=vf.dtype)
-    constants = (numbers[0], numbers[1], numbers[2], numbers[3])
-    work = np.zeros(WORK_ROWS * LANES, dtype=vf.dtype)
-    table = np.empty((count, 4), dtype=np.int64)
+    constants, work, table = _lane_scratch(vf, count)
     _tile_table(t_first + t0, count, tiles_h, tiles_w, ph, pw, x.shape[2], x.shape[3], table)
     _transform_inputs(x, x.reshape(-1), g, c_per_group, count, table, vf[t0:], ld, work,
                       constants)
@@ -369,10 +376,7 @@ def _inputs_block(x, g, c_per_group, t_first, t0, count, tiles_h, tiles_w, ph, p
 @_jit(fastmath=_FASTMATH, nogil=True)
 def _outputs_block(x, w, y, g, k_per_group, t_first, t0, count, tiles_h, tiles_w, ph, pw, mf,  # type: ignore[no-untyped-def]
                    ld, bias, has_bias, act, pad_products):
-    numbers = np.array([2, 4, 5, 8], dtype=mf.dtype)
-    constants = (numbers[0], numbers[1], numbers[2], numbers[3])
-    work = np.zeros(WORK_ROWS * LANES, dtype=mf.dtype)
-    table = np.empty((count, 4), dtype=np.int64)
+    constants, work, table = _lane_scratch(mf, count)
     _tile_table(t_first + t0, count, tiles_h, tiles_w, ph, pw, x.shape[2], x.shape[3], table)
     _transform_outputs(x, w, y, g, k_per_group, count, table, ph, pw, mf[t0:], ld, work,
                        constants, bias, has_bias, act, pad_products)
@@ -412,10 +416,7 @@ PARALLEL_KERNELS = ("transform_filter", "winograd_forward", "phased_inputs", "ph
 
 def use_serial_kernels() -> None:
     """After a fork with the OpenMP pool started: single-threaded kernels (kernels.py)."""
-    module = globals()
-    for name in PARALLEL_KERNELS:
-        if module[name].targetoptions.get("parallel"):
-            module[name] = _serial(module[name])
+    make_serial(globals(), PARALLEL_KERNELS)
 
 
 def tiles_of(n_images: int, out_h: int, out_w: int) -> int:

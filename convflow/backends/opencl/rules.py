@@ -5,7 +5,15 @@ can run a problem at all. Pure functions of the problem; the solver records
 from __future__ import annotations
 
 from ...params import ConvProblem, Direction
-from ..base import depthwise_rule, gemm_rule, pass_channels, pointwise_rule, winograd_fits
+from ..base import (
+    depthwise_rule,
+    gemm_rule,
+    pass_channels,
+    pass_output_shape,
+    pointwise_rule,
+    winograd_channels_too_few,
+    winograd_fits,
+)
 from .runtime import DeviceInfo
 
 WINOGRAD_MIN_CHANNELS = 16
@@ -21,11 +29,11 @@ def winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but the data is channels-last: the im2col GEMM computes it in "
                        f"place, while Winograd would convert the input and the result, which "
                        f"costs more than its saved multiplications (measured on PoCL)")
+    too_few = winograd_channels_too_few(problem, why, WINOGRAD_MIN_CHANNELS)
+    if too_few:
+        return False, too_few
     reduced, produced = pass_channels(problem)
-    if min(reduced, produced) < WINOGRAD_MIN_CHANNELS:
-        return False, (f"{why}, but {reduced} -> {produced} channels per group are too few for "
-                       f"the transforms to pay (needs >= {WINOGRAD_MIN_CHANNELS} each)")
-    out = problem.x_shape if problem.direction == Direction.BACKWARD_DATA else problem.y_shape
+    out = pass_output_shape(problem)
     tiles = out[0] * -(-out[2] // 2) * -(-out[3] // 2)
     if tiles < WINOGRAD_MIN_TILES:
         return False, (f"{why}, but only {tiles} output tiles of 2x2 share each transformed "
