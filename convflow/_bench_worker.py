@@ -242,6 +242,29 @@ def operands(layer: dict[str, Any], batch: int) -> tuple[np.ndarray, np.ndarray,
     return x, w, dy
 
 
+# Warm-up goes on past the calls asked for until two calls in a row agree within STEADY: a
+# new layer's first calls in a process pay for fresh memory (a large output is mapped and
+# page-faulted anew until the allocator reuses it), for both libraries and over several calls
+# (e.g. 24, 8, 5, then 1.4 ms for a 12.8 MB output), and timing those would measure the
+# allocator rather than the convolution. Bounded by WARMUP_MAX_CALLS and WARMUP_MAX_SECONDS.
+STEADY = 1.25
+WARMUP_MAX_CALLS = 20
+WARMUP_MAX_SECONDS = 2.0
+
+
+def warm_up(run: Runner, calls: int) -> float:
+    """At least *calls* calls of *run*, then more until steady (see STEADY); returns the
+    last call's seconds."""
+    previous, elapsed, spent, done = math.inf, math.inf, 0.0, 0
+    while done < calls or (max(elapsed, previous) > STEADY * min(elapsed, previous)
+                           and done < WARMUP_MAX_CALLS and spent < WARMUP_MAX_SECONDS):
+        start = time.perf_counter()
+        run()
+        previous, elapsed = elapsed, time.perf_counter() - start
+        spent, done = spent + elapsed, done + 1
+    return elapsed
+
+
 def measure(contenders: list[Contender], request: dict[str, Any]) -> dict[str, Any]:
     """Warm-up calls, then rounds of one timed call per contender (the order rotating)."""
     x, w, dy = operands(request["layer"], request["batch"])
@@ -249,12 +272,7 @@ def measure(contenders: list[Contender], request: dict[str, Any]) -> dict[str, A
     runners = [(c.name, run) for c, run in prepared if run is not None]
     warm = 0.0
     for _, run in runners:
-        elapsed = 0.0
-        for _ in range(request["warmup"]):
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-        warm = max(warm, elapsed)
+        warm = max(warm, warm_up(run, request["warmup"]))
     # Enough rounds for min_seconds of the slowest contender, within [min(3, repeats), repeats].
     repeats = request["repeats"]
     wanted = math.ceil(request["min_seconds"] / max(warm, 1e-6))
@@ -335,8 +353,8 @@ class Worker:
             contender = self.contenders[request["contender"]]
             x, w, dy = operands(request["layer"], request["batch"])
             run = contender.prepare(x, w, dy, request["layer"], request["pass"])
-            for _ in range(request["warmup"] if run is not None else 0):
-                run()  # type: ignore[misc]
+            if run is not None:
+                warm_up(run, request["warmup"])
             self.sequences.setdefault(contender.name, []).append(run)
             return {"available": run is not None}
         if op == "sequence_round":

@@ -558,7 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=_int_at_least(1), default=15,
                     help="timed rounds at most per layer (back to back: rounds)")
     be.add_argument("--warmup", type=_int_at_least(1), default=2,
-                    help="calls per contender before timing (the first compiles)")
+                    help="calls per contender before timing, at least (the first compiles); "
+                         "more follow until a call runs within 25%% of the fastest so far (at "
+                         "most 20 calls or 2 s), so a new layer's first calls, which fault "
+                         "in fresh memory, are not timed")
     be.add_argument("--layers", type=_layer_slice, default=None,
                     help="layer index or slice of each network's table, e.g. 0:5 or 0:23:3")
     be.add_argument("--json", default=None, help="write all results as JSON to this file")

@@ -68,3 +68,14 @@ def assert_matches_finite_differences(forward, x, w, grad_x, grad_w, g, eps=1e-6
             args = (bumped, w) if array is x else (x, bumped)
             numeric = (np.vdot(forward(*args), g) - base) / eps
             assert abs(numeric - grad[index]) < tol, (index, numeric, grad[index])
+
+
+def run_in_threads(count: int, target) -> None:
+    """Run ``target(i)`` for ``i < count`` on as many threads at once, and wait for them."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -545,3 +545,39 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def _timed_runner(monkeypatch, durations):
+    """A runner whose calls take *durations* (then the last one), on a fake clock."""
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(worker.time, "perf_counter", lambda: clock["now"])
+
+    def run():
+        clock["now"] += durations[min(clock["calls"], len(durations) - 1)]
+        clock["calls"] += 1
+
+    return run, clock
+
+
+def test_warm_up_goes_on_until_calls_are_steady(monkeypatch):
+    """A new layer's first calls fault in fresh memory (24, 8, 5 ms, then 1.4): warm-up
+    does not stop at the calls asked for while the last two disagree."""
+    run, clock = _timed_runner(monkeypatch, [0.5, 0.024, 0.008, 0.005, 0.0014, 0.0014])
+    assert worker.warm_up(run, 2) == pytest.approx(0.0014)
+    assert clock["calls"] == 6   # 500, 24, 8, 5, 1.4 ms: no two in a row within 25%; 1.4 again
+
+
+def test_warm_up_makes_the_calls_asked_for_when_already_steady(monkeypatch):
+    run, clock = _timed_runner(monkeypatch, [0.010, 0.010, 0.010])
+    worker.warm_up(run, 2)
+    assert clock["calls"] == 2
+
+
+@pytest.mark.parametrize("durations,calls", [
+    ([0.001 * (1 + (i % 2) * 9) for i in range(100)], worker.WARMUP_MAX_CALLS),  # never steady
+    ([3.0, 1.0], 1),                                                             # one slow call
+])
+def test_warm_up_is_bounded_in_calls_and_seconds(monkeypatch, durations, calls):
+    run, clock = _timed_runner(monkeypatch, durations)
+    worker.warm_up(run, 1)
+    assert clock["calls"] == calls

@@ -134,7 +134,7 @@ def raises(exc_type, match):
      r"conv2d: unknown backend 'nmba' \(did you mean 'numba'\?\); valid backends: numba"),
     (lambda: convflow.conv2d(X, W, algorithm="im2col"), ParameterError,
      r"algorithm='im2col' is not an algorithm of the numba backend for the forward pass \(did you mean 'im2col_gemm'\?\); "
-     r"valid for this problem: fft, winograd, packed_direct, im2col_gemm, direct"),
+     r"valid for this problem: fft, winograd, packed_gemm, packed_direct, im2col_gemm, direct"),
     (lambda: convflow.conv2d(X, W, algorithm="gemm_1x1"), ParameterError,
      r"algorithm='gemm_1x1' cannot run this problem: needs a 1x1 kernel"),
     (lambda: convflow.conv2d(X, W, algorithm="depthwise"), ParameterError,

@@ -20,7 +20,7 @@ def test_info():
     out = result.stdout
     for expected in ("convflow 0.", "numpy", "host:", "cores", "backends:", "numba    available",
                      "threading_layer:", "threads:", "algorithms (in rule order): fft, depthwise, gemm_1x1, "
-                     "winograd, packed_direct, im2col_gemm, direct", "blas: private OpenBLAS", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
+                     "winograd, packed_gemm, packed_direct, im2col_gemm, direct", "blas: private OpenBLAS", "configuration:", "CONVFLOW_WORKSPACE_MB = 64 [default]"):
         assert expected in out, expected
 
 
@@ -48,7 +48,7 @@ def test_explain():
       "--algorithm", "direct"], "algorithm=direct on cpu [forced]"),
     (["--input", "8,56,56,64", "--weight", "64,64,3,3", "--padding", "1", "--layout", "NHWC",
       "--activation", "relu", "--dtype", "bfloat16", "--backend", "numba"],
-     "channels-last data is read and written in place by packed_direct"),
+     "channels-last data is read and written in place by packed_gemm"),
 ])
 def test_explain_variants(args, expected):
     result = convflow_cli("explain", *args)
@@ -148,8 +148,8 @@ def test_help_lists_every_command_and_the_defaults():
      "convflow tune: error: argument --direction: 'sideways' is not one of forward, backward_data, backward_weight"),
     (["bench", "--net", "tiny", "--backend", "numbba"],
      "convflow bench: error: --backend: unknown backend 'numbba' (did you mean 'numba'?)"),
-    (["bench", "--net", "tiny", "--backend", "numba:packed"],
-     "convflow bench: error: --backend numba:packed: 'packed' is not an algorithm of the numba backend "
+    (["bench", "--net", "tiny", "--backend", "numba:packd_direct"],
+     "convflow bench: error: --backend numba:packd_direct: 'packd_direct' is not an algorithm of the numba backend "
      "(did you mean 'packed_direct'?)"),
     (["bench", "--pass", "sideways"],
      "convflow bench: error: argument --pass: 'sideways' is not one of forward, backward-data, "

@@ -159,7 +159,7 @@ def test_forcing_by_variable_and_argument(monkeypatch):
     monkeypatch.setenv("CONVFLOW_ALGO", "tiled_direct")
     with pytest.raises(ParameterError, match=r"CONVFLOW_ALGO='tiled_direct' is not an algorithm of "
                                              r"the numba backend .* valid for this problem: "
-                                             r"fft, winograd, packed_direct, im2col_gemm, direct"):
+                                             r"fft, winograd, packed_gemm, packed_direct, im2col_gemm, direct"):
         convflow.conv2d(X, W, padding=1)
     monkeypatch.setenv("CONVFLOW_ALGO", "gemm_1x1")
     with pytest.raises(ParameterError, match=r"CONVFLOW_ALGO='gemm_1x1' cannot run this problem"):
@@ -177,7 +177,7 @@ def test_disabling_algorithms(monkeypatch):
     with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is disabled by "
                                              r"CONVFLOW_DISABLE_ALGOS"):
         convflow.conv2d(X, W, padding=1, algorithm="packed_direct")
-    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "fft,winograd,packed_direct,im2col_gemm,direct")
+    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "fft,winograd,packed_gemm,packed_direct,im2col_gemm,direct")
     with pytest.raises(ParameterError, match=r"no algorithm of the numba backend is left"):
         convflow.conv2d(X, W, padding=1)
     monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "im2col")

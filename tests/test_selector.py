@@ -177,7 +177,12 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "packed_direct"),
     ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "packed_direct"),
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col_gemm"),
-    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "packed_direct"),
+    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),   # 64 tiles
+    ((1, 128, 14, 14), (32, 128, 3, 3), dict(padding=1), "packed_direct"),
+    ((1, 256, 14, 14), (256, 256, 3, 3), dict(stride=2, padding=1), "im2col_gemm"),
+    ((8, 128, 56, 56), (128, 128, 3, 3), dict(stride=2, padding=1), "packed_gemm"),
+    ((8, 128, 28, 28), (32, 128, 3, 3), dict(padding=1), "winograd"),    # 32 out, 392 tiles
+    ((8, 128, 14, 14), (32, 128, 3, 3), dict(padding=1), "packed_direct"),  # 128 tiles
     ((2, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
@@ -205,7 +210,7 @@ def test_explain_trace_shows_everything():
                      "padding_mode='reflect'", "backends:", "numba    available",
                      "backend rules (first match wins):", "1. backend argument", "4. cpu fallback",
                      "algorithm rules of numba (first match wins; candidates: fft, "
-                     "packed_direct, im2col_gemm, direct):", "1. fft", "2. depthwise",
+                     "packed_gemm, packed_direct, im2col_gemm, direct):", "1. fft", "2. depthwise",
                      "note: the input is padded with padding_mode='reflect'",
                      "note: float16 is computed with float32 accumulation",
                      "=> backend=numba algorithm=packed_direct on cpu [heuristic]"):

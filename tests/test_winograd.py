@@ -15,6 +15,7 @@ from convflow.errors import ParameterError
 
 import reference
 from conftest import assert_close
+from helpers import run_in_threads
 
 pytest.importorskip("numba")
 
@@ -168,11 +169,7 @@ def test_concurrent_calls_from_threads_each_get_their_answer():
             x, w = cases[i]
             results[i] = convflow.conv2d(x, w, padding=1, backend="numba", algorithm="winograd")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(len(cases), run)
     for i, want in enumerate(expected):
         np.testing.assert_allclose(results[i], want, rtol=0, atol=3e-5 * np.abs(want).max())
 

@@ -8,6 +8,7 @@ Algorithms, in the order the selector tries them:
 * ``gemm_1x1`` -- 1x1 kernels without padding: one BLAS matrix product per image and group;
 * ``winograd`` -- 2-D 3x3, stride 1: F(4x4,3x3) transforms around 36 GEMMs
   (``convflow.backends.numba.winograd``);
+* ``packed_gemm`` -- the same packed input, each kernel tap (or row of taps) a BLAS GEMM;
 * ``packed_direct`` -- direct convolution over a packed, phase-split input;
 * ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
 * ``direct`` -- loops over the taps, the always-applicable baseline.
@@ -46,11 +47,22 @@ from ..base import (
 )
 
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
-# Against im2col + BLAS (single-thread CPU time, AVX2): it wins on large outputs and on short
-# reductions; BLAS wins on small outputs with long reductions (e.g. 512 channels at 7x7).
+# Measured against im2col + BLAS on every 3x3, 5x5, 7x7 and 11x11 layer of convflow bench's
+# networks (2 threads, AVX-512, batch 1 and 8): it wins up to about 2000 products per output
+# (3x at 128 -> 32 channels on 14x14), whatever the output's size; from 2304 (256 channels
+# x 3x3) BLAS wins (up to 1.6x at 512 channels). Long reductions on many output positions go
+# to packed_gemm.
 PACKED_MIN_OUT_CHANNELS = 4
-PACKED_LARGE_OUTPUT = 512
-PACKED_SHORT_REDUCTION = 1024
+PACKED_LONG_REDUCTION = 2048
+# packed_gemm: the same packed input, taps as BLAS GEMMs. It wins (0.62-0.94 of the better of
+# packed_direct and im2col_gemm) when each GEMM is deep (>= 48 channels per group), each
+# output sums >= 576 products and the batch gives >= 3000 output positions (e.g. ResNet-50's
+# strided 128x56x56 at batch 8: 8.8 vs 10.7 ms); on small maps its discarded padding columns
+# and short GEMMs lose (up to 2x).
+PACKED_GEMM_MIN_CHANNELS = 48
+PACKED_GEMM_MIN_REDUCTION = 576
+PACKED_GEMM_MIN_POSITIONS = 3000
+PACKED_GEMM_MIN_OUT_CHANNELS = 64
 
 _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
@@ -106,22 +118,25 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
     if problem.out_channels_per_group < PACKED_MIN_OUT_CHANNELS:
         return False, (f"{problem.out_channels_per_group} output channels per group waste the "
                        f"blocks of 4 (needs >= {PACKED_MIN_OUT_CHANNELS})")
-    if positions < PACKED_LARGE_OUTPUT and reduction >= PACKED_SHORT_REDUCTION:
-        return False, (f"{positions} output positions per image with {reduction} products each: "
-                       f"BLAS is faster on small outputs with long reductions (packed needs >= "
-                       f"{PACKED_LARGE_OUTPUT} positions or < {PACKED_SHORT_REDUCTION} products)")
+    if reduction >= PACKED_LONG_REDUCTION:
+        return False, (f"{reduction} products per output: BLAS is faster on long reductions "
+                       f"(packed needs < {PACKED_LONG_REDUCTION})")
     return True, (f"{positions} output positions per image, {reduction} products each: "
                   f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
 
 
 # Winograd pays when both channel counts feed the 36 GEMMs, enough tiles share each transformed
 # filter, and the output fills its 4x4 tiles (a 13x13 map computes 16x16, a third discarded).
-# Measured against packed_direct and im2col_gemm on the 3x3 stride-1 layers of convflow
-# bench's networks (2 threads, AVX-512): it loses with 32 channels on a side, with 49 tiles
-# (one 28x28 image) and with 66% fill, and wins from 64 channels and 128 tiles (up to 2x).
+# Measured against packed_direct, packed_gemm and im2col_gemm on the 3x3 stride-1 layers of
+# convflow bench's networks (2 threads, AVX-512, batch 1 and 8): it wins (0.5-0.9) from 48
+# channels on each side and 72 tiles (12x12 at batch 8) even at 66% fill (13x13), and with
+# 32 output channels from 392 tiles (28x28 at batch 8); it loses (1.2-5x) with 32 tiles
+# (7x7 at batch 8), 49 tiles (one 28x28 image) and below, and at 56% fill (6x6).
 WINOGRAD_MIN_CHANNELS = 48
-WINOGRAD_MIN_TILES = 96
-WINOGRAD_MIN_FILL = 0.75
+WINOGRAD_FEW_CHANNELS = 32     # enough with WINOGRAD_MANY_TILES
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_MANY_TILES = 384
+WINOGRAD_MIN_FILL = 0.6
 
 
 def blas_status() -> tuple[bool, str]:
@@ -164,6 +179,41 @@ _winograd_can_run = _with_blas(_winograd_fits_budget)
 _pointwise_with_blas = _with_blas(_pointwise_rule)
 
 
+def _packed_gemm_fits(problem: ConvProblem) -> tuple[bool, str]:
+    from .algorithms import packed_gemm_bytes_per_image, packed_gemm_variant
+
+    if problem.direction != Direction.FORWARD:
+        return False, "forward pass only"
+    needed = packed_gemm_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                         problem.stride, problem.dilation, _itemsize(problem))
+    budget = _workspace_budget()
+    if needed > budget:
+        return False, (f"one packed image needs {needed / 2**20:.1f} MiB, more than "
+                       f"CONVFLOW_WORKSPACE_MB={budget >> 20}")
+    return True, f"{packed_gemm_variant(problem)} (one packed image needs {needed / 2**20:.1f} MiB)"
+
+
+_packed_gemm_can_run = _with_blas(_packed_gemm_fits)
+
+
+def _packed_gemm_rule(problem: ConvProblem) -> tuple[bool, str]:
+    ok, why = _packed_gemm_can_run(problem)
+    if not ok:
+        return False, why
+    channels, produced = problem.in_channels_per_group, problem.out_channels_per_group
+    positions = problem.batch * problem.output_positions
+    reduction = problem.reduction_size
+    if channels < PACKED_GEMM_MIN_CHANNELS or produced < PACKED_GEMM_MIN_OUT_CHANNELS:
+        return False, (f"{channels} -> {produced} channels per group make shallow or narrow "
+                       f"GEMMs (needs >= {PACKED_GEMM_MIN_CHANNELS} -> "
+                       f"{PACKED_GEMM_MIN_OUT_CHANNELS})")
+    if reduction < PACKED_GEMM_MIN_REDUCTION or positions < PACKED_GEMM_MIN_POSITIONS:
+        return False, (f"{reduction} products per output at {positions} output positions are "
+                       f"too little work per GEMM (needs >= {PACKED_GEMM_MIN_REDUCTION} products "
+                       f"and >= {PACKED_GEMM_MIN_POSITIONS} positions in the batch)")
+    return True, f"{reduction} products per output at {positions} output positions: {why}"
+
+
 def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     fits, why = _winograd_can_run(problem)
     if not fits:
@@ -172,9 +222,6 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but the data is channels-last: packed_direct and the GEMMs "
                        f"work on it in place, while Winograd would copy the input and the "
                        f"result to channels-first and back")
-    too_few = winograd_channels_too_few(problem, why, WINOGRAD_MIN_CHANNELS)
-    if too_few:
-        return False, too_few
     reduced, produced = pass_channels(problem)
     out = pass_output_shape(problem)
     from .winograd import OUTPUT_TILE, tiles_of
@@ -187,6 +234,11 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
                        f"output) are too few to amortize the transforms (needs >= "
                        f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
+    minimum = WINOGRAD_FEW_CHANNELS if tiles >= WINOGRAD_MANY_TILES else WINOGRAD_MIN_CHANNELS
+    too_few = winograd_channels_too_few(problem, why, minimum)
+    if too_few:
+        return False, (too_few if minimum == WINOGRAD_FEW_CHANNELS else
+                       f"{too_few} ({WINOGRAD_FEW_CHANNELS} with >= {WINOGRAD_MANY_TILES} tiles)")
     return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
                   f"F(4x4,3x3) does 36 instead of 144 multiplications per 4x4 tile")
 
@@ -259,6 +311,14 @@ def _packed_workspace(problem: ConvProblem) -> int:
     return max(per_image, min(_workspace_budget(), per_image * problem.batch))
 
 
+def _packed_gemm_workspace(problem: ConvProblem) -> int:
+    from .algorithms import packed_gemm_bytes_per_image
+
+    per_image = packed_gemm_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
+                                            problem.stride, problem.dilation, _itemsize(problem))
+    return max(per_image, min(_workspace_budget(), per_image * problem.batch))
+
+
 def _depthwise_workspace(problem: ConvProblem) -> int:
     return 2 * int(np.prod(problem.x_spatial)) * _itemsize(problem)
 
@@ -328,6 +388,12 @@ RULES: tuple[Algorithm, ...] = (
               workspace=_winograd_workspace,
               variant=_variant("winograd_variant"),
               passes=_passes("winograd", frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}))),
+    Algorithm("packed_gemm", "direct convolution as GEMMs over a packed, phase-split input "
+              "(private BLAS, one thread per block of positions)",
+              _packed_gemm_rule, _packed_gemm_can_run, _FORWARD, deterministic=False,
+              why_not_deterministic=_BLAS_ORDER, channels_last=True, fused=_FORWARD,
+              workspace=_packed_gemm_workspace, variant=_variant("packed_gemm_variant", _FORWARD),
+              passes=_passes("packed_gemm", _FORWARD)),
     Algorithm("packed_direct", "direct convolution over a packed, phase-split input",
               _packed_rule, _packed_can_run, _FORWARD, channels_last=True, fused=_FORWARD,
               workspace=_packed_workspace,

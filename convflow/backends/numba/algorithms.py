@@ -342,6 +342,144 @@ def fprop_packed(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                               layout.hq, layout.wq, True, *ep)
 
 
+# Packed GEMM ---------------------------------------------------------------------------------
+# The packed input of packed_direct, with the taps as GEMMs on the private BLAS (see
+# gemm_kernels.packed_gemm): no im2col copy, and the BLAS micro-kernel's register blocking
+# instead of accumulators in L1. A GEMM's depth is the channels per group times the taps
+# expanded into it; below PACKED_GEMM_MIN_DEPTH the BLAS kernel runs short (its packing
+# costs as much as its arithmetic), so each channel is copied once per tap of a kernel row
+# (``row``), or once per tap (``all``: im2col over the packed input, for stems of 3 channels).
+PACKED_GEMM_MIN_DEPTH = 64
+PACKED_GEMM_MAX_ROWS = 256          # output channels per job
+PACKED_GEMM_ACC_FLOATS = 64 * 1024  # a job's accumulator: 256 KiB of float32, inside L2
+PACKED_GEMM_LONGEST_RUN = 512       # packed positions per job at most
+PACKED_GEMM_TAPS = "per-tap GEMMs over the packed input"
+PACKED_GEMM_ROWS = "a GEMM per kernel row, its taps as shifted copies of each channel"
+PACKED_GEMM_ALL = "one GEMM, every tap a shifted copy of each channel"
+
+
+def packed_gemm_expansion(c_per_group: int, kernel: tuple[int, ...]) -> str:
+    """Which taps ``packed_gemm`` copies into its GEMMs' depth: none, a kernel row's or all."""
+    if c_per_group >= PACKED_GEMM_MIN_DEPTH or math.prod(kernel) == 1:
+        return PACKED_GEMM_TAPS
+    if c_per_group * kernel[-1] >= PACKED_GEMM_MIN_DEPTH and kernel[-1] > 1:
+        return PACKED_GEMM_ROWS
+    return PACKED_GEMM_ALL
+
+
+def packed_gemm_variant(problem: ConvProblem) -> str:
+    kernel = (1,) * (3 - len(problem.kernel_size)) + tuple(problem.kernel_size)
+    return packed_gemm_expansion(problem.in_channels_per_group, kernel)
+
+
+def _expanded_taps(variant: str, kernel: tuple[int, ...]) -> int:
+    return {PACKED_GEMM_TAPS: 1, PACKED_GEMM_ROWS: kernel[-1],
+            PACKED_GEMM_ALL: math.prod(kernel)}[variant]
+
+
+def packed_gemm_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                                y_shape: tuple[int, ...], stride: tuple[int, ...],
+                                dilation: tuple[int, ...], itemsize: int) -> int:
+    """Scratch one image needs in :func:`fprop_packed_gemm`: its packed input and, when taps
+    are expanded, the shifted copies."""
+    packed = packed_bytes_per_image(x_shape, w_shape, y_shape, stride, dilation, itemsize)
+    kernel = (1,) * (5 - len(w_shape)) + tuple(w_shape[2:])
+    copies = _expanded_taps(packed_gemm_expansion(w_shape[1], kernel), kernel)
+    return packed * (1 + copies) if copies > 1 else packed
+
+
+@functools.lru_cache(maxsize=256)
+def _packed_gemm_offsets(layout: PackedLayout, copies: int, images: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(row_offsets, column_offsets)``: tap ``r * copies + e`` (kernel order) reads the
+    packed run at ``row_offsets[r] + column_offsets[e]``. A tap's offset is its phase plane's
+    plus its shift; phases and shifts are products over the axes, so a kernel row's taps
+    differ from its first by the same column offsets in every row."""
+    bases = layout.tap_phase * (images * layout.plane) + layout.tap_shift
+    by_row = bases.reshape(-1, copies)
+    rows, columns = by_row[:, 0] - by_row[0, 0], by_row[0] - by_row[0, 0]
+    assert np.array_equal(rows[:, None] + columns[None, :] + by_row[0, 0], by_row)
+    return (rows + by_row[0, 0]).astype(np.int64), columns.astype(np.int64)
+
+
+def _packed_gemm_steps(per_group: int, groups: int, total: int, threads: int
+                       ) -> tuple[int, int]:
+    """``(m_step, p_step)``: output channels and packed positions per job. Each job's GEMMs
+    pack their weight rows (cost ~ m_step) and input columns (cost ~ p_step) anew, so jobs are
+    kept wide on both sides: long runs of positions first, then the output channels split
+    until every thread has about two jobs (never below 32 rows), and the accumulator kept in
+    L2."""
+    def round16(count: int) -> int:
+        return max(16, -(-count // 16) * 16)
+
+    wanted = 2 * threads if threads > 1 else 1
+    p_step = min(round16(total), PACKED_GEMM_LONGEST_RUN)
+    p_blocks = -(-total // p_step)
+    m_blocks = max(-(-per_group // PACKED_GEMM_MAX_ROWS), -(-wanted // (groups * p_blocks)))
+    m_blocks = max(1, min(m_blocks, per_group // 32))
+    m_step = -(-per_group // m_blocks)
+    p_step = min(p_step, round16(PACKED_GEMM_ACC_FLOATS // m_step - 15))
+    jobs = groups * m_blocks * -(-total // p_step)
+    if jobs < wanted:
+        p_step = round16(-(-total // -(-wanted // (groups * m_blocks))))
+    return m_step, p_step
+
+
+def fprop_packed_gemm(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
+                      epilogue: Epilogue | None = None, variant: str = PACKED_GEMM_TAPS) -> None:
+    from . import gemm_kernels, workspace
+
+    n_images, channels = x.shape[:2]
+    kernel = tuple(w.shape[2:])
+    layout = PackedLayout.of(kernel, y.shape[2:], geometry)
+    groups, c_per_group = geometry.groups, w.shape[1]
+    copies = _expanded_taps(variant, kernel)
+    c_out = w.shape[0]
+    tap_rows = math.prod(kernel) // copies
+    # weights[r, o, e * C + c] = w[o, c, tap r * copies + e]
+    weights = np.ascontiguousarray(
+        w.reshape(c_out, c_per_group, tap_rows, copies).transpose(2, 0, 3, 1)
+    ).reshape(tap_rows, c_out, copies * c_per_group)
+    ep = epilogue or no_epilogue(y.dtype)
+    per_image = packed_gemm_bytes_per_image(x.shape, w.shape, y.shape, geometry.stride,
+                                            geometry.dilation, x.dtype.itemsize)
+    images = max(1, min(n_images, budget // max(1, per_image)))
+    flops = 2 * math.prod(y.shape) * math.prod(w.shape[1:])
+    threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
+    per_out_image = ((y.shape[2] - 1) * layout.hq + y.shape[3] - 1) * layout.wq + y.shape[4]
+
+    def extent(count: int) -> tuple[int, int]:
+        """(packed positions of *count* images, columns of their expanded copies)."""
+        total = (count - 1) * layout.plane + per_out_image
+        return total, total + int(_packed_gemm_offsets(layout, copies, count)[0].max())
+
+    total, width = extent(images)
+    m_step, p_step = _packed_gemm_steps(c_out // groups, groups, total, threads)
+    # One scratch request (workspace.scratch is per calling thread): packed input, its
+    # shifted copies and the accumulators of the pool's parts.
+    packed_size = channels * layout.row_length(images)
+    expanded_size = channels * copies * width if copies > 1 else 0
+    acc_size = threads * m_step * p_step
+    scratch = workspace.scratch(x.dtype, packed_size + expanded_size + acc_size)
+    accumulators = scratch[packed_size + expanded_size:].reshape(threads, m_step, p_step)
+    with kernels.thread_limit(threads):
+        for n0 in range(0, n_images, images):
+            count = min(images, n_images - n0)
+            row_offsets, column_offsets = _packed_gemm_offsets(layout, copies, count)
+            total, width = extent(count)
+            packed = scratch[:channels * layout.row_length(count)].reshape(channels, -1)
+            kernels.pack_input(x, n0, count, packed, layout.phases, layout.dq, layout.hq,
+                               layout.wq, *geometry.spatial_args[:6])
+            expanded = packed
+            if copies > 1:
+                expanded = scratch[packed_size:packed_size + channels * copies * width].reshape(
+                    channels * copies, width)
+                gemm_kernels.expand_taps(packed, expanded, column_offsets, c_per_group)
+            gemm_kernels.packed_gemm(expanded, weights, row_offsets, y, n0, count, layout.plane,
+                                     layout.hq, layout.wq, per_out_image, total, p_step,
+                                     accumulators, *ep)
+
+
 # Channels-last depthwise pays when each plane is small and the channels are many
 # (measured against per-plane packing: faster at 7x7 and 14x14 outputs, slower from 28x28).
 DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS = 16 * 16

@@ -1,12 +1,14 @@
-"""The numba kernels behind :func:`convflow.backends.numba.blas.matmul`: one single-threaded
-private-BLAS GEMM per block of the output, the blocks spread over numba's pool."""
+"""The numba kernels that call the private BLAS (:mod:`.blas`) from numba's pool: one
+single-threaded GEMM per block of the output, the blocks spread over the pool. They serve
+:func:`convflow.backends.numba.blas.matmul` and the ``packed_gemm`` algorithm."""
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
 from . import blas
-from .kernels import _jit, _kernel, _serial
+from .kernels import _jit, _kernel, _serial, make_serial, store_packed
 
 
 @_jit(inline="always")
@@ -39,10 +41,85 @@ def pool_gemm(a, b, c, trans_a, trans_b, lda, ldb, ldc, m_step, n_step, beta):  
 
 serial_gemm = _serial(pool_gemm)
 
-PARALLEL_KERNELS = ("pool_gemm",)
+
+# Packed convolution as GEMMs ----------------------------------------------------------------
+# The packed input (kernels.pack_input: every stride phase a dense plane) makes each kernel tap
+# a unit-stride shifted read, so the taps that share a row offset form one matrix with the
+# same leading dimension. With ``expanded`` holding, for every channel, one shifted copy per
+# tap of a set E (rows ``(group, e, channel)``), tap row r of the kernel is the product of
+# ``weights[r]`` (C_out x |E| * C_in/groups) with the columns of ``expanded`` from
+# ``row_offsets[r]``. A job computes a block of output channels at a block of packed
+# positions as one GEMM per tap row into its own accumulator, which stays in cache, and
+# writes the positions that are outputs through the epilogue.
+
+@_jit(inline="always")
+def _packed_gemm_job(expanded, weights, row_offsets, y, n0, n_images, plane, hq, wq, per_image,  # type: ignore[no-untyped-def]
+                     total, p_step, job, acc, bias, has_bias, act, zero, six):
+    tap_rows, c_out, depth = weights.shape
+    groups = expanded.shape[0] // depth
+    per_group = c_out // groups
+    m_step = acc.shape[0]
+    m_blocks = -(-per_group // m_step)
+    p_blocks = -(-total // p_step)
+    g = job // (m_blocks * p_blocks)
+    rest = job - g * (m_blocks * p_blocks)
+    mb = rest // p_blocks
+    p0 = (rest - mb * p_blocks) * p_step
+    m0 = g * per_group + mb * m_step
+    m = min(m_step, g * per_group + per_group - m0)
+    n = min(p_step, total - p0)
+    ld = expanded.shape[1]
+    for r in range(tap_rows):
+        blas.gemm(False, False, m, n, depth, weights[r, m0:], depth,
+                  expanded[g * depth:, row_offsets[r] + p0:], ld, 0.0 if r == 0 else 1.0,
+                  acc, p_step)
+    store_packed(acc, y, n0, n_images, plane, hq, wq, per_image, p0, n, m0, m, bias, has_bias,
+                 act, zero, six)
+
+
+@_kernel()
+def packed_gemm(expanded, weights, row_offsets, y, n0, n_images, plane, hq, wq, per_image,  # type: ignore[no-untyped-def]
+                total, p_step, accumulators, bias, has_bias, act):
+    """``y[n0:n0 + n_images]`` from the expanded packed input of those images (see above),
+    in jobs of ``m_step`` output channels by ``p_step`` packed positions. Part ``i`` of the
+    pool runs jobs ``i, i + parts, ...`` into its accumulator ``accumulators[i]``
+    (``(parts, m_step, p_step)``, kept mapped between calls by the caller)."""
+    c_out, depth = weights.shape[1], weights.shape[2]
+    groups = expanded.shape[0] // depth
+    per_group = c_out // groups
+    parts, m_step = accumulators.shape[0], accumulators.shape[1]
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    six = zero + 6
+    jobs = groups * -(-per_group // m_step) * -(-total // p_step)
+    for part in prange(parts):
+        acc = accumulators[part]
+        for job in range(part, jobs, parts):
+            _packed_gemm_job(expanded, weights, row_offsets, y, n0, n_images, plane, hq, wq,
+                             per_image, total, p_step, job, acc, bias, has_bias, act, zero, six)
+
+
+serial_packed_gemm = _serial(packed_gemm)
+
+
+@_kernel()
+def expand_taps(packed, expanded, column_offsets, c_per_group):  # type: ignore[no-untyped-def]
+    """``expanded[(g, e, c)] = packed[g * c_per_group + c, column_offsets[e]:]`` (as many
+    columns as ``expanded`` has): one shifted copy of every channel per expanded tap."""
+    taps = column_offsets.shape[0]
+    width = expanded.shape[1]
+    for row in prange(expanded.shape[0]):
+        g = row // (taps * c_per_group)
+        rest = row - g * taps * c_per_group
+        e = rest // c_per_group
+        c = rest - e * c_per_group
+        src = packed[g * c_per_group + c]
+        start = column_offsets[e]
+        expanded[row, :] = src[start:start + width]
+
+
+PARALLEL_KERNELS = ("pool_gemm", "packed_gemm", "expand_taps")
 
 
 def use_serial_kernels() -> None:
     """After a fork with the OpenMP pool started: every GEMM on the calling thread."""
-    global pool_gemm
-    pool_gemm = serial_gemm
+    make_serial(globals(), PARALLEL_KERNELS)

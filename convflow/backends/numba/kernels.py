@@ -605,8 +605,6 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
     """One job of :func:`packed_direct`: output channels ``ob * 4 ..`` of group ``g`` at
     packed positions ``p0 .. p0 + PACKED_CHUNK``."""
     pairs = w2.shape[1]
-    out_h = y.shape[3]
-    out_w = y.shape[4]
     c_out_per_group = y.shape[1] // offsets.shape[0]
     chunk = PACKED_CHUNK
     count = min(chunk, total - p0)
@@ -669,7 +667,20 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
             acc[1, j] += w01 * xu
             acc[2, j] += w02 * xu
             acc[3, j] += w03 * xu
-    # Write back the valid columns of every packed row the chunk touches.
+    co_first = g * c_out_per_group + ob * PACKED_CO_BLOCK
+    store_packed(acc, y, n0, n_images, plane, hq, wq, per_image, p0, count, co_first,
+                 min(PACKED_CO_BLOCK, c_out_per_group - ob * PACKED_CO_BLOCK), bias, has_bias,
+                 act, zero, six)
+
+
+@_jit(inline="always")
+def store_packed(acc, y, n0, n_images, plane, hq, wq, per_image, p0, count, co_first, co_count,  # type: ignore[no-untyped-def]
+                 bias, has_bias, act, zero, six):
+    """Write ``acc[j, p - p0]``, the results of output channel ``co_first + j`` at packed
+    positions ``p0 .. p0 + count``, into ``y[n0:]`` through the epilogue: only the columns
+    and rows that are outputs (the others were computed from padding and are dropped)."""
+    out_h = y.shape[3]
+    out_w = y.shape[4]
     first_image = p0 // plane
     last_image = min((p0 + count - 1) // plane, n_images - 1)
     for i in range(first_image, last_image + 1):
@@ -683,16 +694,35 @@ def _packed_block(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
                 continue
             lo = max(base + row * wq, p0)
             hi = min(base + row * wq + out_w, p0 + count)
-            for j in range(PACKED_CO_BLOCK):
-                k = ob * PACKED_CO_BLOCK + j
-                if k >= c_out_per_group:
-                    break
-                co = g * c_out_per_group + k
-                dst = y[n0 + i, co, od, oh]
-                src_acc = acc[j]
-                for p in range(lo, hi):
-                    dst[p - base - row * wq] = _epilogue(src_acc[p - p0], co, bias, has_bias, act,
-                                                         zero, six)
+            for j in range(co_count):
+                _store_run(acc, j, lo - p0, hi - lo, y, n0 + i, co_first + j, od, oh,
+                           lo - base - row * wq, bias, has_bias, act, zero, six)
+
+
+@_jit(inline="always")
+def _store_run(acc, j, src0, count, y, n, co, od, oh, dst0, bias, has_bias, act, zero, six):  # type: ignore[no-untyped-def]
+    """``y[n, co, od, oh, dst0 + q] = epilogue(acc[j, src0 + q])`` for ``q < count``. The
+    plain copy, the bias and ReLU get loops of their own, which vectorize (unsigned
+    indices: no wraparound tests); the other activations go through the general one."""
+    uj, un, uc, ud, uh = uint64(j), uint64(n), uint64(co), uint64(od), uint64(oh)
+    us, ut = uint64(src0), uint64(dst0)
+    b = bias[co] if has_bias else zero
+    if act == 0 and not has_bias:
+        for q in range(count):
+            y[un, uc, ud, uh, ut + uint64(q)] = acc[uj, us + uint64(q)]
+    elif act == 0:
+        for q in range(count):
+            y[un, uc, ud, uh, ut + uint64(q)] = acc[uj, us + uint64(q)] + b
+    elif act == 1:
+        for q in range(count):
+            v = acc[uj, us + uint64(q)]
+            if has_bias:
+                v = v + b
+            y[un, uc, ud, uh, ut + uint64(q)] = zero if v < zero else v
+    else:
+        for q in range(count):
+            y[un, uc, ud, uh, ut + uint64(q)] = _epilogue(acc[uj, us + uint64(q)], co, bias,
+                                                          has_bias, act, zero, six)
 
 
 @_jit(inline="always")
