@@ -31,9 +31,9 @@ def test_info_reports_invalid_settings():
 
 
 def test_explain():
-    result = convflow_cli("explain", "--input", "8,64,56,56", "--weight", "64,64,3,3", "--padding", "1")
+    result = convflow_cli("explain", "--input", "8,128,56,56", "--weight", "128,128,3,3", "--padding", "1")
     assert result.returncode == 0, result.stderr
-    assert "problem: x[8, 64, 56, 56] w[64, 64, 3, 3] y[8, 64, 56, 56] float32" in result.stdout
+    assert "problem: x[8, 128, 56, 56] w[128, 128, 3, 3] y[8, 128, 56, 56] float32" in result.stdout
     assert "=> backend=numba algorithm=winograd" in result.stdout
 
 

@@ -166,6 +166,29 @@ def test_packed_direct_large_problems_and_image_tiles(workspace_mb, batch):
     assert_close(y, expected, "float32")
 
 
+@pytest.mark.parametrize("channels, kernel", [(4, (3, 3)), (5, (3, 3)), (3, (5, 5)), (7, (2, 2))])
+def test_packed_direct_whole_chunks_of_six_pairs_and_the_rest(channels, kernel):
+    """Whole chunks run six pairs per pass (a trip count known when compiled), the chunk's
+    last run and an odd step three, the last pairs one at a time: 36, 45, 75 and 28 pairs
+    over several chunks of 768 positions and a shorter last one."""
+    from convflow.backends.numba import kernels
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, channels, 40, 37)).astype(np.float32)
+    w = rng.standard_normal((9, channels, *kernel)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    assert 3 * 40 * 37 > 2 * kernels.PACKED_CHUNK
+    kwargs = dict(padding=1, activation="relu", algorithm="packed_direct")
+    expected = reference.activate(reference.conv(x, w, b, padding=((1, 1), (1, 1))), "relu")
+    assert_close(convflow.conv2d(x, w, b, **kwargs), expected, "float32")
+    x[1, 0, 20, 20] = np.inf   # inside a whole chunk: the six-pair sums keep IEEE semantics
+    y = convflow.conv2d(x, w, b, **kwargs)
+    direct = convflow.conv2d(x, w, b, **{**kwargs, "algorithm": "direct"})
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(direct))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(direct))
+    assert np.isinf(y).any()
+
+
 def test_packed_direct_reads_unpadded_1x1_inputs_in_place():
     rng = np.random.default_rng(10)
     x = rng.standard_normal((3, 70, 13, 11)).astype(np.float32)

@@ -177,14 +177,17 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((2, 8, 10, 10), (16, 8, 3, 3), dict(padding=1), "packed_direct"),
     ((2, 3, 10, 10), (64, 3, 7, 7), dict(stride=2, padding=3), "packed_direct"),
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col_gemm"),
-    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),   # 64 tiles
+    ((1, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "im2col_gemm"),  # 64 tiles
     ((1, 128, 14, 14), (32, 128, 3, 3), dict(padding=1), "packed_direct"),
     ((1, 256, 14, 14), (256, 256, 3, 3), dict(stride=2, padding=1), "im2col_gemm"),
+    ((8, 192, 7, 7), (320, 192, 3, 3), dict(padding=1), "im2col_gemm"),    # small map
     ((8, 128, 56, 56), (128, 128, 3, 3), dict(stride=2, padding=1), "packed_gemm"),
-    ((8, 128, 28, 28), (32, 128, 3, 3), dict(padding=1), "winograd"),    # 32 out, 392 tiles
-    ((8, 128, 14, 14), (32, 128, 3, 3), dict(padding=1), "packed_direct"),  # 128 tiles
+    ((1, 64, 224, 224), (64, 64, 3, 3), dict(padding=1), "packed_gemm"),
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 6272 positions
+    ((8, 96, 28, 28), (96, 96, 3, 3), dict(padding=1), "winograd"),        # 392 tiles
+    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "packed_direct"),  # 128 tiles
     ((2, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
-    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+    ((1, 256, 56, 56), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
     ((2, 4, 10, 10), (4, 2, 3, 3), dict(groups=2), "direct"),
 ])

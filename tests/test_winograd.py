@@ -175,7 +175,7 @@ def test_concurrent_calls_from_threads_each_get_their_answer():
 
 
 def test_the_rule_explains_when_winograd_does_not_pay():
-    small = convflow.explain(np.ones((1, 8, 32, 32), np.float32), np.ones((8, 8, 3, 3), np.float32),
+    small = convflow.explain(np.ones((1, 8, 64, 64), np.float32), np.ones((8, 8, 3, 3), np.float32),
                              padding=1, backend="numba")
     outcome = next(o for o in small.algorithm_rules if o.rule == "winograd")
     assert not outcome.matched and "too few for the transforms" in outcome.detail
@@ -183,6 +183,14 @@ def test_the_rule_explains_when_winograd_does_not_pay():
                                 np.ones((64, 64, 3, 3), np.float32), padding=1, backend="numba")
     outcome = next(o for o in tiny_map.algorithm_rules if o.rule == "winograd")
     assert not outcome.matched and "output tiles of 4x4" in outcome.detail
+    narrow = convflow.explain(np.ones((1, 128, 56, 56), np.float32),
+                              np.ones((128, 128, 3, 3), np.float32), padding=1, backend="numba")
+    outcome = next(o for o in narrow.algorithm_rules if o.rule == "winograd")
+    assert not outcome.matched and "too little work per transform" in outcome.detail
+    dgrad = convflow.explain(np.ones((1, 64, 56, 56), np.float32),
+                             np.ones((64, 64, 3, 3), np.float32), padding=1, backend="numba",
+                             direction="backward_data")
+    assert dgrad.algorithm == "winograd"   # the data gradient's rival is im2col_gemm alone
 
 
 def test_plan_pads_leading_dimensions_off_4k_strides():

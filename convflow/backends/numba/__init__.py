@@ -49,20 +49,25 @@ from ..base import (
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
 # Measured against im2col + BLAS on every 3x3, 5x5, 7x7 and 11x11 layer of convflow bench's
 # networks (2 threads, AVX-512, batch 1 and 8): it wins up to about 2000 products per output
-# (3x at 128 -> 32 channels on 14x14), whatever the output's size; from 2304 (256 channels
-# x 3x3) BLAS wins (up to 1.6x at 512 channels). Long reductions on many output positions go
-# to packed_gemm.
+# (3x at 128 -> 32 channels on 14x14) on outputs of 12x12 and more; from 2304 (256 channels
+# x 3x3) BLAS wins (up to 1.7x at 512 channels), and on maps of 8x8 or less already from
+# 1440 (1.1-1.5x at 160-192 channels on 6x6 and 7x7). Long reductions on many output
+# positions go to packed_gemm.
 PACKED_MIN_OUT_CHANNELS = 4
 PACKED_LONG_REDUCTION = 2048
-# packed_gemm: the same packed input, taps as BLAS GEMMs. It wins (0.62-0.94 of the better of
-# packed_direct and im2col_gemm) when each GEMM is deep (>= 48 channels per group), each
-# output sums >= 576 products and the batch gives >= 3000 output positions (e.g. ResNet-50's
-# strided 128x56x56 at batch 8: 8.8 vs 10.7 ms); on small maps its discarded padding columns
-# and short GEMMs lose (up to 2x).
+PACKED_SMALL_MAP = 64               # output positions per image
+PACKED_SMALL_MAP_LONG_REDUCTION = 1400
+# packed_gemm: the same packed input, taps as BLAS GEMMs. It beats packed_direct (0.79-0.90)
+# when each GEMM is deep (>= 48 channels per group), each output sums >= 576 products and
+# the batch gives many output positions: >= 1500 for strided layers, whose phase planes cost
+# packed_direct a pass each (ResNet-50's 128x56x56 at stride 2, batch 8: 7.0 vs 9.0 ms), and
+# >= 10000 without stride (64x224x224: 10.5 vs 12.3 ms); below, its discarded padding columns
+# and short GEMMs lose (1.1-1.25x at 64x28x28, batch 8).
 PACKED_GEMM_MIN_CHANNELS = 48
 PACKED_GEMM_MIN_REDUCTION = 576
-PACKED_GEMM_MIN_POSITIONS = 3000
-PACKED_GEMM_MIN_OUT_CHANNELS = 64
+PACKED_GEMM_MIN_POSITIONS = 10000
+PACKED_GEMM_MIN_STRIDED_POSITIONS = 1500
+PACKED_GEMM_MIN_OUT_CHANNELS = 32
 
 _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
@@ -121,6 +126,11 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
     if reduction >= PACKED_LONG_REDUCTION:
         return False, (f"{reduction} products per output: BLAS is faster on long reductions "
                        f"(packed needs < {PACKED_LONG_REDUCTION})")
+    if positions <= PACKED_SMALL_MAP and reduction >= PACKED_SMALL_MAP_LONG_REDUCTION:
+        return False, (f"{positions} output positions per image with {reduction} products "
+                       f"each: BLAS is faster on small maps with long reductions (packed needs "
+                       f"< {PACKED_SMALL_MAP_LONG_REDUCTION} products up to "
+                       f"{PACKED_SMALL_MAP} positions)")
     return True, (f"{positions} output positions per image, {reduction} products each: "
                   f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
 
@@ -128,15 +138,21 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # Winograd pays when both channel counts feed the 36 GEMMs, enough tiles share each transformed
 # filter, and the output fills its 4x4 tiles (a 13x13 map computes 16x16, a third discarded).
 # Measured against packed_direct, packed_gemm and im2col_gemm on the 3x3 stride-1 layers of
-# convflow bench's networks (2 threads, AVX-512, batch 1 and 8): it wins (0.5-0.9) from 48
-# channels on each side and 72 tiles (12x12 at batch 8) even at 66% fill (13x13), and with
-# 32 output channels from 392 tiles (28x28 at batch 8); it loses (1.2-5x) with 32 tiles
-# (7x7 at batch 8), 49 tiles (one 28x28 image) and below, and at 56% fill (6x6).
-WINOGRAD_MIN_CHANNELS = 48
-WINOGRAD_FEW_CHANNELS = 32     # enough with WINOGRAD_MANY_TILES
-WINOGRAD_MIN_TILES = 64
-WINOGRAD_MANY_TILES = 384
-WINOGRAD_MIN_FILL = 0.6
+# convflow bench's networks (2 threads, AVX-512, batch 1 and 8): it wins (0.58-0.94) from 96
+# channels on each side, 128 tiles (14x14 at batch 8) and 75% fill when the channels of both
+# sides add up to 384 (256 -> 256 on 14x14: 0.73) or the tiles reach 392 (96 -> 96 on 28x28 at
+# batch 8: 0.86); it loses (1.1-1.5x) on 13x13 maps (66% fill), with 64 channels or fewer
+# and with 128-160 channels on 14x14 at batch 8.
+WINOGRAD_MIN_CHANNELS = 96
+WINOGRAD_WIDE_CHANNELS = 384   # input plus output channels per group, below WINOGRAD_MANY_TILES
+WINOGRAD_MIN_TILES = 128
+WINOGRAD_MANY_TILES = 392
+WINOGRAD_MIN_FILL = 0.75
+# The data gradient has no packed_direct to lose to, only im2col_gemm's GEMM and col2im:
+# there Winograd pays from 48 channels and 96 tiles (measured before packed_direct ran six
+# pairs per pass, against both).
+WINOGRAD_DGRAD_MIN_CHANNELS = 48
+WINOGRAD_DGRAD_MIN_TILES = 96
 
 
 def blas_status() -> tuple[bool, str]:
@@ -207,10 +223,13 @@ def _packed_gemm_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{channels} -> {produced} channels per group make shallow or narrow "
                        f"GEMMs (needs >= {PACKED_GEMM_MIN_CHANNELS} -> "
                        f"{PACKED_GEMM_MIN_OUT_CHANNELS})")
-    if reduction < PACKED_GEMM_MIN_REDUCTION or positions < PACKED_GEMM_MIN_POSITIONS:
+    strided = problem.is_strided()
+    enough = PACKED_GEMM_MIN_STRIDED_POSITIONS if strided else PACKED_GEMM_MIN_POSITIONS
+    if reduction < PACKED_GEMM_MIN_REDUCTION or positions < enough:
         return False, (f"{reduction} products per output at {positions} output positions are "
                        f"too little work per GEMM (needs >= {PACKED_GEMM_MIN_REDUCTION} products "
-                       f"and >= {PACKED_GEMM_MIN_POSITIONS} positions in the batch)")
+                       f"and >= {enough} positions in the batch"
+                       f"{' with stride' if strided else ' without stride'})")
     return True, f"{reduction} products per output at {positions} output positions: {why}"
 
 
@@ -230,15 +249,21 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     if tiles == 0:
         return False, f"{why}, but the output is empty"
     fill = out[0] * out[2] * out[3] / (tiles * OUTPUT_TILE * OUTPUT_TILE)
-    if tiles < WINOGRAD_MIN_TILES or fill < WINOGRAD_MIN_FILL:
+    forward = problem.direction == Direction.FORWARD
+    min_tiles = WINOGRAD_MIN_TILES if forward else WINOGRAD_DGRAD_MIN_TILES
+    if tiles < min_tiles or fill < WINOGRAD_MIN_FILL:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
                        f"output) are too few to amortize the transforms (needs >= "
-                       f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
-    minimum = WINOGRAD_FEW_CHANNELS if tiles >= WINOGRAD_MANY_TILES else WINOGRAD_MIN_CHANNELS
-    too_few = winograd_channels_too_few(problem, why, minimum)
+                       f"{min_tiles} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
+    too_few = winograd_channels_too_few(
+        problem, why, WINOGRAD_MIN_CHANNELS if forward else WINOGRAD_DGRAD_MIN_CHANNELS)
     if too_few:
-        return False, (too_few if minimum == WINOGRAD_FEW_CHANNELS else
-                       f"{too_few} ({WINOGRAD_FEW_CHANNELS} with >= {WINOGRAD_MANY_TILES} tiles)")
+        return False, too_few
+    if forward and reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
+                       f"tiles are too little work per transform (needs >= "
+                       f"{WINOGRAD_WIDE_CHANNELS} channels on both sides together, or >= "
+                       f"{WINOGRAD_MANY_TILES} tiles)")
     return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
                   f"F(4x4,3x3) does 36 instead of 144 multiplications per 4x4 tile")
 

@@ -34,7 +34,7 @@ FREQUENCY_BLOCK = 1024
 # rates below (depthwise on large planes, packed_direct and BLAS on many channels, direct on
 # few; depthwise drops to about 8 on planes of megabytes).
 RATES_NAMED = (("default", 20e9), ("depthwise", 60e9), ("depthwise@large", 8e9),
-               ("packed_direct", 150e9), ("winograd", 300e9),
+               ("packed_direct", 150e9), ("packed_gemm", 250e9), ("winograd", 300e9),
                ("im2col_gemm", 80e9), ("gemm_1x1", 100e9), ("direct", 7e9))
 
 _serial = False

@@ -25,7 +25,6 @@ and Inf propagate exactly as they do there.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -285,13 +284,13 @@ def _transform_outputs(x, w, y, g, k_per_group, count, table, ph, pw, mf, ld_m, 
                 n = table[j0 + jj, 0]
                 oh0, ow0 = table[j0 + jj, 1] + ph, table[j0 + jj, 2] + pw
                 rows, cols = min(OUTPUT_TILE, out_h - oh0), min(OUTPUT_TILE, out_w - ow0)
-                finite = True
+                probe = zero   # v - v is NaN for Inf or NaN: no branch per value
                 for i in range(rows):
                     for q in range(cols):
                         value = work[(TILE + i * OUTPUT_TILE + q) * LANES + jj]
-                        finite = finite and math.isfinite(value)
+                        probe += value - value
                         y[n, ko, oh0 + i, ow0 + q] = value
-                if not finite:
+                if probe != probe:
                     _direct_tile(x, w, y, n, ko, g, oh0, ow0, ph, pw, pad_products)
                 if has_bias or act:
                     for i in range(rows):
