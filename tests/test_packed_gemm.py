@@ -138,12 +138,66 @@ def test_inputs_are_not_modified_and_non_finite_values_stay_where_they_are():
     assert (~finite).sum() == 8 * 4   # the 2x2 outputs whose windows hold the corner
 
 
-def test_the_gradients_are_not_packed_gemm_passes():
+def test_the_data_gradient_is_not_a_packed_gemm_pass():
     x = np.zeros((1, 16, 8, 8), np.float32)
     w = np.zeros((16, 16, 3, 3), np.float32)
-    with pytest.raises(ParameterError, match=r"packed_gemm runs only the forward pass"):
+    with pytest.raises(ParameterError, match=r"packed_gemm runs only the forward and "
+                                             r"backward_weight passes"):
         convflow.conv_backward(np.ones((1, 16, 8, 8), np.float32), x, w, padding=1,
                                output_mask=(True, False, False), **ALGO)
+
+
+def _weight_gradient(case, dtype="float32", rng=None):
+    n, c, spatial, k, kernel, stride, padding, dilation, groups = case
+    rng = rng or np.random.default_rng(abs(hash(str(case))) % 2**32)
+    ndim = len(spatial)
+    strides = stride if not isinstance(stride, int) else (stride,) * ndim
+    pads = _pads(padding, ndim)
+    x = rng.standard_normal((n, c, *spatial)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
+    dy = rng.standard_normal(reference.conv(x, w, stride=strides, padding=pads,
+                                            dilation=(dilation,) * ndim, groups=groups).shape)
+    dy = dy.astype(dtype)
+    return x, w, dy, dict(stride=stride, padding=padding, dilation=dilation, groups=groups), \
+        reference.conv_backward(dy, x, w, stride=strides, padding=pads,
+                                dilation=(dilation,) * ndim, groups=groups)[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_weight_gradient_matches_the_reference(case, dtype):
+    """One GEMM per tap of dy (laid out at the packed output positions) with the packed
+    input: strides, dilation, asymmetric padding, groups, 1-D and 3-D."""
+    x, w, dy, kwargs, expected = _weight_gradient(case, dtype)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False), **kwargs,
+                                      **ALGO)
+    assert_close(dw, expected, dtype)
+
+
+def test_weight_gradient_over_tiles_of_images(monkeypatch):
+    monkeypatch.setenv("CONVFLOW_WORKSPACE_MB", "1")
+    case = (9, 32, (24, 24), 16, (3, 3), 1, 1, 1, 1)
+    assert 1 < (1 << 20) // algorithms.packed_wgrad_bytes_per_image(
+        (9, 32, 24, 24), (16, 32, 3, 3), (9, 16, 24, 24), (1, 1), (1, 1), 4) < 9
+    x, w, dy, kwargs, expected = _weight_gradient(case)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False), **kwargs,
+                                      **ALGO)
+    assert_close(dw, expected)
+
+
+def test_weight_gradient_of_an_input_holding_inf_and_of_an_empty_batch():
+    """The zeros between dy's rows meet real inputs; with Inf there (0 * Inf = NaN) the
+    im2col pass runs, so the NaNs are exactly where the direct loops put them."""
+    x, w, dy, kwargs, _ = _weight_gradient((2, 16, (10, 10), 8, (3, 3), 1, 1, 1, 1))
+    x[0, 3, 0, 9] = np.inf
+    mask = (False, True, False)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=mask, **kwargs, **ALGO)
+    _, direct, _ = convflow.conv_backward(dy, x, w, output_mask=mask, **kwargs, backend="numba",
+                                          algorithm="direct")
+    np.testing.assert_array_equal(np.isfinite(dw), np.isfinite(direct))
+    assert not np.isfinite(dw[:, 3]).all() and np.isfinite(np.delete(dw, 3, axis=1)).all()
+    _, empty, _ = convflow.conv_backward(dy[:0], x[:0], w, output_mask=mask, **kwargs, **ALGO)
+    np.testing.assert_array_equal(empty, np.zeros_like(w))
 
 
 def test_concurrent_calls_from_threads_each_get_their_answer():

@@ -480,6 +480,65 @@ def fprop_packed_gemm(x: Array, w: Array, y: Array, geometry: Geometry, budget: 
                                      accumulators, *ep)
 
 
+def packed_wgrad_bytes_per_image(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                                 y_shape: tuple[int, ...], stride: tuple[int, ...],
+                                 dilation: tuple[int, ...], itemsize: int) -> int:
+    """Scratch one image needs in :func:`wgrad_packed_gemm`: its packed input and its
+    packed output gradient."""
+    geometry = Geometry.of_shapes(x_shape, w_shape, y_shape, stride, (0,) * len(stride),
+                                  dilation, 1)
+    layout = PackedLayout.of(geometry.kernel, geometry.y_spatial, geometry)
+    return (x_shape[1] * layout.row_length(1) + w_shape[0] * layout.plane) * itemsize
+
+
+def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
+                      epilogue: Epilogue | None = None, variant: str = "") -> None:
+    """The weight gradient over the packed input: ``dy`` is laid out at the packed output
+    positions (zeros between rows and images), so each tap's gradient is one GEMM of it with
+    the tap's shifted run of the packed input, summed over a whole tile of images. Those
+    zeros meet real input values (padding columns, neighbouring images), so an input holding
+    Inf or NaN, whose product with zero is NaN, takes the im2col pass instead."""
+    from . import gemm_kernels, workspace
+
+    n_images, channels = x.shape[:2]
+    if n_images == 0:
+        dw[...] = 0
+        return
+    if not np.isfinite(x).all():
+        wgrad_im2col(x, dy, dw, geometry, budget)
+        return
+    kernel = tuple(dw.shape[2:])
+    layout = PackedLayout.of(kernel, dy.shape[2:], geometry)
+    c_out, c_per_group = dw.shape[:2]
+    taps = math.prod(kernel)
+    per_image = packed_wgrad_bytes_per_image(x.shape, dw.shape, dy.shape, geometry.stride,
+                                             geometry.dilation, x.dtype.itemsize)
+    images = max(1, min(n_images, budget // max(1, per_image)))
+    per_out_image = ((dy.shape[2] - 1) * layout.hq + dy.shape[3] - 1) * layout.wq + dy.shape[4]
+    flops = 2 * math.prod(dy.shape) * math.prod(dw.shape[1:])
+    threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
+    per_group = c_out // geometry.groups
+    wanted = -(-4 * threads // (geometry.groups * taps)) if threads > 1 else 1
+    m_step = -(-per_group // max(1, min(wanted, per_group // 16 or 1)))
+    packed_size = channels * layout.row_length(images)
+    grad_size = c_out * ((images - 1) * layout.plane + per_out_image)
+    scratch = workspace.scratch(x.dtype, packed_size + grad_size)
+    result = np.empty((taps, c_out, c_per_group), dtype=dw.dtype)
+    with kernels.thread_limit(threads):
+        for n0 in range(0, n_images, images):
+            count = min(images, n_images - n0)
+            packed = scratch[:channels * layout.row_length(count)].reshape(channels, -1)
+            kernels.pack_input(x, n0, count, packed, layout.phases, layout.dq, layout.hq,
+                               layout.wq, *geometry.spatial_args[:6])
+            total = (count - 1) * layout.plane + per_out_image
+            grad = scratch[packed_size:packed_size + c_out * total].reshape(c_out, total)
+            kernels.pack_output(dy, n0, count, grad, layout.plane, layout.hq, layout.wq)
+            tap_offsets = _packed_gemm_offsets(layout, 1, count)[0]
+            gemm_kernels.packed_wgrad(grad, packed, tap_offsets, result, m_step,
+                                      0.0 if n0 == 0 else 1.0)
+    dw[...] = result.transpose(1, 2, 0).reshape(dw.shape)
+
+
 # Channels-last depthwise pays when each plane is small and the channels are many
 # (measured against per-plane packing: faster at 7x7 and 14x14 outputs, slower from 28x28).
 DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS = 16 * 16

@@ -102,6 +102,29 @@ serial_packed_gemm = _serial(packed_gemm)
 
 
 @_kernel()
+def packed_wgrad(grad, packed, tap_offsets, out, m_step, beta):  # type: ignore[no-untyped-def]
+    """The weight gradient as one GEMM per kernel tap: ``out[t, o, c] = beta * out[t, o, c]
+    + sum_p grad[o, p] * packed[g * C + c, tap_offsets[t] + p]`` (``grad`` is dy packed by
+    kernels.pack_output, ``packed`` the packed input, C its channels per group), each
+    product over every packed position of the tile; jobs are (group, tap, block of
+    ``m_step`` output channels)."""
+    taps, c_out, c_per_group = out.shape
+    groups = packed.shape[0] // c_per_group
+    per_group = c_out // groups
+    m_blocks = -(-per_group // m_step)
+    positions = grad.shape[1]
+    for job in prange(groups * taps * m_blocks):
+        g = job // (taps * m_blocks)
+        rest = job - g * taps * m_blocks
+        t = rest // m_blocks
+        o0 = g * per_group + (rest - t * m_blocks) * m_step
+        m = min(m_step, g * per_group + per_group - o0)
+        blas.gemm(False, True, m, c_per_group, positions, grad[o0:], positions,
+                  packed[g * c_per_group:, tap_offsets[t]:], packed.shape[1], beta, out[t, o0:],
+                  c_per_group)
+
+
+@_kernel()
 def expand_taps(packed, expanded, column_offsets, c_per_group):  # type: ignore[no-untyped-def]
     """``expanded[(g, e, c)] = packed[g * c_per_group + c, column_offsets[e]:]`` (as many
     columns as ``expanded`` has): one shifted copy of every channel per expanded tap."""
@@ -117,7 +140,7 @@ def expand_taps(packed, expanded, column_offsets, c_per_group):  # type: ignore[
         expanded[row, :] = src[start:start + width]
 
 
-PARALLEL_KERNELS = ("pool_gemm", "packed_gemm", "expand_taps")
+PARALLEL_KERNELS = ("pool_gemm", "packed_gemm", "packed_wgrad", "expand_taps")
 
 
 def use_serial_kernels() -> None:

@@ -591,6 +591,24 @@ def _pack_phase(x, n, c, f, dst, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  #
 
 
 @_kernel()
+def pack_output(dy, n0, n_images, dyq, plane, hq, wq):  # type: ignore[no-untyped-def]
+    """``dyq[o]``: images ``n0 .. n0 + n_images`` of ``dy[:, o]`` at the packed output
+    positions ``i * plane + (od * hq + oh) * wq + ow`` (see pack_input), zeros between them,
+    so that a shifted run of the packed input lines up with it for every kernel tap."""
+    out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
+    for o in prange(dyq.shape[0]):
+        row = dyq[o]
+        row[:] = 0
+        for i in range(n_images):
+            for od in range(out_d):
+                for oh in range(out_h):
+                    base = i * plane + (od * hq + oh) * wq
+                    src = dy[n0 + i, o, od, oh]
+                    for ow in range(out_w):
+                        row[base + ow] = src[ow]
+
+
+@_kernel()
 def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
     """Pack images ``n0 .. n0 + n_images`` of ``x`` into ``xq[c]`` (layout above); every
     other float of ``xq`` is zeroed."""
@@ -971,7 +989,7 @@ def depthwise_channels_last(xl, w_t, yl, kh_, kw_, sh, sw, ph, pw, dh, dw, bias,
 # by its single-threaded twin (compiled, or loaded from numba's cache, on first use).
 PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depthwise",
                     "wgrad_depthwise", "im2col", "col2im", "rows_to_output", "output_to_rows",
-                    "pack_input", "packed_direct", "depthwise_packed", "depthwise_channels_last",
+                    "pack_input", "pack_output", "packed_direct", "depthwise_packed", "depthwise_channels_last",
                     "apply_epilogue")
 
 
