@@ -10,6 +10,7 @@ import pytest
 
 import convflow
 from convflow import config
+from convflow.errors import ParameterError
 from convflow.geometry import plan_tiles
 
 import reference
@@ -187,6 +188,46 @@ def test_packed_direct_whole_chunks_of_six_pairs_and_the_rest(channels, kernel):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(direct))
     np.testing.assert_array_equal(np.isinf(y), np.isinf(direct))
     assert np.isinf(y).any()
+
+
+@pytest.mark.parametrize("shape, padding, dilation, groups", [
+    ((2, 12, 11, 10, 8, 3, 3), 1, 1, 1),
+    ((3, 8, 9, 9, 12, 3, 3), 0, 1, 2),
+    ((1, 6, 14, 12, 10, 5, 3), ((2, 1), (0, 2)), 1, 1),
+    ((2, 5, 13, 13, 7, 3, 3), 2, 2, 1),
+])
+def test_packed_direct_data_gradient_as_the_flipped_forward_pass(shape, padding, dilation,
+                                                                  groups):
+    n, c, h, w_, k, kh, kw = shape
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((n, c, h, w_))
+    w = rng.standard_normal((k, c // groups, kh, kw))
+    pads = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    dy = rng.standard_normal(reference.conv(x, w, padding=pads, dilation=(dilation,) * 2,
+                                            groups=groups).shape)
+    kwargs = dict(padding=padding, dilation=dilation, groups=groups,
+                  output_mask=(True, False, False))
+    dx, _, _ = convflow.conv_backward(dy, x, w, algorithm="packed_direct", **kwargs)
+    expected = reference.conv_backward(dy, x, w, padding=pads, dilation=(dilation,) * 2,
+                                       groups=groups)[0]
+    assert_close(dx, expected, "float64")
+    w[0, 0, 0, 0] = np.inf     # the flipped forward pass would multiply padding zeros by it
+    dx, _, _ = convflow.conv_backward(dy, x, w, algorithm="packed_direct", **kwargs)
+    direct, _, _ = convflow.conv_backward(dy, x, w, algorithm="direct", **kwargs)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(direct))
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(direct))
+
+
+def test_packed_direct_data_gradient_needs_stride_1_and_no_cropping():
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    for kwargs, dy_shape in ((dict(stride=2, padding=1), (1, 4, 4, 4)),
+                             (dict(padding=3), (1, 4, 12, 12))):
+        with pytest.raises(ParameterError, match=r"packed_direct.*needs stride 1 and padding "
+                                                 r"<= dilation \* \(kernel - 1\)"):
+            convflow.conv_backward(np.zeros(dy_shape, np.float32), x, w,
+                                   output_mask=(True, False, False), algorithm="packed_direct",
+                                   **kwargs)
 
 
 def test_packed_direct_reads_unpadded_1x1_inputs_in_place():

@@ -355,7 +355,7 @@ def test_forcing_an_algorithm_of_another_pass_lists_the_valid_ones():
     dy = np.ones((1, 4, 6, 6), np.float32)
     with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is not an algorithm of the "
                                              r"numba backend for the backward_weight pass \(packed_direct "
-                                             r"runs only the forward pass\); valid for this problem: "
+                                             r"runs only the forward and backward_data passes\); valid for this problem: "
                                              r"fft, packed_gemm, im2col_gemm, direct$"):
         convflow.conv_backward(dy, x, w, algorithm="packed_direct", output_mask=(False, True, False))
     with pytest.raises(ParameterError, match=r"algorithm='im2col' .* \(did you mean 'im2col_gemm'\?\)"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -107,13 +108,17 @@ def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
-    from .algorithms import packed_bytes_per_image
+    from .algorithms import packed_bytes_per_image, packed_shapes
 
-    if problem.direction != Direction.FORWARD:
-        return False, "forward pass only"
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return False, "forward and data-gradient passes only"
+    if problem.direction == Direction.BACKWARD_DATA and not _flippable(problem):
+        return False, (f"the data gradient runs as the forward pass of the flipped problem, "
+                       f"which needs stride 1 and padding <= dilation * (kernel - 1), got "
+                       f"stride {problem.stride}, padding {problem.padding}")
     itemsize = 8 if problem.dtype == "float64" else 4
-    needed = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
-                                    problem.stride, problem.dilation, itemsize)
+    needed = packed_bytes_per_image(*packed_shapes(problem), problem.stride, problem.dilation,
+                                    itemsize)
     budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
     if needed > budget:
         return False, (f"one packed image needs {needed / 2**20:.1f} MiB, more than "
@@ -131,14 +136,24 @@ def _packed_wgrad_rule(problem: ConvProblem, why: str) -> tuple[bool, str]:
     return True, f"{channels} channels per group, {positions} output positions per image: {why}"
 
 
+def _flippable(problem: ConvProblem) -> bool:
+    """Whether the data gradient is a forward pass of dy without cropping: stride 1 and
+    no padding beyond ``dilation * (kernel - 1)``."""
+    return not problem.is_strided() and all(
+        max(lo, hi) <= d * (k - 1)
+        for (lo, hi), d, k in zip(problem.padding, problem.dilation, problem.kernel_size))
+
+
 def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
     ok, why = _packed_can_run(problem)
     if not ok:
         return False, why
-    positions, reduction = problem.output_positions, problem.reduction_size
-    if problem.out_channels_per_group < PACKED_MIN_OUT_CHANNELS:
-        return False, (f"{problem.out_channels_per_group} output channels per group waste the "
-                       f"blocks of 4 (needs >= {PACKED_MIN_OUT_CHANNELS})")
+    reduced, produced = pass_channels(problem)
+    positions = math.prod(pass_output_shape(problem)[2:])
+    reduction = reduced * problem.taps
+    if produced < PACKED_MIN_OUT_CHANNELS:
+        return False, (f"{produced} output channels per group waste the blocks of 4 (needs "
+                       f">= {PACKED_MIN_OUT_CHANNELS})")
     if reduction >= PACKED_LONG_REDUCTION:
         return False, (f"{reduction} products per output: BLAS is faster on long reductions "
                        f"(packed needs < {PACKED_LONG_REDUCTION})")
@@ -158,17 +173,13 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # channels on each side, 128 tiles (14x14 at batch 8) and 75% fill when the channels of both
 # sides add up to 384 (256 -> 256 on 14x14: 0.73) or the tiles reach 392 (96 -> 96 on 28x28 at
 # batch 8: 0.86); it loses (1.1-1.5x) on 13x13 maps (66% fill), with 64 channels or fewer
-# and with 128-160 channels on 14x14 at batch 8.
+# and with 128-160 channels on 14x14 at batch 8. The data gradient, the forward pass of the
+# flipped problem for both, follows the same rule.
 WINOGRAD_MIN_CHANNELS = 96
 WINOGRAD_WIDE_CHANNELS = 384   # input plus output channels per group, below WINOGRAD_MANY_TILES
 WINOGRAD_MIN_TILES = 128
 WINOGRAD_MANY_TILES = 392
 WINOGRAD_MIN_FILL = 0.75
-# The data gradient has no packed_direct to lose to, only im2col_gemm's GEMM and col2im:
-# there Winograd pays from 48 channels and 96 tiles (measured before packed_direct ran six
-# pairs per pass, against both).
-WINOGRAD_DGRAD_MIN_CHANNELS = 48
-WINOGRAD_DGRAD_MIN_TILES = 96
 
 
 def blas_status() -> tuple[bool, str]:
@@ -268,17 +279,14 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     if tiles == 0:
         return False, f"{why}, but the output is empty"
     fill = out[0] * out[2] * out[3] / (tiles * OUTPUT_TILE * OUTPUT_TILE)
-    forward = problem.direction == Direction.FORWARD
-    min_tiles = WINOGRAD_MIN_TILES if forward else WINOGRAD_DGRAD_MIN_TILES
-    if tiles < min_tiles or fill < WINOGRAD_MIN_FILL:
+    if tiles < WINOGRAD_MIN_TILES or fill < WINOGRAD_MIN_FILL:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
                        f"output) are too few to amortize the transforms (needs >= "
-                       f"{min_tiles} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
-    too_few = winograd_channels_too_few(
-        problem, why, WINOGRAD_MIN_CHANNELS if forward else WINOGRAD_DGRAD_MIN_CHANNELS)
+                       f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
+    too_few = winograd_channels_too_few(problem, why, WINOGRAD_MIN_CHANNELS)
     if too_few:
         return False, too_few
-    if forward and reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
+    if reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
         return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
                        f"tiles are too little work per transform (needs >= "
                        f"{WINOGRAD_WIDE_CHANNELS} channels on both sides together, or >= "
@@ -322,6 +330,7 @@ def _fft_rule(problem: ConvProblem) -> tuple[bool, str]:
 # BLAS libraries may split a product's sums differently with another thread count or CPU.
 _BLAS_ORDER = "BLAS may sum in another order with another thread count"
 _FORWARD = frozenset({Direction.FORWARD})
+_PACKED_DIRECTIONS = frozenset({Direction.FORWARD, Direction.BACKWARD_DATA})
 
 
 def _workspace_budget() -> int:
@@ -348,10 +357,10 @@ def _pointwise_workspace(problem: ConvProblem) -> int:
 
 
 def _packed_workspace(problem: ConvProblem) -> int:
-    from .algorithms import packed_bytes_per_image
+    from .algorithms import packed_bytes_per_image, packed_shapes
 
-    per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
-                                       problem.stride, problem.dilation, _itemsize(problem))
+    per_image = packed_bytes_per_image(*packed_shapes(problem), problem.stride,
+                                       problem.dilation, _itemsize(problem))
     return max(per_image, min(_workspace_budget(), per_image * problem.batch))
 
 
@@ -446,11 +455,13 @@ RULES: tuple[Algorithm, ...] = (
               workspace=_packed_gemm_workspace, variant=_variant("packed_gemm_variant", _FORWARD),
               passes=_passes("packed_gemm", frozenset({Direction.FORWARD,
                                                        Direction.BACKWARD_WEIGHT}))),
-    Algorithm("packed_direct", "direct convolution over a packed, phase-split input",
-              _packed_rule, _packed_can_run, _FORWARD, channels_last=True, fused=_FORWARD,
-              workspace=_packed_workspace,
-              variant=_variant("packed_variant", budget=_workspace_budget),
-              passes=_passes("packed", _FORWARD)),
+    Algorithm("packed_direct", "direct convolution over a packed, phase-split input (the "
+              "data gradient of a stride-1 pass as the forward pass of the flipped problem; "
+              "weights holding Inf or NaN take im2col's)",
+              _packed_rule, _packed_can_run, _PACKED_DIRECTIONS, channels_last=True,
+              fused=_PACKED_DIRECTIONS, workspace=_packed_workspace,
+              variant=_variant("packed_variant", _PACKED_DIRECTIONS, budget=_workspace_budget),
+              passes=_passes("packed", _PACKED_DIRECTIONS)),
     Algorithm("im2col_gemm", "tiled im2col + BLAS matrix product", _with_blas(_im2col_rule),
               _with_blas(_always),
               deterministic=False, why_not_deterministic=_BLAS_ORDER,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
-from ...params import ConvProblem
+from ...params import ConvProblem, Direction
 from . import blas, kernels
 from .fft import PASSES as FFT_PASSES
 
@@ -296,12 +296,25 @@ def _compute_itemsize(problem: ConvProblem) -> int:
     return 8 if problem.dtype == "float64" else 4  # half types are computed in float32
 
 
+Shape = tuple[int, ...]
+
+
+def packed_shapes(problem: ConvProblem) -> tuple[Shape, Shape, Shape]:
+    """``(x, w, y)`` shapes of the forward pass packed_direct runs for *problem*: its own,
+    or for the data gradient the forward pass of dy with the flipped weights."""
+    if problem.direction != Direction.BACKWARD_DATA:
+        return problem.x_shape, problem.w_shape, problem.y_shape
+    w = problem.w_shape
+    flipped = (problem.in_channels, w[0] // problem.groups, *w[2:])
+    return problem.y_shape, flipped, problem.x_shape
+
+
 def packed_variant(problem: ConvProblem, budget: int) -> str:
     """Which of :func:`fprop_packed`'s three strategies runs *problem*."""
-    per_image = packed_bytes_per_image(problem.x_shape, problem.w_shape, problem.y_shape,
-                                       problem.stride, problem.dilation,
-                                       _compute_itemsize(problem))
-    flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
+    x_shape, w_shape, y_shape = packed_shapes(problem)
+    per_image = packed_bytes_per_image(x_shape, w_shape, y_shape, problem.stride,
+                                       problem.dilation, _compute_itemsize(problem))
+    flops = 2 * math.prod(y_shape) * math.prod(w_shape[1:])
     if flops < kernels.SERIAL_FLOPS and problem.batch * per_image <= budget:
         return SINGLE_PASS
     reads_in_place = (problem.taps == 1 and not problem.is_strided()
@@ -537,6 +550,21 @@ def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget
             gemm_kernels.packed_wgrad(grad, packed, tap_offsets, result, m_step,
                                       0.0 if n0 == 0 else 1.0)
     dw[...] = result.transpose(1, 2, 0).reshape(dw.shape)
+
+
+def dgrad_packed(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
+                 epilogue: Epilogue | None = None, variant: str = PER_IMAGE) -> None:
+    """The data gradient of a stride-1 pass as packed_direct's forward pass of ``dy`` with
+    the flipped weights (``Geometry.flipped``). That forward pass multiplies its padding
+    zeros by the weights, which the data gradient does not (0 * Inf is NaN), so weights
+    holding Inf or NaN take im2col's data gradient, which sums real products only."""
+    if not np.isfinite(w).all():
+        dgrad_im2col(dy, w, dx, geometry, budget)
+        if epilogue is not None and (epilogue.has_bias or epilogue.activation):
+            kernels.apply_epilogue(dx, *epilogue)   # the record says packed_direct fuses it
+        return
+    fprop_packed(dy, flipped_weights(w, geometry.groups), dx, geometry.flipped(), budget,
+                 epilogue, variant)
 
 
 # Channels-last depthwise pays when each plane is small and the channels are many
