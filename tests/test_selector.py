@@ -199,6 +199,21 @@ def test_algorithm_rules(x_shape, w_shape, kwargs, algorithm):
     assert decision.algorithm_rules[-1].rule == algorithm
 
 
+@pytest.mark.parametrize("x_shape, w_shape, padding, direction, algorithm", [
+    ((8, 128, 56, 56), (32, 128, 3, 3), 1, "backward_data", "packed_direct"),   # flipped forward
+    ((8, 32, 13, 13), (128, 32, 5, 5), 2, "backward_data", "im2col_gemm"),      # 3200 products
+    ((2, 64, 8, 8), (64, 64, 3, 3), 1, "backward_data", "packed_direct"),
+    ((8, 16, 13, 13), (48, 16, 5, 5), 2, "backward_weight", "packed_gemm"),
+    ((8, 32, 6, 6), (128, 32, 5, 5), 2, "backward_weight", "im2col_gemm"),      # 6x6 map
+    ((8, 192, 7, 7), (320, 192, 3, 3), 1, "backward_weight", "im2col_gemm"),    # 1728 products
+    ((2, 3, 64, 64), (16, 3, 7, 7), 3, "backward_weight", "im2col_gemm"),       # 3 channels
+])
+def test_gradient_rules(x_shape, w_shape, padding, direction, algorithm):
+    decision = convflow.explain(np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32),
+                                padding=padding, direction=direction)
+    assert decision.algorithm == algorithm
+
+
 def test_forced_algorithm():
     decision = convflow.explain(X, W, padding=1, algorithm="direct")
     assert (decision.algorithm, decision.source) == ("direct", "forced")

@@ -70,11 +70,12 @@ PACKED_GEMM_MIN_POSITIONS = 10000
 PACKED_GEMM_MIN_STRIDED_POSITIONS = 1500
 PACKED_GEMM_MIN_OUT_CHANNELS = 32
 # Its weight gradient (a GEMM per tap of dy over the packed input, summed over the batch)
-# against im2col_gemm's: 1.5-2x faster for 64 and 128 channels on 28x28 and 56x56, level at
-# 256 on 14x14, 2x slower at 512 on 7x7 (the padding columns) and 3x slower on the 3-channel
-# stems (GEMMs 3 wide).
+# against im2col_gemm's: 1.5-2x faster for 64 and 128 channels on 28x28 and 56x56 and for
+# Inception's 5x5 layers on 13x13, 1.8x at 128 -> 32 channels on 7x7; 1.5x slower on 6x6
+# maps, 1.2-2x slower with long reductions on maps of 8x8 or less (the padding columns) and
+# 3x slower on the 3-channel stems (GEMMs 3 wide).
 PACKED_WGRAD_MIN_CHANNELS = 16
-PACKED_WGRAD_MIN_POSITIONS = 196
+PACKED_WGRAD_MIN_POSITIONS = 49
 
 _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
@@ -128,11 +129,16 @@ def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
 
 def _packed_wgrad_rule(problem: ConvProblem, why: str) -> tuple[bool, str]:
     channels, positions = problem.in_channels_per_group, problem.output_positions
-    if channels < PACKED_WGRAD_MIN_CHANNELS or positions < PACKED_WGRAD_MIN_POSITIONS:
+    small_and_long = (positions <= PACKED_SMALL_MAP
+                      and problem.reduction_size >= PACKED_SMALL_MAP_LONG_REDUCTION)
+    if channels < PACKED_WGRAD_MIN_CHANNELS or positions < PACKED_WGRAD_MIN_POSITIONS \
+            or small_and_long:
         return False, (f"{channels} channels per group and {positions} output positions per "
-                       f"image make narrow GEMMs or waste the packed padding (needs >= "
-                       f"{PACKED_WGRAD_MIN_CHANNELS} channels and >= "
-                       f"{PACKED_WGRAD_MIN_POSITIONS} positions)")
+                       f"image ({problem.reduction_size} products each) make narrow GEMMs or "
+                       f"waste the packed padding (needs >= {PACKED_WGRAD_MIN_CHANNELS} "
+                       f"channels and >= {PACKED_WGRAD_MIN_POSITIONS} positions, and < "
+                       f"{PACKED_SMALL_MAP_LONG_REDUCTION} products up to {PACKED_SMALL_MAP} "
+                       f"positions)")
     return True, f"{channels} channels per group, {positions} output positions per image: {why}"
 
 
