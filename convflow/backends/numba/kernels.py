@@ -39,8 +39,14 @@ def _jit(**options):  # type: ignore[no-untyped-def]
     return decorate
 
 
-def _kernel(parallel: bool = True):  # type: ignore[no-untyped-def]
-    return _jit(parallel=parallel, fastmath=_FASTMATH, nogil=True)
+def _kernel(parallel: bool = True, fastmath=_FASTMATH):  # type: ignore[no-untyped-def]
+    return _jit(parallel=parallel, fastmath=fastmath, nogil=True)
+
+
+# The packed direct kernels sum no reductions across positions, so they need no reassociation,
+# and without it a step of six pairs rounds exactly as two steps of three (see _six_pairs):
+# whole chunks and shorter runs then give bitwise the same sums, whatever the chunking.
+_CONTRACT_ONLY = {"contract"}
 
 
 # Below this many floating-point operations a call runs single-threaded: waking the thread
@@ -74,7 +80,7 @@ def _serial(kernel):  # type: ignore[no-untyped-def]
                               py_func.__defaults__, py_func.__closure__)
     twin.__qualname__ = py_func.__qualname__ + "_serial"
     twin.__doc__ = py_func.__doc__
-    return _kernel(parallel=False)(twin)
+    return _kernel(parallel=False, fastmath=kernel.targetoptions.get("fastmath", _FASTMATH))(twin)
 
 
 @_jit(inline="always")
@@ -628,7 +634,9 @@ def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):
 
 @_jit(inline="always")
 def _six_pairs(acc, xq_flat, offsets, g, step, base, r0, r1, r2, r3, runs):  # type: ignore[no-untyped-def]
-    """Pairs ``3 * step .. 3 * step + 6`` of group ``g`` into the four accumulator rows."""
+    """Pairs ``3 * step .. 3 * step + 6`` of group ``g`` into the four accumulator rows: each
+    row is loaded and stored once, but rounded as two steps of three (_three_pairs), so a
+    position gets the same sum whether its chunk runs this or two _three_pairs."""
     q = step * PACKED_PAIRS_PER_STEP
     oa = base + uint64(offsets[g, step, 0])
     ob = base + uint64(offsets[g, step, 1])
@@ -650,10 +658,14 @@ def _six_pairs(acc, xq_flat, offsets, g, step, base, r0, r1, r2, r3, runs):  # t
         xd = xq_flat[od + uj]
         xe = xq_flat[oe + uj]
         xf = xq_flat[of + uj]
-        acc[0, j] += a0 * xa + b0 * xb + c0 * xc + d0 * xd + e0 * xe + f0 * xf
-        acc[1, j] += a1 * xa + b1 * xb + c1 * xc + d1 * xd + e1 * xe + f1 * xf
-        acc[2, j] += a2 * xa + b2 * xb + c2 * xc + d2 * xd + e2 * xe + f2 * xf
-        acc[3, j] += a3 * xa + b3 * xb + c3 * xc + d3 * xd + e3 * xe + f3 * xf
+        v0 = acc[0, j] + (a0 * xa + b0 * xb + c0 * xc)
+        acc[0, j] = v0 + (d0 * xd + e0 * xe + f0 * xf)
+        v1 = acc[1, j] + (a1 * xa + b1 * xb + c1 * xc)
+        acc[1, j] = v1 + (d1 * xd + e1 * xe + f1 * xf)
+        v2 = acc[2, j] + (a2 * xa + b2 * xb + c2 * xc)
+        acc[2, j] = v2 + (d2 * xd + e2 * xe + f2 * xf)
+        v3 = acc[3, j] + (a3 * xa + b3 * xb + c3 * xc)
+        acc[3, j] = v3 + (d3 * xd + e3 * xe + f3 * xf)
 
 
 @_jit(inline="always")
@@ -801,7 +813,7 @@ def _packed_extent(offsets, y, n_images, plane, hq, wq):  # type: ignore[no-unty
     return n_groups, n_blocks, per_image, (n_images - 1) * plane + per_image
 
 
-@_kernel()
+@_kernel(fastmath=_CONTRACT_ONLY)
 def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_tail, bias,  # type: ignore[no-untyped-def]
                   has_bias, act):
     """``y[n0:n0 + n_images]`` from a packed tile (see above). ``w2`` is the weight as
@@ -819,7 +831,7 @@ def packed_direct(xq_flat, w2, offsets, y, n0, n_images, plane, hq, wq, vector_t
                       p0, total, per_image, bias, has_bias, act)
 
 
-@_kernel(parallel=False)
+@_kernel(parallel=False, fastmath=_CONTRACT_ONLY)
 def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw, bias,  # type: ignore[no-untyped-def]
                  has_bias, act):
     """Pack every image and compute, in one single-threaded call (for tiny problems, where
