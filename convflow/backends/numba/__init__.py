@@ -109,30 +109,35 @@ def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
-    from .algorithms import packed_bytes_per_image, packed_shapes
-
     if problem.direction == Direction.BACKWARD_WEIGHT:
         return False, "forward and data-gradient passes only"
     if problem.direction == Direction.BACKWARD_DATA and not _flippable(problem):
         return False, (f"the data gradient runs as the forward pass of the flipped problem, "
                        f"which needs stride 1 and padding <= dilation * (kernel - 1), got "
                        f"stride {problem.stride}, padding {problem.padding}")
-    itemsize = 8 if problem.dtype == "float64" else 4
-    needed = packed_bytes_per_image(*packed_shapes(problem), problem.stride, problem.dilation,
-                                    itemsize)
-    budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
+    return _packed_image_fits(_packed_per_image(problem))
+
+
+def _packed_image_fits(needed: int, how: str = "") -> tuple[bool, str]:
+    """Whether one packed image of *needed* bytes fits the workspace (the packed records'
+    can-run check); *how* names the variant in the reason."""
+    budget = _workspace_budget()
     if needed > budget:
         return False, (f"one packed image needs {needed / 2**20:.1f} MiB, more than "
                        f"CONVFLOW_WORKSPACE_MB={budget >> 20}")
-    return True, f"one packed image needs {needed / 2**20:.1f} MiB"
+    size = f"one packed image needs {needed / 2**20:.1f} MiB"
+    return True, f"{how} ({size})" if how else size
+
+
+def _small_map_long_reduction(positions: int, reduction: int) -> bool:
+    """Maps of PACKED_SMALL_MAP positions or fewer with long reductions: BLAS's side."""
+    return positions <= PACKED_SMALL_MAP and reduction >= PACKED_SMALL_MAP_LONG_REDUCTION
 
 
 def _packed_wgrad_rule(problem: ConvProblem, why: str) -> tuple[bool, str]:
     channels, positions = problem.in_channels_per_group, problem.output_positions
-    small_and_long = (positions <= PACKED_SMALL_MAP
-                      and problem.reduction_size >= PACKED_SMALL_MAP_LONG_REDUCTION)
     if channels < PACKED_WGRAD_MIN_CHANNELS or positions < PACKED_WGRAD_MIN_POSITIONS \
-            or small_and_long:
+            or _small_map_long_reduction(positions, problem.reduction_size):
         return False, (f"{channels} channels per group and {positions} output positions per "
                        f"image ({problem.reduction_size} products each) make narrow GEMMs or "
                        f"waste the packed padding (needs >= {PACKED_WGRAD_MIN_CHANNELS} "
@@ -163,7 +168,7 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
     if reduction >= PACKED_LONG_REDUCTION:
         return False, (f"{reduction} products per output: BLAS is faster on long reductions "
                        f"(packed needs < {PACKED_LONG_REDUCTION})")
-    if positions <= PACKED_SMALL_MAP and reduction >= PACKED_SMALL_MAP_LONG_REDUCTION:
+    if _small_map_long_reduction(positions, reduction):
         return False, (f"{positions} output positions per image with {reduction} products "
                        f"each: BLAS is faster on small maps with long reductions (packed needs "
                        f"< {PACKED_SMALL_MAP_LONG_REDUCTION} products up to "
@@ -233,14 +238,9 @@ def _packed_gemm_fits(problem: ConvProblem) -> tuple[bool, str]:
 
     if problem.direction == Direction.BACKWARD_DATA:
         return False, "forward and weight-gradient passes only"
-    needed = _packed_gemm_per_image(problem)
-    budget = _workspace_budget()
-    if needed > budget:
-        return False, (f"one packed image needs {needed / 2**20:.1f} MiB, more than "
-                       f"CONVFLOW_WORKSPACE_MB={budget >> 20}")
     how = (packed_gemm_variant(problem) if problem.direction == Direction.FORWARD
            else "a GEMM per tap of dy over the packed input")
-    return True, f"{how} (one packed image needs {needed / 2**20:.1f} MiB)"
+    return _packed_image_fits(_packed_gemm_per_image(problem), how)
 
 
 _packed_gemm_can_run = _with_blas(_packed_gemm_fits)
@@ -337,6 +337,7 @@ def _fft_rule(problem: ConvProblem) -> tuple[bool, str]:
 _BLAS_ORDER = "BLAS may sum in another order with another thread count"
 _FORWARD = frozenset({Direction.FORWARD})
 _PACKED_DIRECTIONS = frozenset({Direction.FORWARD, Direction.BACKWARD_DATA})
+_PACKED_GEMM_DIRECTIONS = frozenset({Direction.FORWARD, Direction.BACKWARD_WEIGHT})
 
 
 def _workspace_budget() -> int:
@@ -362,12 +363,20 @@ def _pointwise_workspace(problem: ConvProblem) -> int:
     return _im2col_workspace(problem) if gathered else 0
 
 
-def _packed_workspace(problem: ConvProblem) -> int:
+def _packed_per_image(problem: ConvProblem) -> int:
     from .algorithms import packed_bytes_per_image, packed_shapes
 
-    per_image = packed_bytes_per_image(*packed_shapes(problem), problem.stride,
-                                       problem.dilation, _itemsize(problem))
+    return packed_bytes_per_image(*packed_shapes(problem), problem.stride, problem.dilation,
+                                  _itemsize(problem))
+
+
+def _image_tiles_workspace(problem: ConvProblem, per_image: int) -> int:
+    """Scratch of an algorithm that works on as many images at once as the budget holds."""
     return max(per_image, min(_workspace_budget(), per_image * problem.batch))
+
+
+def _packed_workspace(problem: ConvProblem) -> int:
+    return _image_tiles_workspace(problem, _packed_per_image(problem))
 
 
 def _packed_gemm_per_image(problem: ConvProblem) -> int:
@@ -380,8 +389,7 @@ def _packed_gemm_per_image(problem: ConvProblem) -> int:
 
 
 def _packed_gemm_workspace(problem: ConvProblem) -> int:
-    per_image = _packed_gemm_per_image(problem)
-    return max(per_image, min(_workspace_budget(), per_image * problem.batch))
+    return _image_tiles_workspace(problem, _packed_gemm_per_image(problem))
 
 
 def _depthwise_workspace(problem: ConvProblem) -> int:
@@ -455,12 +463,10 @@ RULES: tuple[Algorithm, ...] = (
               passes=_passes("winograd", frozenset({Direction.FORWARD, Direction.BACKWARD_DATA}))),
     Algorithm("packed_gemm", "direct convolution as GEMMs over a packed, phase-split input "
               "(private BLAS, one thread per block of positions)",
-              _packed_gemm_rule, _packed_gemm_can_run,
-              frozenset({Direction.FORWARD, Direction.BACKWARD_WEIGHT}), deterministic=False,
+              _packed_gemm_rule, _packed_gemm_can_run, _PACKED_GEMM_DIRECTIONS, deterministic=False,
               why_not_deterministic=_BLAS_ORDER, channels_last=True, fused=_FORWARD,
               workspace=_packed_gemm_workspace, variant=_variant("packed_gemm_variant", _FORWARD),
-              passes=_passes("packed_gemm", frozenset({Direction.FORWARD,
-                                                       Direction.BACKWARD_WEIGHT}))),
+              passes=_passes("packed_gemm", _PACKED_GEMM_DIRECTIONS)),
     Algorithm("packed_direct", "direct convolution over a packed, phase-split input (the "
               "data gradient of a stride-1 pass as the forward pass of the flipped problem; "
               "weights holding Inf or NaN take im2col's)",

@@ -263,6 +263,12 @@ class PackedLayout:
     def plane(self) -> int:
         return self.dq * self.hq * self.wq
 
+    def output_span(self, out: tuple[int, ...], images: int) -> int:
+        """Packed positions from the first output of *images* images to the last (the
+        run the kernels compute; ``kernels._packed_extent`` computes the same in numba)."""
+        per_image = ((out[0] - 1) * self.hq + out[1] - 1) * self.wq + out[2]
+        return (images - 1) * self.plane + per_image
+
     def row_length(self, images: int) -> int:
         """Floats per channel of a packed tile of *images*, with a tail for whole vectors."""
         return len(self.phases) * images * self.plane + kernels.PACKED_VECTOR
@@ -459,11 +465,11 @@ def fprop_packed_gemm(x: Array, w: Array, y: Array, geometry: Geometry, budget: 
     images = max(1, min(n_images, budget // max(1, per_image)))
     flops = 2 * math.prod(y.shape) * math.prod(w.shape[1:])
     threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
-    per_out_image = ((y.shape[2] - 1) * layout.hq + y.shape[3] - 1) * layout.wq + y.shape[4]
+    per_out_image = layout.output_span(y.shape[2:], 1)
 
     def extent(count: int) -> tuple[int, int]:
         """(packed positions of *count* images, columns of their expanded copies)."""
-        total = (count - 1) * layout.plane + per_out_image
+        total = layout.output_span(y.shape[2:], count)
         return total, total + int(_packed_gemm_offsets(layout, copies, count)[0].max())
 
     total, width = extent(images)
@@ -527,14 +533,13 @@ def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget
     per_image = packed_wgrad_bytes_per_image(x.shape, dw.shape, dy.shape, geometry.stride,
                                              geometry.dilation, x.dtype.itemsize)
     images = max(1, min(n_images, budget // max(1, per_image)))
-    per_out_image = ((dy.shape[2] - 1) * layout.hq + dy.shape[3] - 1) * layout.wq + dy.shape[4]
     flops = 2 * math.prod(dy.shape) * math.prod(dw.shape[1:])
     threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
     per_group = c_out // geometry.groups
     wanted = -(-4 * threads // (geometry.groups * taps)) if threads > 1 else 1
     m_step = -(-per_group // max(1, min(wanted, per_group // 16 or 1)))
     packed_size = channels * layout.row_length(images)
-    grad_size = c_out * ((images - 1) * layout.plane + per_out_image)
+    grad_size = c_out * layout.output_span(dy.shape[2:], images)
     scratch = workspace.scratch(x.dtype, packed_size + grad_size)
     result = np.empty((taps, c_out, c_per_group), dtype=dw.dtype)
     with kernels.thread_limit(threads):
@@ -543,7 +548,7 @@ def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget
             packed = scratch[:channels * layout.row_length(count)].reshape(channels, -1)
             kernels.pack_input(x, n0, count, packed, layout.phases, layout.dq, layout.hq,
                                layout.wq, *geometry.spatial_args[:6])
-            total = (count - 1) * layout.plane + per_out_image
+            total = layout.output_span(dy.shape[2:], count)
             grad = scratch[packed_size:packed_size + c_out * total].reshape(c_out, total)
             kernels.pack_output(dy, n0, count, grad, layout.plane, layout.hq, layout.wq)
             tap_offsets = _packed_gemm_offsets(layout, 1, count)[0]

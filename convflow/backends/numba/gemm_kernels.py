@@ -98,9 +98,6 @@ def packed_gemm(expanded, weights, row_offsets, y, n0, n_images, plane, hq, wq, 
                              per_image, total, p_step, job, acc, bias, has_bias, act, zero, six)
 
 
-serial_packed_gemm = _serial(packed_gemm)
-
-
 @_kernel()
 def packed_wgrad(grad, packed, tap_offsets, out, m_step, beta):  # type: ignore[no-untyped-def]
     """The weight gradient as one GEMM per kernel tap: ``out[t, o, c] = beta * out[t, o, c]
