@@ -181,11 +181,17 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((1, 128, 14, 14), (32, 128, 3, 3), dict(padding=1), "packed_direct"),
     ((1, 256, 14, 14), (256, 256, 3, 3), dict(stride=2, padding=1), "im2col_gemm"),
     ((8, 192, 7, 7), (320, 192, 3, 3), dict(padding=1), "im2col_gemm"),    # small map
-    ((8, 128, 56, 56), (128, 128, 3, 3), dict(stride=2, padding=1), "packed_gemm"),
+    ((8, 128, 56, 56), (128, 128, 3, 3), dict(stride=2, padding=1), "im2col_gemm"),  # strided
+    ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "packed_direct"),  # 147 products
+    ((8, 128, 28, 28), (96, 128, 3, 3), dict(stride=2, padding=1), "im2col_gemm"),  # 1152 products
+    ((8, 32, 6, 6), (128, 32, 5, 5), dict(padding=2), "im2col_gemm"),     # 128 out, 6x6 map
+    ((8, 16, 13, 13), (48, 16, 5, 5), dict(padding=2), "packed_direct"),  # 48 out on 13x13
+    ((1, 96, 16, 16), (96, 96, 3, 3), dict(padding=1), "im2col_gemm"),    # 96 out on 16x16
+    ((1, 96, 17, 17), (96, 96, 3, 3), dict(padding=1), "packed_direct"),  # 17x17: 289 positions
     ((1, 64, 224, 224), (64, 64, 3, 3), dict(padding=1), "packed_gemm"),
     ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 6272 positions
     ((8, 96, 28, 28), (96, 96, 3, 3), dict(padding=1), "winograd"),        # 392 tiles
-    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "packed_direct"),  # 128 tiles
+    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "im2col_gemm"),  # 128 tiles, 14x14
     ((2, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((1, 256, 56, 56), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
@@ -203,7 +209,13 @@ def test_algorithm_rules(x_shape, w_shape, kwargs, algorithm):
     ((8, 128, 56, 56), (32, 128, 3, 3), 1, "backward_data", "packed_direct"),   # flipped forward
     ((8, 32, 13, 13), (128, 32, 5, 5), 2, "backward_data", "im2col_gemm"),      # 3200 products
     ((2, 64, 8, 8), (64, 64, 3, 3), 1, "backward_data", "packed_direct"),
-    ((8, 16, 13, 13), (48, 16, 5, 5), 2, "backward_weight", "packed_gemm"),
+    ((1, 96, 14, 14), (128, 96, 3, 3), 1, "backward_data", "im2col_gemm"),     # 1152 products
+    ((8, 128, 14, 14), (128, 128, 3, 3), 1, "backward_data", "winograd"),       # 128 tiles
+    ((8, 256, 14, 14), (256, 256, 3, 3), 1, "backward_data", "im2col_gemm"),    # 256 channels
+    ((8, 64, 28, 28), (64, 64, 3, 3), 1, "backward_data", "winograd"),          # 392 tiles
+    ((8, 64, 28, 28), (48, 64, 3, 3), 1, "backward_data", "packed_direct"),     # 48 channels
+    ((8, 16, 13, 13), (48, 16, 5, 5), 2, "backward_weight", "im2col_gemm"),
+    ((8, 64, 56, 56), (64, 64, 3, 3), 1, "backward_weight", "im2col_gemm"),
     ((8, 32, 6, 6), (128, 32, 5, 5), 2, "backward_weight", "im2col_gemm"),      # 6x6 map
     ((8, 192, 7, 7), (320, 192, 3, 3), 1, "backward_weight", "im2col_gemm"),    # 1728 products
     ((2, 3, 64, 64), (16, 3, 7, 7), 3, "backward_weight", "im2col_gemm"),       # 3 channels

@@ -50,34 +50,42 @@ from ..base import (
 # The packed direct kernel computes 4 output channels per pass over vectorized position runs.
 # Measured against im2col + BLAS on every 3x3, 5x5, 7x7 and 11x11 layer of convflow bench's
 # networks (2 threads, AVX-512, batch 1 and 8): it wins up to about 2000 products per output
-# (3x at 128 -> 32 channels on 14x14) on outputs of 12x12 and more; from 2304 (256 channels
-# x 3x3) BLAS wins (up to 1.7x at 512 channels), and on maps of 8x8 or less already from
-# 1440 (1.1-1.5x at 160-192 channels on 6x6 and 7x7). Long reductions on many output
-# positions go to packed_gemm.
+# (2x at 128 -> 32 channels on 14x14) on outputs of 27x27 and more, and with fewer than 96
+# output channels on any map; from 2304 (256 channels x 3x3) BLAS wins (up to 1.7x at 512
+# channels), and on maps of 8x8 or less already from 1440. Once im2col gathered whole rows
+# without a division per row (1.5-3x faster copies), BLAS also wins the forward pass from 96
+# output channels on maps of 16x16 or less (1.04-2.0x: Inception's 13x13 and 14x14 layers,
+# its 5x5 layers on 6x6) and on strided layers with 576 products or more (1.2-1.8x: the
+# phase planes cost packed_direct a pass each). Long reductions on many output positions go
+# to packed_gemm.
 PACKED_MIN_OUT_CHANNELS = 4
 PACKED_LONG_REDUCTION = 2048
 PACKED_SMALL_MAP = 64               # output positions per image
 PACKED_SMALL_MAP_LONG_REDUCTION = 1400
+PACKED_BLAS_OUT_CHANNELS = 96       # forward: from this many output channels per group ...
+PACKED_BLAS_MAP = 256               # ... on maps of this many positions or fewer,
+PACKED_BLAS_STRIDED_REDUCTION = 576  # ... or strided with this many products, BLAS wins
+# Its data gradient (the flipped forward pass) against im2col_gemm's and Winograd's, same
+# layers: it wins (up to 2.8x) while each input gradient sums at most 576 products (64 output
+# channels x 3x3, 128 -> 32 channels); from 864 im2col + BLAS or Winograd win (1.05-3.5x).
+PACKED_DGRAD_MAX_REDUCTION = 576
 # packed_gemm: the same packed input, taps as BLAS GEMMs. It beats packed_direct (0.79-0.90)
 # when each GEMM is deep (>= 48 channels per group), each output sums >= 576 products and
-# the batch gives many output positions: >= 1500 for strided layers, whose phase planes cost
-# packed_direct a pass each (ResNet-50's 128x56x56 at stride 2, batch 8: 7.0 vs 9.0 ms), and
-# >= 10000 without stride (64x224x224: 10.5 vs 12.3 ms); below, its discarded padding columns
-# and short GEMMs lose (1.1-1.25x at 64x28x28, batch 8).
+# the batch gives >= 10000 output positions without stride (64x224x224: 10.5 vs 12.3 ms);
+# below, its discarded padding columns and short GEMMs lose (1.1-1.25x at 64x28x28, batch
+# 8). On strided layers im2col + BLAS beats it (1.07-1.37x) since im2col's faster gather.
 PACKED_GEMM_MIN_CHANNELS = 48
 PACKED_GEMM_MIN_REDUCTION = 576
 PACKED_GEMM_MIN_POSITIONS = 10000
-PACKED_GEMM_MIN_STRIDED_POSITIONS = 1500
 PACKED_GEMM_MIN_OUT_CHANNELS = 32
 # Its weight gradient (a GEMM per tap of dy over the packed input, summed over the batch)
-# against im2col_gemm's: 1.5-2x faster for 64 and 128 channels on 28x28 and 56x56 and for
-# Inception's 5x5 layers on 13x13, 1.8x at 128 -> 32 channels on 7x7; 1.5x slower on 6x6
-# maps, 1.2-2x slower with long reductions on maps of 8x8 or less (the padding columns) and
-# 3x slower on the 3-channel stems (GEMMs 3 wide).
-PACKED_WGRAD_MIN_CHANNELS = 16
-PACKED_WGRAD_MIN_POSITIONS = 49
+# was 1.5-2x faster than im2col_gemm's while im2col's scratch was fresh memory on every call
+# and its gather divided per row. With both fixed, im2col_gemm's weight gradient is faster on
+# every spatial layer of convflow bench's networks (1.1-2.3x, 3-7x on the 3-channel stems;
+# 0.94-0.97 on three layers of 32 output channels, batch 1), so the rule leaves it to find
+# mode and to a forced algorithm.
 
-_PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_PADDING_MODES = _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
 
 
@@ -134,19 +142,6 @@ def _small_map_long_reduction(positions: int, reduction: int) -> bool:
     return positions <= PACKED_SMALL_MAP and reduction >= PACKED_SMALL_MAP_LONG_REDUCTION
 
 
-def _packed_wgrad_rule(problem: ConvProblem, why: str) -> tuple[bool, str]:
-    channels, positions = problem.in_channels_per_group, problem.output_positions
-    if channels < PACKED_WGRAD_MIN_CHANNELS or positions < PACKED_WGRAD_MIN_POSITIONS \
-            or _small_map_long_reduction(positions, problem.reduction_size):
-        return False, (f"{channels} channels per group and {positions} output positions per "
-                       f"image ({problem.reduction_size} products each) make narrow GEMMs or "
-                       f"waste the packed padding (needs >= {PACKED_WGRAD_MIN_CHANNELS} "
-                       f"channels and >= {PACKED_WGRAD_MIN_POSITIONS} positions, and < "
-                       f"{PACKED_SMALL_MAP_LONG_REDUCTION} products up to {PACKED_SMALL_MAP} "
-                       f"positions)")
-    return True, f"{channels} channels per group, {positions} output positions per image: {why}"
-
-
 def _flippable(problem: ConvProblem) -> bool:
     """Whether the data gradient is a forward pass of dy without cropping: stride 1 and
     no padding beyond ``dilation * (kernel - 1)``."""
@@ -173,6 +168,20 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
                        f"each: BLAS is faster on small maps with long reductions (packed needs "
                        f"< {PACKED_SMALL_MAP_LONG_REDUCTION} products up to "
                        f"{PACKED_SMALL_MAP} positions)")
+    if problem.direction == Direction.BACKWARD_DATA and reduction > PACKED_DGRAD_MAX_REDUCTION:
+        return False, (f"{reduction} products per input gradient: BLAS or Winograd is faster "
+                       f"(packed needs <= {PACKED_DGRAD_MAX_REDUCTION} for the data gradient)")
+    if problem.direction == Direction.FORWARD and produced >= PACKED_BLAS_OUT_CHANNELS:
+        if positions <= PACKED_BLAS_MAP:
+            return False, (f"{produced} output channels per group on {positions} output "
+                           f"positions per image: BLAS is faster on small maps (packed needs "
+                           f"< {PACKED_BLAS_OUT_CHANNELS} output channels up to "
+                           f"{PACKED_BLAS_MAP} positions)")
+        if problem.is_strided() and reduction >= PACKED_BLAS_STRIDED_REDUCTION:
+            return False, (f"{produced} output channels per group and {reduction} products "
+                           f"per output with stride: BLAS is faster (packed needs < "
+                           f"{PACKED_BLAS_OUT_CHANNELS} output channels or < "
+                           f"{PACKED_BLAS_STRIDED_REDUCTION} products on strided layers)")
     return True, (f"{positions} output positions per image, {reduction} products each: "
                   f"shifted-tap loops over the packed input, accumulators in L1 ({why})")
 
@@ -184,13 +193,19 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # channels on each side, 128 tiles (14x14 at batch 8) and 75% fill when the channels of both
 # sides add up to 384 (256 -> 256 on 14x14: 0.73) or the tiles reach 392 (96 -> 96 on 28x28 at
 # batch 8: 0.86); it loses (1.1-1.5x) on 13x13 maps (66% fill), with 64 channels or fewer
-# and with 128-160 channels on 14x14 at batch 8. The data gradient, the forward pass of the
-# flipped problem for both, follows the same rule.
+# and with 128-160 channels on 14x14 at batch 8. The data gradient (the forward pass of the
+# flipped problem) has other rivals: im2col's data gradient scatters its columns back, and
+# packed_direct's takes only short reductions. Measured the same way, Winograd wins it
+# (0.50-0.95) from 64 channels on each side, with 128 tiles and the same fill, when both sides
+# stay under 256 channels or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on
+# 14x14, batch 8, and at 128 -> 256 on 56x56, batch 1).
 WINOGRAD_MIN_CHANNELS = 96
 WINOGRAD_WIDE_CHANNELS = 384   # input plus output channels per group, below WINOGRAD_MANY_TILES
 WINOGRAD_MIN_TILES = 128
 WINOGRAD_MANY_TILES = 392
 WINOGRAD_MIN_FILL = 0.75
+WINOGRAD_DGRAD_MIN_CHANNELS = 64
+WINOGRAD_DGRAD_WIDE_CHANNELS = 256  # on either side, below WINOGRAD_MANY_TILES: BLAS's
 
 
 def blas_status() -> tuple[bool, str]:
@@ -251,7 +266,8 @@ def _packed_gemm_rule(problem: ConvProblem) -> tuple[bool, str]:
     if not ok:
         return False, why
     if problem.direction == Direction.BACKWARD_WEIGHT:
-        return _packed_wgrad_rule(problem, why)
+        return False, (f"{why}, but im2col_gemm's weight gradient is faster (1.1-2.3x on the "
+                       f"bench networks' layers); find mode or a forced algorithm runs it")
     channels, produced = problem.in_channels_per_group, problem.out_channels_per_group
     positions = problem.batch * problem.output_positions
     reduction = problem.reduction_size
@@ -259,13 +275,13 @@ def _packed_gemm_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{channels} -> {produced} channels per group make shallow or narrow "
                        f"GEMMs (needs >= {PACKED_GEMM_MIN_CHANNELS} -> "
                        f"{PACKED_GEMM_MIN_OUT_CHANNELS})")
-    strided = problem.is_strided()
-    enough = PACKED_GEMM_MIN_STRIDED_POSITIONS if strided else PACKED_GEMM_MIN_POSITIONS
-    if reduction < PACKED_GEMM_MIN_REDUCTION or positions < enough:
+    if problem.is_strided():
+        return False, ("the layer is strided: its phase planes make short GEMMs, and im2col + "
+                       "BLAS is faster")
+    if reduction < PACKED_GEMM_MIN_REDUCTION or positions < PACKED_GEMM_MIN_POSITIONS:
         return False, (f"{reduction} products per output at {positions} output positions are "
                        f"too little work per GEMM (needs >= {PACKED_GEMM_MIN_REDUCTION} products "
-                       f"and >= {enough} positions in the batch"
-                       f"{' with stride' if strided else ' without stride'})")
+                       f"and >= {PACKED_GEMM_MIN_POSITIONS} positions in the batch)")
     return True, f"{reduction} products per output at {positions} output positions: {why}"
 
 
@@ -289,10 +305,18 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
                        f"output) are too few to amortize the transforms (needs >= "
                        f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
-    too_few = winograd_channels_too_few(problem, why, WINOGRAD_MIN_CHANNELS)
+    dgrad = problem.direction == Direction.BACKWARD_DATA
+    too_few = winograd_channels_too_few(
+        problem, why, WINOGRAD_DGRAD_MIN_CHANNELS if dgrad else WINOGRAD_MIN_CHANNELS)
     if too_few:
         return False, too_few
-    if reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
+    if dgrad and max(reduced, produced) >= WINOGRAD_DGRAD_WIDE_CHANNELS \
+            and tiles < WINOGRAD_MANY_TILES:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
+                       f"tiles: BLAS is faster on wide data gradients (needs < "
+                       f"{WINOGRAD_DGRAD_WIDE_CHANNELS} channels on each side, or >= "
+                       f"{WINOGRAD_MANY_TILES} tiles)")
+    if not dgrad and reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
         return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
                        f"tiles are too little work per transform (needs >= "
                        f"{WINOGRAD_WIDE_CHANNELS} channels on both sides together, or >= "

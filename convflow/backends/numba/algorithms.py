@@ -19,7 +19,7 @@ import numpy as np
 
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem, Direction
-from . import blas, kernels
+from . import blas, kernels, workspace
 from .fft import PASSES as FFT_PASSES
 
 Array = np.ndarray
@@ -59,8 +59,10 @@ class _Im2colLayout:
         self.tiles = plan_tiles(self.n_images, self.positions, per_column, budget,
                                 row_length=self.out_w)
         widest = max(t.columns for t in self.tiles)
-        self._col = np.empty(self.rows * widest, dtype=dtype)
-        self._other = np.empty(self.c_out_per_group * widest, dtype=dtype)
+        # From the per-thread workspace: fresh megabytes would page-fault on every call.
+        scratch = workspace.scratch(dtype, (self.rows + self.c_out_per_group) * widest)
+        self._col = scratch[:self.rows * widest]
+        self._other = scratch[self.rows * widest:]
 
     def col(self, tile: Tile) -> Array:
         return self._col[: self.rows * tile.columns].reshape(self.rows, tile.columns)
@@ -446,7 +448,7 @@ def _packed_gemm_steps(per_group: int, groups: int, total: int, threads: int
 
 def fprop_packed_gemm(x: Array, w: Array, y: Array, geometry: Geometry, budget: int,
                       epilogue: Epilogue | None = None, variant: str = PACKED_GEMM_TAPS) -> None:
-    from . import gemm_kernels, workspace
+    from . import gemm_kernels
 
     n_images, channels = x.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -517,7 +519,7 @@ def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget
     the tap's shifted run of the packed input, summed over a whole tile of images. Those
     zeros meet real input values (padding columns, neighbouring images), so an input holding
     Inf or NaN, whose product with zero is NaN, takes the im2col pass instead."""
-    from . import gemm_kernels, workspace
+    from . import gemm_kernels
 
     n_images, channels = x.shape[:2]
     if n_images == 0:

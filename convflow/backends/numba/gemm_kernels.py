@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from . import blas
-from .kernels import _jit, _kernel, _serial, make_serial, store_packed
+from .kernels import _jit, _kernel, _serial, copy_run, make_serial, store_packed
 
 
 @_jit(inline="always")
@@ -134,7 +134,7 @@ def expand_taps(packed, expanded, column_offsets, c_per_group):  # type: ignore[
         c = rest - e * c_per_group
         src = packed[g * c_per_group + c]
         start = column_offsets[e]
-        expanded[row, :] = src[start:start + width]
+        copy_run(expanded[row], 0, src, start, width)
 
 
 PARALLEL_KERNELS = ("pool_gemm", "packed_gemm", "packed_wgrad", "expand_taps")

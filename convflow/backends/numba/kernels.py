@@ -84,6 +84,15 @@ def _serial(kernel):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
+def copy_run(dst, dst_start, src, src_start, count):  # type: ignore[no-untyped-def]
+    """``dst[dst_start:dst_start + count] = src[src_start:src_start + count]`` as a loop: an
+    array-to-slice assignment makes numba compile its shape-mismatch message (string
+    formatting, seconds on a cold cache) into every kernel that has one."""
+    for j in range(count):
+        dst[dst_start + j] = src[src_start + j]
+
+
+@_jit(inline="always")
 def _outside_of_row(od, oh, out_w, od_lo, od_hi, oh_lo, oh_hi, ow_lo, ow_hi):  # type: ignore[no-untyped-def]
     """The border of output row ``(od, oh)`` outside the box ``[lo, hi)`` of each axis, as
     two column ranges ``[0, stop)`` and ``[start, out_w)`` (the whole row when the row
@@ -436,45 +445,69 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type:
                                  dd, dh, dw, buf, grad_rows)
 
 
+@_jit(inline="always")
+def _output_rows(row0, n_rows, out_d, out_h):  # type: ignore[no-untyped-def]
+    """``(image, od, oh)`` of global output rows ``row0 .. row0 + n_rows`` (a row is one
+    ``(n, od, oh)``), worked out once per call: on small maps a row is a handful of floats,
+    and three divisions per row and column of a copy cost more than the copy."""
+    where = np.empty((n_rows, 3), dtype=np.int64)
+    for r in range(n_rows):
+        global_row = row0 + r
+        n = global_row // (out_d * out_h)
+        rem = global_row - n * (out_d * out_h)
+        od = rem // out_h
+        where[r, 0] = n
+        where[r, 1] = od
+        where[r, 2] = rem - od * out_h
+    return where
+
+
 @_kernel()
 def im2col(x, c_first, col, row0, n_rows, w0, w_count, out_d, out_h,  # type: ignore[no-untyped-def]
            k_d, k_h, k_w, sd, sh, sw, pd, ph, pw, dd, dh, dw):
     """Fill ``col[(ci, kd, kh, kw), (r, j)]`` for global output rows ``row0 + r`` (a row is
-    one ``(n, od, oh)``) and output columns ``w0 + j``, from channels ``c_first + ci``."""
+    one ``(n, od, oh)``) and output columns ``w0 + j``, from channels ``c_first + ci``.
+    Columns are indexed unsigned (no negative-index check per element) and rows of ``x`` are
+    not taken as views (two reference-count updates each)."""
     _, _, in_d, in_h, in_w = x.shape
     taps = k_d * k_h * k_w
+    where = _output_rows(row0, n_rows, out_d, out_h)
     for row in prange(col.shape[0]):
         ci = row // taps
         t = row - ci * taps
         kd = t // (k_h * k_w)
         kh = (t // k_w) % k_h
         kw = t % k_w
+        c = c_first + ci
         ow_lo, ow_hi = _valid_outputs(pw - kw * dw, sw, in_w, w0 + w_count)
         ow_lo = min(max(ow_lo, w0), w0 + w_count)
         ow_hi = max(ow_hi, ow_lo)
+        head = ow_lo - w0
+        body = ow_hi - ow_lo
+        tail = w_count - (ow_hi - w0)
+        column = ow_lo * sw - pw + kw * dw
         dst = col[row]
         for r in range(n_rows):
-            global_row = row0 + r
-            n = global_row // (out_d * out_h)
-            rem = global_row - n * (out_d * out_h)
-            od = rem // out_h
-            oh = rem - od * out_h
-            i_d = od * sd - pd + kd * dd
-            i_h = oh * sh - ph + kh * dh
-            start = r * w_count
+            i_d = where[r, 1] * sd - pd + kd * dd
+            i_h = where[r, 2] * sh - ph + kh * dh
+            start = uint64(r * w_count)
             if i_d < 0 or i_d >= in_d or i_h < 0 or i_h >= in_h:
                 for j in range(w_count):
-                    dst[start + j] = 0
+                    dst[start + uint64(j)] = 0
                 continue
-            in_row = x[n, c_first + ci, i_d, i_h]
-            for j in range(ow_lo - w0):
-                dst[start + j] = 0
-            base = ow_lo * sw - pw + kw * dw
-            offset = start + ow_lo - w0
-            for j in range(ow_hi - ow_lo):
-                dst[offset + j] = in_row[base + j * sw]
-            for j in range(ow_hi - w0, w_count):
-                dst[start + j] = 0
+            n = where[r, 0]
+            for j in range(head):
+                dst[start + uint64(j)] = 0
+            at = start + uint64(head)
+            if sw == 1:
+                for j in range(body):
+                    dst[at + uint64(j)] = x[n, c, i_d, i_h, uint64(column + j)]
+            else:
+                for j in range(body):
+                    dst[at + uint64(j)] = x[n, c, i_d, i_h, uint64(column + j * sw)]
+            at += uint64(body)
+            for j in range(tail):
+                dst[at + uint64(j)] = 0
 
 
 @_kernel()
@@ -485,7 +518,9 @@ def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: i
     _, _, in_d, in_h, in_w = dx.shape
     taps = k_d * k_h * k_w
     c_per_group = col.shape[0] // taps
+    where = _output_rows(row0, n_rows, out_d, out_h)
     for ci in prange(c_per_group):
+        c = c_first + ci
         for t in range(taps):
             row = ci * taps + t
             kd = t // (k_h * k_w)
@@ -495,53 +530,42 @@ def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: i
             if ow_lo < w0:
                 ow_lo = w0
             src = col[row]
+            column = ow_lo * sw - pw + kw * dw
             for r in range(n_rows):
-                global_row = row0 + r
-                n = global_row // (out_d * out_h)
-                rem = global_row - n * (out_d * out_h)
-                od = rem // out_h
-                oh = rem - od * out_h
-                i_d = od * sd - pd + kd * dd
-                i_h = oh * sh - ph + kh * dh
+                i_d = where[r, 1] * sd - pd + kd * dd
+                i_h = where[r, 2] * sh - ph + kh * dh
                 if i_d < 0 or i_d >= in_d or i_h < 0 or i_h >= in_h:
                     continue
-                acc_row = dx[n, c_first + ci, i_d, i_h]
-                base = ow_lo * sw - pw + kw * dw
-                offset = r * w_count + ow_lo - w0
+                n = where[r, 0]
+                offset = uint64(r * w_count + ow_lo - w0)
                 for j in range(ow_hi - ow_lo):
-                    acc_row[base + j * sw] += src[offset + j]
+                    dx[n, c, i_d, i_h, uint64(column + j * sw)] += src[offset + uint64(j)]
 
 
 @_kernel()
 def rows_to_output(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
     """Copy a GEMM result tile ``(channels, n_rows * w_count)`` into ``y``."""
+    where = _output_rows(row0, n_rows, out_d, out_h)
     for k in prange(tile.shape[0]):
         src = tile[k]
         for r in range(n_rows):
-            global_row = row0 + r
-            n = global_row // (out_d * out_h)
-            rem = global_row - n * (out_d * out_h)
-            od = rem // out_h
-            oh = rem - od * out_h
-            dst = y[n, c_first + k, od, oh]
+            n, od, oh = where[r, 0], where[r, 1], where[r, 2]
+            start = uint64(r * w_count)
             for j in range(w_count):
-                dst[w0 + j] = src[r * w_count + j]
+                y[n, c_first + k, od, oh, uint64(w0 + j)] = src[start + uint64(j)]
 
 
 @_kernel()
 def output_to_rows(y, tile, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
     """Gather the tile of ``y`` that :func:`rows_to_output` would write."""
+    where = _output_rows(row0, n_rows, out_d, out_h)
     for k in prange(tile.shape[0]):
         dst = tile[k]
         for r in range(n_rows):
-            global_row = row0 + r
-            n = global_row // (out_d * out_h)
-            rem = global_row - n * (out_d * out_h)
-            od = rem // out_h
-            oh = rem - od * out_h
-            src = y[n, c_first + k, od, oh]
+            n, od, oh = where[r, 0], where[r, 1], where[r, 2]
+            start = uint64(r * w_count)
             for j in range(w_count):
-                dst[r * w_count + j] = src[w0 + j]
+                dst[start + uint64(j)] = y[n, c_first + k, od, oh, uint64(w0 + j)]
 
 
 # Packed direct convolution -------------------------------------------------------------
@@ -588,7 +612,7 @@ def _pack_phase(x, n, c, f, dst, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  #
                 row[qw] = 0
             start = lo * sw + e - pw
             if sw == 1:
-                row[lo:hi] = in_row[start:start + hi - lo]
+                copy_run(row, lo, in_row, start, hi - lo)
             else:
                 for j in range(hi - lo):
                     row[lo + j] = in_row[start + j * sw]
