@@ -133,11 +133,17 @@ def test_status_reports_the_threading_layer():
 @pytest.mark.parametrize("shape, groups, stride, padding, dilation", [
     ((2, 40, 7, 9), 40, 1, 1, 1),            # channels-last depthwise (many channels, small)
     ((1, 200, 6, 5), 200, 2, ((0, 2), (1, 0)), (1, 2)),
-    ((2, 33, 15, 16), 33, 1, 1, 1),          # two channel blocks of channels-last
+    ((2, 160, 8, 7), 160, 1, 1, 1),          # two channel blocks of channels-last
+    ((2, 33, 15, 16), 33, 1, 1, 1),          # per-plane: 15x16 outputs
     ((2, 8, 40, 36), 8, (2, 1), 2, 2),       # per-plane depthwise (large planes)
+    ((3, 7, 21, 19), 7, 1, 1, 1),            # 21 planes over the pool's jobs: uneven runs
 ])
 def test_depthwise_forward_paths(shape, groups, stride, padding, dilation):
-    from convflow.backends.numba.algorithms import depthwise_channels_last_applies
+    from convflow.backends.numba.algorithms import (
+        DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS,
+        DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS,
+        depthwise_channels_last_applies,
+    )
 
     rng = np.random.default_rng(8)
     x = rng.standard_normal(shape)
@@ -148,7 +154,8 @@ def test_depthwise_forward_paths(shape, groups, stride, padding, dilation):
     y = convflow.conv2d(x, w, None, stride2, pads, dil2, groups, algorithm="depthwise")
     assert_close(y, reference.conv(x, w, None, stride2, pads, dil2, groups), "float64")
     lifted = lambda s: (s[0], s[1], 1, *s[2:])  # noqa: E731
-    expected_channels_last = shape[1] >= 32 and y.shape[2] * y.shape[3] <= 256
+    expected_channels_last = (shape[1] >= DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS and
+                              y.shape[2] * y.shape[3] <= DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS)
     assert depthwise_channels_last_applies(lifted(x.shape), lifted(w.shape), lifted(y.shape)) \
         == expected_channels_last
 
@@ -245,3 +252,32 @@ def test_packed_direct_keeps_inf_where_padding_pairs_would_make_nan():
     y = convflow.conv2d(x, w, algorithm="packed_direct")
     assert np.isposinf(y[0, :, 4:6, 4:6]).all()
     assert np.isfinite(y[0, :, :4, :4]).all() and not np.isnan(y).any()
+
+
+@pytest.mark.parametrize("shape, multiplier, stride, padding, dilation", [
+    ((8, 12, 7, 7), 1, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # small maps, whole batch per dot
+    ((3, 5, 14, 13), 2, (2, 2), ((1, 1), (1, 1)), (1, 1)),     # stride phases, multiplier 2
+    ((2, 4, 17, 19), 1, (2, 3), ((2, 0), (1, 3)), (2, 1)),     # asymmetric, dilated, strided
+    ((2, 6, 12, 12), 1, (1, 1), ((0, 2), (2, 0)), (2, 2)),     # one-sided padding, dilated
+])
+def test_depthwise_weight_gradient_batched(shape, multiplier, stride, padding, dilation):
+    """The weight gradient with the batch in one packed run, against the float64 reference;
+    a channel holding Inf goes image by image, its neighbours stay batched."""
+    rng = np.random.default_rng(21)
+    channels = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
+    y = reference.conv(x, w, None, stride, padding, dilation, channels)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, expected, _ = reference.conv_backward(dy, x, w, stride, padding, dilation, channels)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False),
+                                      algorithm="depthwise", **kwargs)
+    assert_close(dw, expected, "float32")
+    x[1, 2, 3, 3] = np.inf
+    _, expected, _ = reference.conv_backward(dy, x, w, stride, padding, dilation, channels)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False),
+                                      algorithm="depthwise", **kwargs)
+    np.testing.assert_array_equal(np.isfinite(dw), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    assert_close(np.where(finite, dw, 0), np.where(finite, expected, 0), "float32")

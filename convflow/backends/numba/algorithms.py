@@ -574,9 +574,11 @@ def dgrad_packed(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int
                  epilogue, variant)
 
 
-# Channels-last depthwise pays when each plane is small and the channels are many
-# (measured against per-plane packing: faster at 7x7 and 14x14 outputs, slower from 28x28).
-DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS = 16 * 16
+# Channels-last depthwise pays on channels-first data when each plane is small and the
+# channels are many. Measured against per-plane packing once its jobs took runs of planes
+# (MobileNetV2's and ShuffleNet's layers, batch 1 and 8): faster at 7x7 outputs (0.6-0.8),
+# slower at 14x14 (1.3-1.9x) and beyond.
+DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS = 8 * 8
 DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS = 32
 
 
@@ -633,7 +635,8 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     with kernels.thread_limit(threads):
         kernels.depthwise_packed(x, w.reshape(w.shape[0], -1), layout.tap_phase,
                                  layout.tap_shift, y, layout.phases, layout.dq, layout.hq,
-                                 layout.wq, *geometry.spatial_args[:6], *ep)
+                                 layout.wq, *geometry.spatial_args[:6], *ep,
+                                 kernels.pool_threads())
 
 
 # Winograd F(4x4, 3x3) -----------------------------------------------------------------------
@@ -826,4 +829,9 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
     _scatter_dgrad_depthwise(dy, w, dx, geometry, budget, epilogue, variant)
 
 
-wgrad_depthwise = _depthwise("wgrad_depthwise")
+def wgrad_depthwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
+                    epilogue: Epilogue | None = None, variant: str = "") -> None:
+    layout = PackedLayout.of(dw.shape[2:], dy.shape[2:], geometry)
+    kernels.wgrad_depthwise(x, dy, dw, *geometry.spatial_args, layout.tap_phase,
+                            layout.tap_shift, layout.phases, layout.dq, layout.hq, layout.wq,
+                            kernels.pool_threads())

@@ -429,20 +429,122 @@ def _wgrad_depthwise_channel(x, dy, dw_out, co, c, sd, sh, sw, pd, ph, pw, dd, d
         dw_out[co, 0, kd, kh, t % k_w] = acc[t]
 
 
+# Jobs of the depthwise kernels per pool thread: enough to balance planes of unequal cost.
+DEPTHWISE_JOBS_PER_THREAD = 4
+# Products of a weight-gradient dot summed in the data's precision before they are added in
+# float64: float32 vectors stay full width, and each partial sum stays short.
+DEPTHWISE_WGRAD_CHUNK = 1024
+
+
+@_jit(inline="always")
+def _pack_plane_phases(x, n, c, dst, base, phase_stride, phases, dq, hq, wq, sd, sh, sw, pd, ph,  # type: ignore[no-untyped-def]
+                       pw):
+    """Write every stride phase of the zero-padded plane ``x[n, c]`` (the layout of
+    :func:`pack_input`) into ``dst`` from ``base``, phase ``f`` at ``base + f *
+    phase_stride``; ``dst`` holds zeros where nothing is written. Flat unsigned offsets:
+    no views, no negative-index checks."""
+    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
+    for f in range(phases.shape[0]):
+        a, b, e = phases[f, 0], phases[f, 1], phases[f, 2]
+        lo = max(0, -((e - pw) // sw))
+        hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
+        start = lo * sw + e - pw
+        for qd in range(dq):
+            i_d = qd * sd + a - pd
+            if i_d < 0 or i_d >= in_d:
+                continue
+            for qh in range(hq):
+                i_h = qh * sh + b - ph
+                if i_h < 0 or i_h >= in_h:
+                    continue
+                r = uint64(base + f * phase_stride + (qd * hq + qh) * wq + lo)
+                if sw == 1:   # a contiguous copy (vectorized), not a gather
+                    for j in range(hi - lo):
+                        dst[r + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j)]
+                else:
+                    for j in range(hi - lo):
+                        dst[r + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j * sw)]
+
+
+@_jit(fastmath=_FASTMATH, nogil=True)
+def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq, hq, wq, sd,  # type: ignore[no-untyped-def]
+                             sh, sw, pd, ph, pw, packed, wide):
+    """``dw_out[co]`` with the whole batch in one run: the stride phases of input channel
+    ``c``'s zero-padded planes (the layout of :func:`pack_input`, every image side by side
+    in each phase) in ``packed``, and ``dy[:, co]`` at the packed output positions in
+    ``wide`` (zeros where no output is), so each tap's gradient is one unit-stride dot
+    product over the batch, whatever the stride. Per image and tap, the dots on small maps
+    (7x7, 14x14) are too short to vectorize, and strided reads would gather. Returns False,
+    computing nothing, when the input channel holds Inf or NaN (the zeros of ``wide`` would
+    meet them: 0 * Inf is NaN)."""
+    n_batch = x.shape[0]
+    out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
+    k_h, k_w = dw_out.shape[3], dw_out.shape[4]
+    plane = dq * hq * wq
+    length = n_batch * plane
+    for j in range(packed.shape[0]):
+        packed[j] = 0
+    for j in range(length):
+        wide[j] = 0
+    for n in range(n_batch):
+        _pack_plane_phases(x, n, c, packed, n * plane, length, phases, dq, hq, wq, sd, sh, sw,
+                           pd, ph, pw)
+        for od in range(out_d):
+            for oh in range(out_h):
+                at = uint64(n * plane + (od * hq + oh) * wq)
+                for ow in range(out_w):
+                    wide[at + uint64(ow)] = dy[n, co, od, oh, uint64(ow)]
+    if not all_finite(packed):
+        return False
+    zero = packed[0] - packed[0]
+    for t in range(tap_shift.shape[0]):
+        offset = uint64(tap_phase[t]) * uint64(length) + uint64(tap_shift[t])
+        total = 0.0
+        for start in range(0, length, DEPTHWISE_WGRAD_CHUNK):
+            part = zero
+            first = uint64(start)
+            for j in range(min(DEPTHWISE_WGRAD_CHUNK, length - start)):
+                k = first + uint64(j)
+                part += packed[offset + k] * wide[k]
+            total += part
+        kd = t // (k_h * k_w)
+        kh = (t // k_w) % k_h
+        dw_out[co, 0, kd, kh, t % k_w] = total
+    return True
+
+
 @_kernel()
-def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ignore[no-untyped-def]
-    c_in = x.shape[1]
+def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase, tap_shift,  # type: ignore[no-untyped-def]
+                    phases, dq, hq, wq, threads):
+    """Depthwise weight gradient, one output channel at a time, the batch in one packed run
+    (:func:`_wgrad_depthwise_batched`, layout ``tap_phase`` .. ``wq`` as for
+    :func:`depthwise_packed`); input channels holding Inf or NaN go image by image
+    (:func:`_wgrad_depthwise_channel`). Jobs take runs of channels and their buffers once
+    (``threads``: the pool threads the call runs on)."""
+    n_batch, c_in = x.shape[0], x.shape[1]
     c_out, _, k_d, k_h, k_w = dw_out.shape
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
     multiplier = c_out // c_in
     e_d = (out_d - 1) * sd + (k_d - 1) * dd + 1
     e_h = (out_h - 1) * sh + (k_h - 1) * dh + 1
     e_w = (out_w - 1) * sw + (k_w - 1) * dw + 1
-    for co in prange(c_out):
+    length = n_batch * dq * hq * wq
+    reach = 0
+    for t in range(tap_shift.shape[0]):
+        reach = max(reach, tap_shift[t])
+    jobs = min(c_out, DEPTHWISE_JOBS_PER_THREAD * threads)
+    for job in prange(jobs):
         buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
         grad_rows = np.zeros((out_d, out_h, e_w), dtype=x.dtype)
-        _wgrad_depthwise_channel(x, dy, dw_out, co, co // multiplier, sd, sh, sw, pd, ph, pw,
-                                 dd, dh, dw, buf, grad_rows)
+        packed = np.empty(phases.shape[0] * length + reach, dtype=x.dtype)
+        wide = np.empty(length, dtype=x.dtype)
+        for co in range(job * c_out // jobs, (job + 1) * c_out // jobs):
+            c = co // multiplier
+            if _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq,
+                                        hq, wq, sd, sh, sw, pd, ph, pw, packed, wide):
+                continue
+            _wgrad_depthwise_channel(x, dy, dw_out, co, c, sd, sh, sw, pd, ph, pw, dd, dh, dw,
+                                     buf, grad_rows)
 
 
 @_jit(inline="always")
@@ -882,13 +984,15 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
 
 @_kernel()
 def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw,  # type: ignore[no-untyped-def]
-                     bias, has_bias, act):
+                     bias, has_bias, act, threads):
     """Depthwise forward (``groups == C_in``): each (image, channel) plane is packed on its
     own (layout as :func:`pack_input`, one image) and every output vector sums its taps three
-    at a time in registers, so it is stored once per three taps, not once per tap. Rows are
-    addressed through 2-D indexing, so no array views are made per row."""
+    at a time in registers, so it is stored once per three taps, not once per tap. The
+    buffers are indexed with unsigned flat offsets: no array views (two reference-count
+    updates each) and no negative-index checks in the loops. ``threads``: the pool threads
+    the call runs on (numba's ``get_num_threads`` inside a kernel would keep it out of the
+    on-disk cache)."""
     n_batch, c_in = x.shape[0], x.shape[1]
-    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
     c_out = y.shape[1]
     out_d, out_h, out_w = y.shape[2], y.shape[3], y.shape[4]
     multiplier = c_out // c_in
@@ -900,56 +1004,47 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
     rows = n_phases * dq * hq + PACKED_VECTOR // wq + 1
     per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
     runs = (per_image + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
-    for job in prange(n_batch * c_in):
-        n = job // c_in
-        c = job - n * c_in
-        packed = np.zeros((rows, wq), dtype=x.dtype)
-        image = x[n, c]
-        for f in range(n_phases):
-            a, b, e = phases[f, 0], phases[f, 1], phases[f, 2]
-            lo = max(0, -((e - pw) // sw))
-            hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
-            for qd in range(dq):
-                i_d = qd * sd + a - pd
-                if i_d < 0 or i_d >= in_d:
-                    continue
-                for qh in range(hq):
-                    i_h = qh * sh + b - ph
-                    if i_h < 0 or i_h >= in_h:
-                        continue
-                    r = (f * dq + qd) * hq + qh
-                    start = lo * sw + e - pw
-                    for j in range(hi - lo):
-                        packed[r, lo + j] = image[i_d, i_h, start + j * sw]
-        src = packed.reshape(-1)
-        acc = np.empty((runs // wq + 2, wq), dtype=y.dtype)
-        flat = acc.reshape(-1)
+    planes = n_batch * c_in
+    # A job takes a run of planes and its buffers once: on 7x7 and 14x14 maps a plane is a
+    # few hundred multiply-adds, less than three allocations and their reference counts.
+    jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)
+    for job in prange(jobs):
+        first = job * planes // jobs
+        last = (job + 1) * planes // jobs
+        src = np.empty(rows * wq, dtype=x.dtype)
+        flat = np.empty((runs // wq + 2) * wq, dtype=y.dtype)
         zero = np.zeros(1, dtype=y.dtype)[0]
         six = zero + 6
-        for m in range(multiplier):
-            co = c * multiplier + m
-            flat[:] = 0
-            for t in range(0, full, 3):
-                u = src[tap_phase[t] * plane + tap_shift[t]:]
-                v = src[tap_phase[t + 1] * plane + tap_shift[t + 1]:]
-                s = src[tap_phase[t + 2] * plane + tap_shift[t + 2]:]
-                w0 = w2[co, t]
-                w1 = w2[co, t + 1]
-                w2_ = w2[co, t + 2]
+        for index in range(first, last):
+            n = index // c_in
+            c = index - n * c_in
+            for j in range(rows * wq):
+                src[j] = 0
+            _pack_plane_phases(x, n, c, src, 0, plane, phases, dq, hq, wq, sd, sh, sw, pd, ph,
+                               pw)
+            for m in range(multiplier):
+                co = c * multiplier + m
                 for j in range(runs):
-                    flat[j] += w0 * u[j] + w1 * v[j] + w2_ * s[j]
-            for t in range(full, taps):
-                u = src[tap_phase[t] * plane + tap_shift[t]:]
-                w0 = w2[co, t]
-                for j in range(runs):
-                    flat[j] += w0 * u[j]
-            for od in range(out_d):
-                for oh in range(out_h):
-                    r = od * hq + oh
-                    for ow in range(out_w):
-                        y[n, co, od, oh, ow] = _epilogue(acc[r, ow], co, bias, has_bias, act,
-                                                         zero, six)
-
+                    flat[j] = 0
+                for t in range(0, full, 3):
+                    u = uint64(tap_phase[t] * plane + tap_shift[t])
+                    v = uint64(tap_phase[t + 1] * plane + tap_shift[t + 1])
+                    q = uint64(tap_phase[t + 2] * plane + tap_shift[t + 2])
+                    w0, w1, w2_ = w2[co, t], w2[co, t + 1], w2[co, t + 2]
+                    for j in range(runs):
+                        k = uint64(j)
+                        flat[k] += w0 * src[u + k] + w1 * src[v + k] + w2_ * src[q + k]
+                for t in range(full, taps):
+                    u = uint64(tap_phase[t] * plane + tap_shift[t])
+                    w0 = w2[co, t]
+                    for j in range(runs):
+                        flat[uint64(j)] += w0 * src[u + uint64(j)]
+                for od in range(out_d):
+                    for oh in range(out_h):
+                        r = uint64((od * hq + oh) * wq)
+                        for ow in range(out_w):
+                            y[n, co, od, oh, uint64(ow)] = _epilogue(
+                                flat[r + uint64(ow)], co, bias, has_bias, act, zero, six)
 
 DEPTHWISE_CHANNEL_BLOCK = 128
 
