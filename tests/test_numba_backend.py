@@ -281,3 +281,27 @@ def test_depthwise_weight_gradient_batched(shape, multiplier, stride, padding, d
     np.testing.assert_array_equal(np.isfinite(dw), np.isfinite(expected))
     finite = np.isfinite(expected)
     assert_close(np.where(finite, dw, 0), np.where(finite, expected, 0), "float32")
+
+
+@pytest.mark.parametrize("batch, groups, dtype", [(1, 1, "float32"), (5, 1, "float32"),
+                                                  (4, 2, "float32"), (3, 1, "float64")])
+def test_pointwise_on_single_pixels(batch, groups, dtype):
+    """1x1 convolutions of 1x1 maps (classifier heads, squeeze-and-excitation): one product
+    over the batch, or a matrix-vector product for one image, in every pass."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((batch, 48, 1, 1)).astype(dtype)
+    w = rng.standard_normal((40, 48 // groups, 1, 1)).astype(dtype)
+    dy = rng.standard_normal((batch, 40, 1, 1)).astype(dtype)
+    from convflow.backends.numba.algorithms import IN_PLACE_GEMM, ONE_PIXEL_GEMM
+
+    for direction in ("forward", "backward_data", "backward_weight"):
+        decision = convflow.explain(x, w, groups=groups, direction=direction)
+        assert (decision.algorithm, decision.variant) == (
+            "gemm_1x1", ONE_PIXEL_GEMM if batch > 1 else IN_PLACE_GEMM)
+    y = convflow.conv2d(x, w, groups=groups, algorithm="gemm_1x1")
+    assert_close(y, reference.conv(x, w, None, None, None, None, groups), dtype)
+    dx, dw, _ = convflow.conv_backward(dy, x, w, groups=groups, algorithm="gemm_1x1",
+                                       output_mask=(True, True, False))
+    want_dx, want_dw, _ = reference.conv_backward(dy, x, w, groups=groups)
+    assert_close(dx, want_dx, dtype)
+    assert_close(dw, want_dw, dtype)

@@ -217,6 +217,10 @@ def test_matmul_views_stacks_and_accumulation(threads, dtype):
         (rng.standard_normal((3, 70, 90)).astype(dtype),
          rng.standard_normal((3, 90, 40)).astype(dtype)),
         (a, b[:, :7]), (a[:3], b),                                       # narrow blocks
+        (a, b[:, :1]), (np.asfortranarray(a), b[:, 3:4]),                # one column: GEMV
+        (a, np.ascontiguousarray(b[:, :1].T).T),                         # a transposed vector
+        (rng.standard_normal((3, 70, 90)).astype(dtype),
+         rng.standard_normal((3, 90, 1)).astype(dtype)),                 # a stack of GEMVs
     ]
     for left, right in cases:
         want = np.matmul(left.astype(np.float64), right.astype(np.float64))

@@ -157,6 +157,7 @@ def wgrad_im2col(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int
 # below and handed back to the pass, so the Decision names the path that runs.
 IN_PLACE_GEMM = "in-place GEMM"
 GATHERED_GEMM = "GEMM over im2col-gathered pixels (strided or cropped)"
+ONE_PIXEL_GEMM = "one GEMM over the batch's single pixels"
 SINGLE_PASS = "single-pass strategy (small problem: one single-threaded pass)"
 IN_PLACE_1X1 = "in-place strategy (a 1x1 input read where it lies)"
 PER_IMAGE = "per-image strategy"
@@ -166,8 +167,14 @@ PER_PLANE_SERIAL = "per-plane packed kernel, single-threaded (small problem)"
 
 
 def pointwise_variant(problem: ConvProblem) -> str:
-    """In place when unstrided and the output covers the input, else gathered first."""
+    """In place when unstrided and the output covers the input, else gathered first; maps
+    of one pixel (classifier heads, squeeze-and-excitation) as one product over the batch,
+    which reads the weights once where a product per image reads them once per image
+    (8.5x slower at 1024 -> 1000 channels, batch 8). One image's single pixel is an in-place
+    matrix-vector product."""
     in_place = not problem.is_strided() and problem.x_spatial == problem.y_spatial
+    if in_place and math.prod(problem.x_spatial) == 1 and problem.batch > 1:
+        return ONE_PIXEL_GEMM
     return IN_PLACE_GEMM if in_place else GATHERED_GEMM
 
 
@@ -186,7 +193,10 @@ def fprop_pointwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
     w_mat = w.reshape(w.shape[0], w.shape[1])
     x_flat, y_flat = _flat(x), _flat(y)
     for out_slice, in_slice in _group_slices(w, geometry.groups):
-        blas.matmul(w_mat[out_slice], x_flat[:, in_slice], y_flat[:, out_slice])
+        if variant == ONE_PIXEL_GEMM:
+            blas.matmul(x_flat[:, in_slice, 0], w_mat[out_slice].T, y_flat[:, out_slice, 0])
+        else:
+            blas.matmul(w_mat[out_slice], x_flat[:, in_slice], y_flat[:, out_slice])
 
 
 def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
@@ -197,7 +207,10 @@ def dgrad_pointwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
     w_mat = w.reshape(w.shape[0], w.shape[1])
     dy_flat, dx_flat = _flat(dy), _flat(dx)
     for out_slice, in_slice in _group_slices(w, geometry.groups):
-        blas.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], dx_flat[:, in_slice])
+        if variant == ONE_PIXEL_GEMM:
+            blas.matmul(dy_flat[:, out_slice, 0], w_mat[out_slice], dx_flat[:, in_slice, 0])
+        else:
+            blas.matmul(w_mat[out_slice].T, dy_flat[:, out_slice], dx_flat[:, in_slice])
 
 
 def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
@@ -209,6 +222,10 @@ def wgrad_pointwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: 
     dw_mat[...] = 0
     x_flat, dy_flat = _flat(x), _flat(dy)
     for out_slice, in_slice in _group_slices(dw, geometry.groups):
+        if variant == ONE_PIXEL_GEMM:
+            blas.matmul(dy_flat[:, out_slice, 0].T, x_flat[:, in_slice, 0], dw_mat[out_slice],
+                        accumulate=True)
+            continue
         for n in range(x.shape[0]):
             blas.matmul(dy_flat[n, out_slice], x_flat[n, in_slice].T, dw_mat[out_slice],
                         accumulate=True)

@@ -36,7 +36,9 @@ NO_TRANS = 111
 TRANS = 112
 
 _SYMBOLS = {"convflow_cblas_sgemm": "scipy_cblas_sgemm",
-            "convflow_cblas_dgemm": "scipy_cblas_dgemm"}
+            "convflow_cblas_dgemm": "scipy_cblas_dgemm",
+            "convflow_cblas_sgemv": "scipy_cblas_sgemv",
+            "convflow_cblas_dgemv": "scipy_cblas_dgemv"}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -95,6 +97,14 @@ _dgemm: Any = types.ExternalFunction("convflow_cblas_dgemm", types.void(
     _i32, types.float64, types.voidptr, _i32))
 
 
+_sgemv: Any = types.ExternalFunction("convflow_cblas_sgemv", types.void(
+    _i32, _i32, _i32, _i32, types.float32, types.voidptr, _i32, types.voidptr, _i32,
+    types.float32, types.voidptr, _i32))
+_dgemv: Any = types.ExternalFunction("convflow_cblas_dgemv", types.void(
+    _i32, _i32, _i32, _i32, types.float64, types.voidptr, _i32, types.voidptr, _i32,
+    types.float64, types.voidptr, _i32))
+
+
 @intrinsic
 def _address(typingctx, array):  # type: ignore[no-untyped-def]
     """The address of ``array``'s first element (a view's, for a slice)."""
@@ -108,6 +118,16 @@ def _address(typingctx, array):  # type: ignore[no-untyped-def]
 address: Any = _address  # typed by numba, not mypy
 
 
+def _by_dtype(a: Any, single: Any, double: Any) -> tuple[Any, Any] | None:
+    """The external routine and scalar type for the numba array type ``a`` (None: neither
+    float32 nor float64, so the overload does not apply)."""
+    if a.dtype == types.float32:
+        return single, np.float32
+    if a.dtype == types.float64:
+        return double, np.float64
+    return None
+
+
 def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # type: ignore[no-untyped-def]
     """Row-major ``C = op(A) @ op(B) + beta * C`` (``op`` transposes when ``trans_*``) on
     the first elements of ``a``, ``b``, ``c`` with leading dimensions ``ld*``; single-threaded.
@@ -117,17 +137,41 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # type: igno
 
 @overload(gemm, inline="always")
 def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # type: ignore[no-untyped-def]
-    if a.dtype == types.float32:
-        external, scalar = _sgemm, np.float32
-    elif a.dtype == types.float64:
-        external, scalar = _dgemm, np.float64
-    else:
+    chosen = _by_dtype(a, _sgemm, _dgemm)
+    if chosen is None:
         return None
+    external, scalar = chosen
 
     def run(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # type: ignore[no-untyped-def]
         external(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS,
                  m, n, k, scalar(1.0), address(a), lda, address(b), ldb, scalar(beta),
                  address(c), ldc)
+    return run
+
+
+def gemv(trans_a, m, k, a, lda, x, inc_x, beta, y, inc_y):  # type: ignore[no-untyped-def]
+    """Row-major ``y = op(A) @ x + beta * y`` for an ``m x k`` ``op(A)`` (stored ``k x m``
+    when ``trans_a``), ``x`` and ``y`` with element strides ``inc_*``; single-threaded.
+    OpenBLAS's GEMM with one column packs all of ``A`` to multiply it once: several times
+    slower than its GEMV, which streams ``A``. Callable from numba code only."""
+    raise NotImplementedError("blas.gemv is called from numba kernels")
+
+
+@overload(gemv, inline="always")
+def _gemv(trans_a, m, k, a, lda, x, inc_x, beta, y, inc_y):  # type: ignore[no-untyped-def]
+    chosen = _by_dtype(a, _sgemv, _dgemv)
+    if chosen is None:
+        return None
+    external, scalar = chosen
+
+    def run(trans_a, m, k, a, lda, x, inc_x, beta, y, inc_y):  # type: ignore[no-untyped-def]
+        # cblas takes the stored matrix's shape: k x m when transposed.
+        if trans_a:
+            external(ROW_MAJOR, TRANS, k, m, scalar(1.0), address(a), lda, address(x), inc_x,
+                     scalar(beta), address(y), inc_y)
+        else:
+            external(ROW_MAJOR, NO_TRANS, m, k, scalar(1.0), address(a), lda, address(x),
+                     inc_x, scalar(beta), address(y), inc_y)
     return run
 
 

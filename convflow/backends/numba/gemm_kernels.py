@@ -27,6 +27,11 @@ def _block(a, b, c, trans_a, trans_b, lda, ldb, ldc, m_step, n_step, beta, job):
     # element is found the same way whatever the storage order.
     a_sub = a_i[m0:]
     b_sub = b_i[:, n0:]
+    if n == 1:
+        # One column (a 1x1 convolution of a single pixel): a matrix-vector product.
+        blas.gemv(trans_a, min(m_step, m - m0), k, a_sub, lda, b_sub, 1 if trans_b else ldb,
+                  beta, c[i, m0:, n0:], ldc)
+        return
     blas.gemm(trans_a, trans_b, min(m_step, m - m0), min(n_step, n - n0), k, a_sub, lda, b_sub,
               ldb, beta, c[i, m0:, n0:], ldc)
 
