@@ -305,3 +305,29 @@ def test_pointwise_on_single_pixels(batch, groups, dtype):
     want_dx, want_dw, _ = reference.conv_backward(dy, x, w, groups=groups)
     assert_close(dx, want_dx, dtype)
     assert_close(dw, want_dw, dtype)
+
+
+@pytest.mark.parametrize("shape, multiplier, stride, padding, dilation", [
+    ((2, 5, 14, 13), 1, (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ((3, 4, 17, 19), 2, (2, 3), ((2, 0), (1, 3)), (2, 1)),     # phases of 3 columns
+    ((2, 3, 9, 11), 1, (3, 2), ((0, 2), (2, 2)), (1, 2)),      # padding past the reads
+])
+def test_depthwise_data_gradient_scatter(shape, multiplier, stride, padding, dilation):
+    """The scatter kernel (strided passes, a channel multiplier, Inf weights), whose plane
+    keeps its columns split by stride phase, against the float64 reference."""
+    rng = np.random.default_rng(23)
+    channels = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
+    y = reference.conv(x, w, None, stride, padding, dilation, channels)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    for weights in (w, np.where(np.arange(w.size).reshape(w.shape) == 4, np.inf, w)):
+        want, _, _ = reference.conv_backward(dy, x, weights, stride, padding, dilation, channels)
+        dx, _, _ = convflow.conv_backward(dy, x, weights.astype(np.float32),
+                                          output_mask=(True, False, False),
+                                          algorithm="depthwise", **kwargs)
+        np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(dx), np.isinf(want))
+        finite = np.isfinite(want)
+        assert_close(np.where(finite, dx, 0), np.where(finite, want, 0), "float32")

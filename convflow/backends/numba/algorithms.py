@@ -240,16 +240,6 @@ def _direct(name: str) -> Callable[..., None]:
     return run
 
 
-def _depthwise(name: str) -> Callable[..., None]:
-    def run(a: Array, b: Array, out: Array, geometry: Geometry, budget: int,
-            epilogue: Epilogue | None = None, variant: str = "") -> None:
-        getattr(kernels, name)(a, b, out, *geometry.spatial_args)
-
-    return run
-
-
-
-
 @dataclass(frozen=True, eq=False)
 class PackedLayout:
     """Where every kernel tap of a packed direct convolution reads (``kernels.pack_input``).
@@ -826,7 +816,8 @@ fprop_fft, dgrad_fft, wgrad_fft = FFT_PASSES
 fprop_direct = _direct("fprop_direct")
 dgrad_direct = _direct("dgrad_direct")
 wgrad_direct = _direct("wgrad_direct")
-_scatter_dgrad_depthwise = _depthwise("dgrad_depthwise")
+def _scatter_dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry) -> None:
+    kernels.dgrad_depthwise(dy, w, dx, *geometry.spatial_args, kernels.pool_threads())
 
 
 def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
@@ -843,7 +834,7 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
         kernel = _depthwise_kernel(dy.shape, flipped.shape, dx.shape, geometry.channels_last)
         fprop_depthwise(dy, flipped, dx, geometry.flipped(), budget, variant=kernel)
         return
-    _scatter_dgrad_depthwise(dy, w, dx, geometry, budget, epilogue, variant)
+    _scatter_dgrad_depthwise(dy, w, dx, geometry)
 
 
 def wgrad_depthwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,

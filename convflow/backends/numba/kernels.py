@@ -317,7 +317,14 @@ def _pad_plane(plane, buf, pd, ph, pw):  # type: ignore[no-untyped-def]
 
 
 @_kernel()
-def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ignore[no-untyped-def]
+def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, threads):  # type: ignore[no-untyped-def]
+    """Depthwise data gradient by scattering ``w * dy`` into each padded input plane, which
+    sums real products only (so non-finite weights propagate as a direct sum does). The
+    plane's columns are kept split by stride phase (column ``q * sw + phase`` at
+    ``(row, phase, q)``), so each tap's scatter of an output row is a unit-stride,
+    vectorized run whatever the stride; the phases are interleaved once, when the plane is
+    written out. Jobs take runs of planes and their buffer once (``threads``: the pool
+    threads the call runs on); buffers are indexed with unsigned flat offsets (no views)."""
     n_batch, c_in = dx.shape[0], dx.shape[1]
     c_out, _, k_d, k_h, k_w = w.shape
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
@@ -326,34 +333,51 @@ def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw):  # type: ign
     e_d = (out_d - 1) * sd + (k_d - 1) * dd + 1
     e_h = (out_h - 1) * sh + (k_h - 1) * dh + 1
     e_w = (out_w - 1) * sw + (k_w - 1) * dw + 1
-    for job in prange(n_batch * c_in):
-        n = job // c_in
-        c = job - n * c_in
-        buf = np.zeros((e_d, e_h, e_w), dtype=dx.dtype)
-        for m in range(multiplier):
-            co = c * multiplier + m
-            taps = w[co, 0]
-            grad = dy[n, co]
-            for od in range(out_d):
-                for oh in range(out_h):
-                    grad_row = grad[od, oh]
-                    for kd in range(k_d):
-                        for kh in range(k_h):
-                            acc_row = buf[od * sd + kd * dd, oh * sh + kh * dh]
-                            for kw in range(k_w):
-                                weight = taps[kd, kh, kw]
-                                base = kw * dw
-                                for j in range(out_w):
-                                    acc_row[base + j * sw] += weight * grad_row[j]
-        out = dx[n, c]
-        out[:, :, :] = 0
-        for i in range(max(0, pd), min(e_d, in_d + pd)):
-            for j in range(max(0, ph), min(e_h, in_h + ph)):
-                src = buf[i, j]
-                dst = out[i - pd, j - ph]
-                lo = max(0, pw)
-                for k in range(min(e_w, in_w + pw) - lo):
-                    dst[lo + k - pw] = src[lo + k]
+    wq = (e_w + sw - 1) // sw
+    row = sw * wq                       # one padded row, its phases side by side
+    size = e_d * e_h * row
+    planes = n_batch * c_in
+    jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)
+    for job in prange(jobs):
+        buf = np.empty(size, dtype=dx.dtype)
+        for index in range(job * planes // jobs, (job + 1) * planes // jobs):
+            n = index // c_in
+            c = index - n * c_in
+            for j in range(size):
+                buf[j] = 0
+            for m in range(multiplier):
+                co = c * multiplier + m
+                for od in range(out_d):
+                    for oh in range(out_h):
+                        for kd in range(k_d):
+                            for kh in range(k_h):
+                                r = ((od * sd + kd * dd) * e_h + oh * sh + kh * dh) * row
+                                for kw in range(k_w):
+                                    weight = w[co, 0, kd, kh, kw]
+                                    at = uint64(r + ((kw * dw) % sw) * wq + (kw * dw) // sw)
+                                    for j in range(out_w):
+                                        buf[at + uint64(j)] += weight * dy[n, co, od, oh,
+                                                                           uint64(j)]
+            # Input column k is padded column k + pw: phase (k + pw) % sw, run (k + pw) // sw.
+            lo, hi = max(0, -pw), max(min(in_w, e_w - pw), max(0, -pw))
+            for i in range(in_d):
+                for r in range(in_h):
+                    pi, pr = i + pd, r + ph
+                    if not (0 <= pi < e_d and 0 <= pr < e_h):
+                        for k in range(in_w):
+                            dx[n, c, i, r, uint64(k)] = 0
+                        continue
+                    for k in range(lo):
+                        dx[n, c, i, r, uint64(k)] = 0
+                    for k in range(hi, in_w):
+                        dx[n, c, i, r, uint64(k)] = 0
+                    base = (pi * e_h + pr) * row
+                    for phase in range(sw):
+                        # The first k >= lo with (k + pw) % sw == phase, then every sw-th.
+                        first = lo + (phase - (lo + pw) % sw + sw) % sw
+                        src = base + phase * wq + (first + pw) // sw
+                        for q in range((hi - first + sw - 1) // sw):
+                            dx[n, c, i, r, uint64(first + q * sw)] = buf[uint64(src + q)]
 
 
 @_jit(inline="always")
