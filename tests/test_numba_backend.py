@@ -254,6 +254,17 @@ def test_packed_direct_keeps_inf_where_padding_pairs_would_make_nan():
     assert np.isfinite(y[0, :, :4, :4]).all() and not np.isnan(y).any()
 
 
+def _depthwise_operands(seed, shape, multiplier, stride, padding, dilation):
+    """float32 x, w, dy of a depthwise 3x3 pass and its keyword arguments."""
+    rng = np.random.default_rng(seed)
+    channels = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
+    y = reference.conv(x, w, None, stride, padding, dilation, channels)
+    return x, w, rng.standard_normal(y.shape).astype(np.float32), kwargs
+
+
 @pytest.mark.parametrize("shape, multiplier, stride, padding, dilation", [
     ((8, 12, 7, 7), 1, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # small maps, whole batch per dot
     ((3, 5, 14, 13), 2, (2, 2), ((1, 1), (1, 1)), (1, 1)),     # stride phases, multiplier 2
@@ -263,13 +274,8 @@ def test_packed_direct_keeps_inf_where_padding_pairs_would_make_nan():
 def test_depthwise_weight_gradient_batched(shape, multiplier, stride, padding, dilation):
     """The weight gradient with the batch in one packed run, against the float64 reference;
     a channel holding Inf goes image by image, its neighbours stay batched."""
-    rng = np.random.default_rng(21)
+    x, w, dy, kwargs = _depthwise_operands(21, shape, multiplier, stride, padding, dilation)
     channels = shape[1]
-    x = rng.standard_normal(shape).astype(np.float32)
-    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
-    y = reference.conv(x, w, None, stride, padding, dilation, channels)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
     _, expected, _ = reference.conv_backward(dy, x, w, stride, padding, dilation, channels)
     _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False),
                                       algorithm="depthwise", **kwargs)
@@ -315,13 +321,8 @@ def test_pointwise_on_single_pixels(batch, groups, dtype):
 def test_depthwise_data_gradient_scatter(shape, multiplier, stride, padding, dilation):
     """The scatter kernel (strided passes, a channel multiplier, Inf weights), whose plane
     keeps its columns split by stride phase, against the float64 reference."""
-    rng = np.random.default_rng(23)
+    x, w, dy, kwargs = _depthwise_operands(23, shape, multiplier, stride, padding, dilation)
     channels = shape[1]
-    x = rng.standard_normal(shape).astype(np.float32)
-    w = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(np.float32)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
-    y = reference.conv(x, w, None, stride, padding, dilation, channels)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
     for weights in (w, np.where(np.arange(w.size).reshape(w.shape) == 4, np.inf, w)):
         want, _, _ = reference.conv_backward(dy, x, weights, stride, padding, dilation, channels)
         dx, _, _ = convflow.conv_backward(dy, x, weights.astype(np.float32),
