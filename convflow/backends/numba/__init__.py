@@ -73,7 +73,7 @@ PACKED_DGRAD_MAX_REDUCTION = 576
 # when each GEMM is deep (>= 48 channels per group), each output sums >= 576 products and
 # the batch gives >= 10000 output positions without stride (64x224x224: 10.5 vs 12.3 ms);
 # below, its discarded padding columns and short GEMMs lose (1.1-1.25x at 64x28x28, batch
-# 8). On strided layers im2col + BLAS beats it (1.07-1.37x) since im2col's faster gather.
+# 8). On strided layers im2col + BLAS beats it (1.07-1.37x) since im2col's gather got faster.
 PACKED_GEMM_MIN_CHANNELS = 48
 PACKED_GEMM_MIN_REDUCTION = 576
 PACKED_GEMM_MIN_POSITIONS = 10000
@@ -85,7 +85,7 @@ PACKED_GEMM_MIN_OUT_CHANNELS = 32
 # 0.94-0.97 on three layers of 32 output channels, batch 1), so the rule leaves it to find
 # mode and to a forced algorithm.
 
-_PADDING_MODES = _PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_PADDING_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _PASS_INDEX = {Direction.FORWARD: 0, Direction.BACKWARD_DATA: 1, Direction.BACKWARD_WEIGHT: 2}
 
 

@@ -316,6 +316,15 @@ def _pad_plane(plane, buf, pd, ph, pw):  # type: ignore[no-untyped-def]
                 dst[lo + k + pw] = src[lo + k]
 
 
+# Jobs of the depthwise kernels per pool thread: enough to balance planes of unequal cost.
+DEPTHWISE_JOBS_PER_THREAD = 4
+
+
+@_jit(inline="always")
+def _job_span(job, jobs, count):  # type: ignore[no-untyped-def]
+    """Items ``[first, last)`` of job ``job`` when ``count`` items are shared among ``jobs``
+    jobs as evenly as whole items allow."""
+    return job * count // jobs, (job + 1) * count // jobs
 @_kernel()
 def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, threads):  # type: ignore[no-untyped-def]
     """Depthwise data gradient by scattering ``w * dy`` into each padded input plane, which
@@ -337,10 +346,14 @@ def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, threads):  # 
     row = sw * wq                       # one padded row, its phases side by side
     size = e_d * e_h * row
     planes = n_batch * c_in
+    # Input column k is padded column k + pw: phase (k + pw) % sw, run (k + pw) // sw; the
+    # columns [lo, hi) lie inside the padded plane.
+    lo, hi = max(0, -pw), max(min(in_w, e_w - pw), max(0, -pw))
     jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)
     for job in prange(jobs):
         buf = np.empty(size, dtype=dx.dtype)
-        for index in range(job * planes // jobs, (job + 1) * planes // jobs):
+        first, last = _job_span(job, jobs, planes)
+        for index in range(first, last):
             n = index // c_in
             c = index - n * c_in
             for j in range(size):
@@ -358,8 +371,6 @@ def dgrad_depthwise(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, threads):  # 
                                     for j in range(out_w):
                                         buf[at + uint64(j)] += weight * dy[n, co, od, oh,
                                                                            uint64(j)]
-            # Input column k is padded column k + pw: phase (k + pw) % sw, run (k + pw) // sw.
-            lo, hi = max(0, -pw), max(min(in_w, e_w - pw), max(0, -pw))
             for i in range(in_d):
                 for r in range(in_h):
                     pi, pr = i + pd, r + ph
@@ -453,41 +464,9 @@ def _wgrad_depthwise_channel(x, dy, dw_out, co, c, sd, sh, sw, pd, ph, pw, dd, d
         dw_out[co, 0, kd, kh, t % k_w] = acc[t]
 
 
-# Jobs of the depthwise kernels per pool thread: enough to balance planes of unequal cost.
-DEPTHWISE_JOBS_PER_THREAD = 4
 # Products of a weight-gradient dot summed in the data's precision before they are added in
 # float64: float32 vectors stay full width, and each partial sum stays short.
 DEPTHWISE_WGRAD_CHUNK = 1024
-
-
-@_jit(inline="always")
-def _pack_plane_phases(x, n, c, dst, base, phase_stride, phases, dq, hq, wq, sd, sh, sw, pd, ph,  # type: ignore[no-untyped-def]
-                       pw):
-    """Write every stride phase of the zero-padded plane ``x[n, c]`` (the layout of
-    :func:`pack_input`) into ``dst`` from ``base``, phase ``f`` at ``base + f *
-    phase_stride``; ``dst`` holds zeros where nothing is written. Flat unsigned offsets:
-    no views, no negative-index checks."""
-    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
-    for f in range(phases.shape[0]):
-        a, b, e = phases[f, 0], phases[f, 1], phases[f, 2]
-        lo = max(0, -((e - pw) // sw))
-        hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
-        start = lo * sw + e - pw
-        for qd in range(dq):
-            i_d = qd * sd + a - pd
-            if i_d < 0 or i_d >= in_d:
-                continue
-            for qh in range(hq):
-                i_h = qh * sh + b - ph
-                if i_h < 0 or i_h >= in_h:
-                    continue
-                r = uint64(base + f * phase_stride + (qd * hq + qh) * wq + lo)
-                if sw == 1:   # a contiguous copy (vectorized), not a gather
-                    for j in range(hi - lo):
-                        dst[r + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j)]
-                else:
-                    for j in range(hi - lo):
-                        dst[r + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j * sw)]
 
 
 @_jit(fastmath=_FASTMATH, nogil=True)
@@ -498,21 +477,20 @@ def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases,
     in each phase) in ``packed``, and ``dy[:, co]`` at the packed output positions in
     ``wide`` (zeros where no output is), so each tap's gradient is one unit-stride dot
     product over the batch, whatever the stride. Per image and tap, the dots on small maps
-    (7x7, 14x14) are too short to vectorize, and strided reads would gather. Returns False,
-    computing nothing, when the input channel holds Inf or NaN (the zeros of ``wide`` would
-    meet them: 0 * Inf is NaN)."""
+    (7x7, 14x14) are too short to vectorize, and strided reads would gather. ``packed``'s
+    tail past the phases and ``wide`` between the outputs must hold zeros: every call writes
+    the same positions, so the caller zeroes them once. Returns False, computing nothing,
+    when the input channel holds Inf or NaN (the zeros of ``wide`` would meet them: 0 * Inf
+    is NaN)."""
     n_batch = x.shape[0]
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
     k_h, k_w = dw_out.shape[3], dw_out.shape[4]
     plane = dq * hq * wq
     length = n_batch * plane
-    for j in range(packed.shape[0]):
-        packed[j] = 0
-    for j in range(length):
-        wide[j] = 0
     for n in range(n_batch):
-        _pack_plane_phases(x, n, c, packed, n * plane, length, phases, dq, hq, wq, sd, sh, sw,
-                           pd, ph, pw)
+        for f in range(phases.shape[0]):
+            _pack_phase(x, n, c, f, packed, f * length + n * plane, phases, dq, hq, wq, sd, sh,
+                        sw, pd, ph, pw)
         for od in range(out_d):
             for oh in range(out_h):
                 at = uint64(n * plane + (od * hq + oh) * wq)
@@ -560,9 +538,10 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase
     for job in prange(jobs):
         buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
         grad_rows = np.zeros((out_d, out_h, e_w), dtype=x.dtype)
-        packed = np.empty(phases.shape[0] * length + reach, dtype=x.dtype)
-        wide = np.empty(length, dtype=x.dtype)
-        for co in range(job * c_out // jobs, (job + 1) * c_out // jobs):
+        packed = np.zeros(phases.shape[0] * length + reach, dtype=x.dtype)
+        wide = np.zeros(length, dtype=x.dtype)
+        first, last = _job_span(job, jobs, c_out)
+        for co in range(first, last):
             c = co // multiplier
             if _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq,
                                         hq, wq, sd, sh, sw, pd, ph, pw, packed, wide):
@@ -715,35 +694,36 @@ PACKED_VECTOR = 8
 
 
 @_jit(inline="always")
-def _pack_phase(x, n, c, f, dst, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
-    """Write stride phase ``phases[f]`` of the zero-padded plane ``x[n, c]`` into ``dst``."""
+def _pack_phase(x, n, c, f, dst, at, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):  # type: ignore[no-untyped-def]
+    """Write stride phase ``phases[f]`` of the zero-padded plane ``x[n, c]``, zeros included,
+    into the 1-D ``dst`` from offset ``at`` (``dq * hq * wq`` floats). Flat unsigned offsets:
+    no view per row (two reference-count updates each) and no negative-index checks."""
     _, _, in_d, in_h, in_w = x.shape
-    src = x[n, c]
-    a = phases[f, 0]
-    b = phases[f, 1]
-    e = phases[f, 2]
+    a, b, e = phases[f, 0], phases[f, 1], phases[f, 2]
     # Columns qw whose input column qw * sw + e - pw lies inside the image.
     lo = max(0, -((e - pw) // sw))
     hi = max(min(wq, (in_w - 1 - e + pw) // sw + 1), lo)
+    start = lo * sw + e - pw
     for qd in range(dq):
         i_d = qd * sd + a - pd
         for qh in range(hq):
             i_h = qh * sh + b - ph
-            row = dst[(qd * hq + qh) * wq:(qd * hq + qh + 1) * wq]
+            row = uint64(at + (qd * hq + qh) * wq)
             if i_d < 0 or i_d >= in_d or i_h < 0 or i_h >= in_h:
-                row[:] = 0
+                for qw in range(wq):
+                    dst[row + uint64(qw)] = 0
                 continue
-            in_row = src[i_d, i_h]
             for qw in range(lo):
-                row[qw] = 0
-            start = lo * sw + e - pw
-            if sw == 1:
-                copy_run(row, lo, in_row, start, hi - lo)
+                dst[row + uint64(qw)] = 0
+            first = row + uint64(lo)
+            if sw == 1:   # a contiguous copy (vectorized), not a gather
+                for j in range(hi - lo):
+                    dst[first + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j)]
             else:
                 for j in range(hi - lo):
-                    row[lo + j] = in_row[start + j * sw]
+                    dst[first + uint64(j)] = x[n, c, i_d, i_h, uint64(start + j * sw)]
             for qw in range(hi, wq):
-                row[qw] = 0
+                dst[row + uint64(qw)] = 0
 
 
 @_kernel()
@@ -776,8 +756,8 @@ def pack_input(x, n0, n_images, xq, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw):
         for f in range(n_phases):
             for i in range(n_images):
                 base = (f * n_images + i) * plane
-                _pack_phase(x, n0 + i, c, f, dst_run[base:base + plane], phases, dq, hq, wq,
-                            sd, sh, sw, pd, ph, pw)
+                _pack_phase(x, n0 + i, c, f, dst_run, base, phases, dq, hq, wq, sd, sh, sw, pd,
+                            ph, pw)
         for t in range(n_phases * n_images * plane, length):
             dst_run[t] = 0
 
@@ -995,8 +975,7 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
         for f in range(n_phases):
             for i in range(n_images):
                 base = (f * n_images + i) * plane
-                _pack_phase(x, i, c, f, run[base:base + plane], phases, dq, hq, wq,
-                            sd, sh, sw, pd, ph, pw)
+                _pack_phase(x, i, c, f, run, base, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw)
     n_groups, n_blocks, per_image, total = _packed_extent(offsets, y, n_images, plane, hq, wq)
     flat = xq.reshape(-1)
     for g in range(n_groups):
@@ -1033,19 +1012,17 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
     # few hundred multiply-adds, less than three allocations and their reference counts.
     jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)
     for job in prange(jobs):
-        first = job * planes // jobs
-        last = (job + 1) * planes // jobs
-        src = np.empty(rows * wq, dtype=x.dtype)
+        first, last = _job_span(job, jobs, planes)
+        src = np.zeros(rows * wq, dtype=x.dtype)   # its spare rows stay zero
         flat = np.empty((runs // wq + 2) * wq, dtype=y.dtype)
         zero = np.zeros(1, dtype=y.dtype)[0]
         six = zero + 6
         for index in range(first, last):
             n = index // c_in
             c = index - n * c_in
-            for j in range(rows * wq):
-                src[j] = 0
-            _pack_plane_phases(x, n, c, src, 0, plane, phases, dq, hq, wq, sd, sh, sw, pd, ph,
-                               pw)
+            for f in range(n_phases):
+                _pack_phase(x, n, c, f, src, f * plane, phases, dq, hq, wq, sd, sh, sw, pd, ph,
+                            pw)
             for m in range(multiplier):
                 co = c * multiplier + m
                 for j in range(runs):
