@@ -55,6 +55,18 @@ NUMBA_RATES = fft_plan.Rates(fft=8e9, mac=8e9, direct=(("default", 20e9),))
 def test_smooth_and_power_of_two_lengths():
     assert [fft_plan.smooth_length(n) for n in (1, 11, 13, 86, 127)] == [1, 12, 14, 90, 128]
     assert fft_plan.smooth_length(11, (2, 3, 5, 7, 11)) == 11
+
+
+def test_numba_fast_lengths_are_scipys():
+    """The numba backend plans with scipy's real-transform lengths without importing
+    scipy.fft (a tenth of a second of the first call)."""
+    pytest.importorskip("numba")
+    import scipy.fft
+
+    from convflow.backends.numba import fft as numba_fft
+
+    assert [numba_fft.fast_length(n) for n in range(1, 3000)] == \
+        [scipy.fft.next_fast_len(n, real=True) for n in range(1, 3000)]
     assert [fft_plan.power_of_two_length(n) for n in (1, 5, 64, 65)] == [1, 8, 64, 128]
 
 

@@ -189,9 +189,11 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((1, 96, 16, 16), (96, 96, 3, 3), dict(padding=1), "im2col_gemm"),    # 96 out on 16x16
     ((1, 96, 17, 17), (96, 96, 3, 3), dict(padding=1), "packed_direct"),  # 17x17: 289 positions
     ((1, 64, 224, 224), (64, 64, 3, 3), dict(padding=1), "packed_gemm"),
-    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 6272 positions
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),   # 64 channels, 392 tiles
+    ((1, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 49 tiles
     ((8, 96, 28, 28), (96, 96, 3, 3), dict(padding=1), "winograd"),        # 392 tiles
-    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "im2col_gemm"),  # 128 tiles, 14x14
+    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "winograd"),  # 128 tiles, 14x14
+    ((8, 64, 13, 13), (256, 64, 3, 3), dict(padding=1), "im2col_gemm"),  # 64 channels, 66% fill
     ((2, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((1, 256, 56, 56), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),

@@ -37,10 +37,29 @@ def test_the_written_out_transforms_are_the_matrices():
     for _ in range(5):
         d = rng.standard_normal(6)
         m = rng.standard_normal(6)
-        g = rng.standard_normal(3)
         np.testing.assert_allclose(wino.input_1d(*d, consts), wino.BT @ d, rtol=1e-14, atol=1e-14)
         np.testing.assert_allclose(wino.output_1d(*m, consts), wino.AT @ m, rtol=1e-14, atol=1e-14)
-        np.testing.assert_allclose(wino.filter_1d(*g), wino.G @ g, rtol=1e-14, atol=1e-14)
+        f = rng.standard_normal((3, 3))
+        np.testing.assert_allclose(wino.FILTER_TRANSFORM @ f.ravel(), (wino.G @ f @ wino.G.T).ravel(),
+                                   rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads, chunk_floats", [(1, None), (2, 64)], ids=["one-job", "chunks"])
+def test_filter_transform_matches_the_matrices(monkeypatch, dtype, threads, chunk_floats):
+    """u[g, xi, k, c] = (G w G^T)[xi] for every group, also when the GEMMs run in chunks
+    (a last, shorter chunk included: 3 * 43 columns per group)."""
+    if chunk_floats is not None:
+        monkeypatch.setattr(wino, "FILTER_CHUNK", chunk_floats)
+    rng = np.random.default_rng(4)
+    groups, k_per_group, c_per_group = 2, 3, 43
+    weight = rng.standard_normal((groups * k_per_group, c_per_group, 3, 3)).astype(dtype)
+    u = np.full((groups, 36, k_per_group, c_per_group), np.nan, dtype=dtype)
+    wino._transform_filter(weight, u, threads)
+    expected = np.einsum("ia,kcab,jb->ijkc", wino.G, weight.astype(np.float64), wino.G)
+    expected = expected.reshape(36, groups, k_per_group, c_per_group).transpose(1, 0, 2, 3)
+    tolerance = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(u, expected, rtol=tolerance, atol=tolerance)
 
 
 def test_the_matrices_compute_a_correlation():
@@ -183,10 +202,14 @@ def test_the_rule_explains_when_winograd_does_not_pay():
                                 np.ones((64, 64, 3, 3), np.float32), padding=1, backend="numba")
     outcome = next(o for o in tiny_map.algorithm_rules if o.rule == "winograd")
     assert not outcome.matched and "output tiles of 4x4" in outcome.detail
-    narrow = convflow.explain(np.ones((1, 128, 56, 56), np.float32),
-                              np.ones((128, 128, 3, 3), np.float32), padding=1, backend="numba")
+    narrow = convflow.explain(np.ones((8, 64, 56, 56), np.float32),
+                              np.ones((64, 64, 3, 3), np.float32), padding=1, backend="numba")
     outcome = next(o for o in narrow.algorithm_rules if o.rule == "winograd")
-    assert not outcome.matched and "too little work per transform" in outcome.detail
+    assert not outcome.matched and "the packed kernels stream so few channels" in outcome.detail
+    assert "needs <= 392 tiles" in outcome.detail
+    wide = convflow.explain(np.ones((8, 128, 14, 14), np.float32),
+                            np.ones((128, 128, 3, 3), np.float32), padding=1, backend="numba")
+    assert wide.algorithm == "winograd"
     dgrad = convflow.explain(np.ones((8, 128, 56, 56), np.float32),
                              np.ones((128, 128, 3, 3), np.float32), padding=1, backend="numba",
                              direction="backward_data")

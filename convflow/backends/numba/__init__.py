@@ -188,22 +188,27 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 # Winograd pays when both channel counts feed the 36 GEMMs, enough tiles share each transformed
 # filter, and the output fills its 4x4 tiles (a 13x13 map computes 16x16, a third discarded).
-# Measured against packed_direct, packed_gemm and im2col_gemm on the 3x3 stride-1 layers of
-# convflow bench's networks (2 threads, AVX-512, batch 1 and 8): it wins (0.58-0.94) from 96
-# channels on each side, 128 tiles (14x14 at batch 8) and 75% fill when the channels of both
-# sides add up to 384 (256 -> 256 on 14x14: 0.73) or the tiles reach 392 (96 -> 96 on 28x28 at
-# batch 8: 0.86); it loses (1.1-1.5x) on 13x13 maps (66% fill), with 64 channels or fewer
-# and with 128-160 channels on 14x14 at batch 8. The data gradient (the forward pass of the
-# flipped problem) has other rivals: im2col's data gradient scatters its columns back, and
-# packed_direct's takes only short reductions. Measured the same way, Winograd wins it
-# (0.50-0.95) from 64 channels on each side, with 128 tiles and the same fill, when both sides
-# stay under 256 channels or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on
-# 14x14, batch 8, and at 128 -> 256 on 56x56, batch 1).
-WINOGRAD_MIN_CHANNELS = 96
-WINOGRAD_WIDE_CHANNELS = 384   # input plus output channels per group, below WINOGRAD_MANY_TILES
+# Forward, measured against packed_direct, packed_gemm and im2col_gemm on the 3x3 stride-1
+# layers of convflow bench's networks (in-process sweep, 2 threads, AVX-512, batch 1 and 8,
+# best of 3 medians) once the filter transform became one GEMM: from 96 channels on each side
+# it wins (0.62-0.96) with 128 tiles (14x14 at batch 8) and 65% fill (13x13 maps: 0.81-0.95),
+# whatever the channel sum; with 64-95 channels on a side it wins (0.72-0.96) on full maps of
+# 128-392 tiles (64 -> 96 on 28x28 at batch 8: 0.72) and ties or loses (1.0-1.2x) from 784
+# tiles, where the packed kernels stream 64 channels well; below 64 channels, below 128
+# tiles (1.2-6x on 7x7-14x14 maps at batch 1) or with 66% fill and 64 channels it loses.
+# The data gradient (the forward pass of the flipped problem) has other rivals: im2col's data
+# gradient scatters its columns back, and packed_direct's takes only short reductions. Measured
+# the same way (before the filter-transform GEMM), Winograd wins it (0.50-0.95) from 64
+# channels on each side, with 128 tiles and 75% fill, when both sides stay under 256 channels
+# or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on 14x14, batch 8, and at
+# 128 -> 256 on 56x56, batch 1).
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_NARROW_CHANNELS = 96   # below, on either side: full maps of at most ..._MAX_TILES
+WINOGRAD_NARROW_MAX_TILES = 392
 WINOGRAD_MIN_TILES = 128
 WINOGRAD_MANY_TILES = 392
-WINOGRAD_MIN_FILL = 0.75
+WINOGRAD_MIN_FILL = 0.65
+WINOGRAD_FULL_FILL = 0.75   # narrow forward layers and data gradients
 WINOGRAD_DGRAD_MIN_CHANNELS = 64
 WINOGRAD_DGRAD_WIDE_CHANNELS = 256  # on either side, below WINOGRAD_MANY_TILES: BLAS's
 
@@ -301,25 +306,27 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
     if tiles == 0:
         return False, f"{why}, but the output is empty"
     fill = out[0] * out[2] * out[3] / (tiles * OUTPUT_TILE * OUTPUT_TILE)
-    if tiles < WINOGRAD_MIN_TILES or fill < WINOGRAD_MIN_FILL:
+    dgrad = problem.direction == Direction.BACKWARD_DATA
+    narrow = not dgrad and min(reduced, produced) < WINOGRAD_NARROW_CHANNELS
+    min_fill = WINOGRAD_FULL_FILL if dgrad or narrow else WINOGRAD_MIN_FILL
+    if tiles < WINOGRAD_MIN_TILES or fill < min_fill:
         return False, (f"{why}, but {tiles} output tiles of 4x4 ({fill:.0%} of them inside the "
                        f"output) are too few to amortize the transforms (needs >= "
-                       f"{WINOGRAD_MIN_TILES} tiles and >= {WINOGRAD_MIN_FILL:.0%})")
-    dgrad = problem.direction == Direction.BACKWARD_DATA
+                       f"{WINOGRAD_MIN_TILES} tiles and >= {min_fill:.0%})")
     too_few = winograd_channels_too_few(
         problem, why, WINOGRAD_DGRAD_MIN_CHANNELS if dgrad else WINOGRAD_MIN_CHANNELS)
     if too_few:
         return False, too_few
+    if narrow and tiles > WINOGRAD_NARROW_MAX_TILES:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
+                       f"tiles: the packed kernels stream so few channels faster (below "
+                       f"{WINOGRAD_NARROW_CHANNELS} channels on a side, needs <= "
+                       f"{WINOGRAD_NARROW_MAX_TILES} tiles)")
     if dgrad and max(reduced, produced) >= WINOGRAD_DGRAD_WIDE_CHANNELS \
             and tiles < WINOGRAD_MANY_TILES:
         return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
                        f"tiles: BLAS is faster on wide data gradients (needs < "
                        f"{WINOGRAD_DGRAD_WIDE_CHANNELS} channels on each side, or >= "
-                       f"{WINOGRAD_MANY_TILES} tiles)")
-    if not dgrad and reduced + produced < WINOGRAD_WIDE_CHANNELS and tiles < WINOGRAD_MANY_TILES:
-        return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
-                       f"tiles are too little work per transform (needs >= "
-                       f"{WINOGRAD_WIDE_CHANNELS} channels on both sides together, or >= "
                        f"{WINOGRAD_MANY_TILES} tiles)")
     return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
                   f"F(4x4,3x3) does 36 instead of 144 multiplications per 4x4 tile")

@@ -12,12 +12,13 @@ Tiling, cost and accuracy are planned by :mod:`convflow.fft_plan`; the passes th
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import prange
 
-from ...fft_plan import Planner, Rates
+from ...fft_plan import Planner, Rates, smooth_length
 from ...params import ConvProblem, Direction
 from .. import fft_arrays
 from . import kernels
@@ -40,13 +41,12 @@ RATES_NAMED = (("default", 20e9), ("depthwise", 60e9), ("depthwise@large", 8e9),
 _serial = False
 
 
-def _fast_length(n: int) -> int:
-    import scipy.fft
+# scipy.fft.next_fast_len(n, real=True): the smallest 5-smooth length >= n (pocketfft's fast
+# real transforms), computed here so that planning does not import scipy.fft (see
+# _scipy_missing); tests/test_fft.py checks the two agree.
+fast_length = functools.partial(smooth_length, primes=(2, 3, 5))
 
-    return int(scipy.fft.next_fast_len(n, real=True))
-
-
-RATES = Rates(fft=8e9, mac=8e9, direct=RATES_NAMED, fast_length=_fast_length)
+RATES = Rates(fft=8e9, mac=8e9, direct=RATES_NAMED, fast_length=fast_length)
 
 
 @kernels._jit(inline="always")
@@ -141,10 +141,16 @@ def _workers() -> int:
 
 
 def _scipy_missing() -> str:
+    """Why scipy.fft cannot be imported ("" when it can), found without importing it: the
+    rules ask on every call's first selection, and importing scipy.fft costs ~0.1 s of a
+    process's first call, which FFT rarely wins. A scipy that is present but broken fails
+    when the FFT runs, with its own ImportError."""
     try:
-        import scipy.fft  # noqa: F401
-    except ImportError as exc:
-        return f"scipy is not installed ({exc}); pip install scipy"
+        found = importlib.util.find_spec("scipy") is not None
+    except (ImportError, ValueError) as exc:
+        return f"scipy cannot be found ({exc}); pip install scipy"
+    if not found:
+        return "scipy is not installed; pip install scipy"
     return ""
 
 
