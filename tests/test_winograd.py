@@ -176,6 +176,22 @@ def test_non_finite_tiles_are_recomputed_by_direct_loops():
     assert np.isinf(y).any() or np.isnan(y).any()
 
 
+def test_non_finite_tiles_get_the_bias_and_activation_once():
+    """A recomputed tile gets the fused bias and activation as the others do (once: the
+    Winograd values written before the recompute already had them)."""
+    rng = np.random.default_rng(17)
+    x, weight = _case(rng, 2, 16, 13, 11, 8)
+    x[1, 2, 0, 10] = -np.inf   # a border tile of the second image
+    bias = rng.standard_normal(8).astype(np.float32)
+    kwargs = dict(padding=1, activation="relu6", backend="numba")
+    y = convflow.conv2d(x, weight, bias, algorithm="winograd", **kwargs)
+    direct = convflow.conv2d(x, weight, bias, algorithm="direct", **kwargs)
+    touched = direct[1, :, 0:2, 9:11]   # the outputs that sum the infinite input: +-inf
+    assert np.isin(touched, (0, 6)).all()
+    np.testing.assert_array_equal(y[1, :, 0:2, 9:11], touched)
+    np.testing.assert_allclose(y, direct, rtol=0, atol=3e-5 * 6)
+
+
 def test_concurrent_calls_from_threads_each_get_their_answer():
     rng = np.random.default_rng(8)
     cases = [_case(rng, 1, 32, 20 + i, 20, 32) for i in range(4)]

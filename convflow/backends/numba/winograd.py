@@ -244,7 +244,8 @@ def _transform_outputs(x, w, y, g, k_per_group, count, table, ph, pw, mf, ld_m, 
     """Write ``A^T M A`` of the ``count`` tiles of ``table`` (``M`` flat in ``mf``, rows of
     ``ld_m``) into ``y`` (channels of group ``g``), LANES tiles at a time; a tile with a
     non-finite value is recomputed by direct loops."""
-    out_h, out_w = y.shape[2], y.shape[3]
+    n_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(-1)
     zero = np.zeros(1, dtype=y.dtype)[0]
     six = zero + 6
     xi_stride = uint64(k_per_group * ld_m)
@@ -278,19 +279,24 @@ def _transform_outputs(x, w, y, g, k_per_group, count, table, ph, pw, mf, ld_m, 
                 n = table[j0 + jj, 0]
                 oh0, ow0 = table[j0 + jj, 1] + ph, table[j0 + jj, 2] + pw
                 rows, cols = min(OUTPUT_TILE, out_h - oh0), min(OUTPUT_TILE, out_w - ow0)
+                base = uint64(((n * n_out + ko) * out_h + oh0) * out_w + ow0)
                 probe = zero   # v - v is NaN for Inf or NaN: no branch per value
                 for i in range(rows):
+                    row = base + uint64(i * out_w)
                     for q in range(cols):
-                        value = work[(TILE + i * OUTPUT_TILE + q) * LANES + jj]
+                        value = work[uint64((TILE + i * OUTPUT_TILE + q) * LANES + jj)]
                         probe += value - value
-                        y[n, ko, oh0 + i, ow0 + q] = value
+                        yf[row + uint64(q)] = value
                 if probe != probe:
                     _direct_tile(x, w, y, n, ko, g, oh0, ow0, ph, pw, pad_products)
                 if has_bias or act:
+                    # A pass of its own: in the store loop above, the activation's branches
+                    # made the write-back several times slower even with neither.
                     for i in range(rows):
+                        row = base + uint64(i * out_w)
                         for q in range(cols):
-                            y[n, ko, oh0 + i, ow0 + q] = _epilogue(
-                                y[n, ko, oh0 + i, ow0 + q], ko, bias, has_bias, act, zero, six)
+                            yf[row + uint64(q)] = _epilogue(yf[row + uint64(q)], ko, bias,
+                                                            has_bias, act, zero, six)
 
 
 @_jit(inline="always")
