@@ -289,6 +289,68 @@ def test_depthwise_weight_gradient_batched(shape, multiplier, stride, padding, d
     assert_close(np.where(finite, dw, 0), np.where(finite, expected, 0), "float32")
 
 
+@pytest.mark.parametrize("shape, stride, padding, dilation, layout", [
+    ((3, 40, 7, 7), (1, 1), ((1, 1), (1, 1)), (1, 1), "NCHW"),     # 7x7: both gradients
+    ((2, 130, 14, 13), (2, 2), ((1, 1), (1, 1)), (1, 1), "NCHW"),  # two channel blocks, strided
+    ((2, 33, 12, 11), (2, 3), ((2, 0), (1, 3)), (2, 1), "NCHW"),   # asymmetric, dilated
+    ((2, 48, 9, 9), (1, 1), ((0, 2), (2, 0)), (1, 2), "NHWC"),     # channels-last data
+])
+def test_depthwise_gradients_with_channels_in_lanes(shape, stride, padding, dilation, layout):
+    """Small maps with many channels: both gradients vectorized over channels, against the
+    float64 reference, Inf in x (weight gradient) and in w (data gradient) included."""
+    from convflow.backends.numba.algorithms import CHANNELS_IN_LANES
+
+    x, w, dy, kwargs = _depthwise_operands(24, shape, 1, stride, padding, dilation)
+    channels = shape[1]
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        dy = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    for direction, mask, index in (("backward_data", (True, False, False), 0),
+                                   ("backward_weight", (False, True, False), 1)):
+        decision = convflow.explain(x, w, direction=direction, algorithm="depthwise", **kwargs)
+        assert decision.variant == CHANNELS_IN_LANES
+        for poisoned in (False, True):
+            xs, ws = x.copy(), w.copy()
+            if poisoned and index == 1:   # an input that output (1, 1) reads at its center tap
+                xs[1, 2, stride[0] - padding[0][0] + dilation[0],
+                   stride[1] - padding[1][0] + dilation[1]] = np.inf
+            elif poisoned:
+                ws[5, 0, 1, 2] = -np.inf
+            want = reference.conv_backward(dy, xs, ws, stride, padding, dilation, channels)[index]
+            got = convflow.conv_backward(dy, xs, ws, output_mask=mask, algorithm="depthwise",
+                                         **kwargs)[index]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+            finite = np.isfinite(want)
+            assert poisoned == (not finite.all())
+            assert_close(np.where(finite, got, 0), np.where(finite, want, 0), "float32")
+
+
+def test_depthwise_gradient_kernels_follow_the_map_size():
+    """The channels-in-lanes gradients take 14x14 dy (7x7 for the unit-stride data gradient,
+    whose flipped forward kernel is faster at 14x14); larger maps keep the per-plane ones."""
+    from convflow.backends.numba.algorithms import (
+        BATCH_PACKED,
+        CHANNELS_IN_LANES,
+        FLIPPED_FORWARD,
+        SCATTER,
+    )
+
+    def variant(shape, stride, direction):
+        x = np.ones(shape, np.float32)
+        w = np.ones((shape[1], 1, 3, 3), np.float32)
+        return convflow.explain(x, w, stride=stride, padding=1, groups=shape[1],
+                                direction=direction).variant
+
+    assert variant((8, 576, 14, 14), 1, "backward_weight") == CHANNELS_IN_LANES
+    assert variant((8, 192, 28, 28), 1, "backward_weight") == BATCH_PACKED
+    assert variant((8, 192, 28, 28), 2, "backward_data") == CHANNELS_IN_LANES
+    assert variant((8, 144, 56, 56), 2, "backward_data") == SCATTER
+    assert variant((8, 960, 7, 7), 1, "backward_data") == CHANNELS_IN_LANES
+    assert variant((8, 576, 14, 14), 1, "backward_data").startswith(FLIPPED_FORWARD)
+    assert variant((8, 16, 7, 7), 1, "backward_weight") == BATCH_PACKED   # few channels
+
+
 @pytest.mark.parametrize("batch, groups, dtype", [(1, 1, "float32"), (5, 1, "float32"),
                                                   (4, 2, "float32"), (3, 1, "float64")])
 def test_pointwise_on_single_pixels(batch, groups, dtype):

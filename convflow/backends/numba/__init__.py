@@ -476,7 +476,7 @@ RULES: tuple[Algorithm, ...] = (
     Algorithm("depthwise", "per-channel kernel over a zero-padded plane", _depthwise_rule,
               _depthwise_rule, channels_last=True, fused=_FORWARD,
               workspace=_depthwise_workspace,
-              variant=_variant("depthwise_variant", _FORWARD),
+              variant=_variant("depthwise_variant"),
               passes=_passes("depthwise")),
     Algorithm("gemm_1x1", "1x1 convolution as a BLAS matrix product", _pointwise_with_blas,
               _pointwise_with_blas, deterministic=False, why_not_deterministic=_BLAS_ORDER,

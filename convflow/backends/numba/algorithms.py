@@ -590,14 +590,18 @@ DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS = 32
 
 
 def depthwise_channels_last_applies(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
-                                    y_shape: tuple[int, ...], channels_last: bool = False) -> bool:
-    """Channels-last data always takes the channels-last kernel (it reads the data as it
-    lies); channels-first data only when planes are small and channels many."""
+                                    y_shape: tuple[int, ...], channels_last: bool = False,
+                                    max_positions: int = DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS
+                                    ) -> bool:
+    """Whether a 2-D depthwise pass without channel multiplier runs a channels-in-lanes
+    kernel: channels-last data always (it reads the data as it lies); channels-first data
+    only when channels are many and the forward output (``y_shape``: ``dy`` for the
+    gradients) has at most *max_positions*."""
     spatial_2d = len(x_shape) < 5 or x_shape[2] == 1
     if not (spatial_2d and w_shape[0] == x_shape[1]):
         return False
     return channels_last or (x_shape[1] >= DEPTHWISE_CHANNELS_LAST_MIN_CHANNELS
-                             and math.prod(y_shape[2:]) <= DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS)
+                             and math.prod(y_shape[2:]) <= max_positions)
 
 
 def _channels_innermost(a: Array) -> Array:
@@ -610,11 +614,41 @@ def _channels_innermost(a: Array) -> Array:
 DEPTHWISE_SERIAL_FLOPS = kernels.SERIAL_FLOPS // 8
 
 
+# The gradients' channels-in-lanes kernels against the per-plane ones, on MobileNetV2's and
+# ShuffleNet's depthwise layers at batch 1 and 8 (in-process, 2 threads): up to 14x14 dy the
+# weight gradient takes 0.32-0.69 of the time (960x7x7 at batch 1: 0.37) and the strided data
+# gradient 0.21-0.46 (576x14x14 at stride 2, batch 8: 2.03 -> 0.48 ms); on 28x28 dy and
+# beyond both lose (1.4-8x). The unit-stride data gradient's flipped forward kernel keeps
+# 14x14 (the lanes took 0.94-1.28 of its time) and gives 7x7 up (0.76-0.93).
+DEPTHWISE_GRADIENT_LANES_MAX_POSITIONS = 14 * 14
+FLIPPED_FORWARD = "the forward kernel over dy with the filters turned half a turn"
+SCATTER = "scatter kernel over phase-split padded planes"
+BATCH_PACKED = "one dot per tap over the batch's packed planes"
+
+
 def depthwise_variant(problem: ConvProblem) -> str:
-    """Which kernel the depthwise forward pass runs."""
+    """Which kernel a depthwise pass runs (the data gradient's flipped forward kernel gives
+    way to the scatter kernel when the weights hold Inf or NaN, known only at run time)."""
     lift_shape = lambda shape: (*shape[:2], *(1,) * (5 - len(shape)), *shape[2:])  # noqa: E731
-    return _depthwise_kernel(lift_shape(problem.x_shape), lift_shape(problem.w_shape),
-                             lift_shape(problem.y_shape), problem.channels_last)
+    shapes = (lift_shape(problem.x_shape), lift_shape(problem.w_shape),
+              lift_shape(problem.y_shape))
+    if problem.direction == Direction.FORWARD:
+        return _depthwise_kernel(*shapes, problem.channels_last)
+    unit_dgrad = problem.direction == Direction.BACKWARD_DATA and not problem.is_strided()
+    limit = (DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS if unit_dgrad
+             else DEPTHWISE_GRADIENT_LANES_MAX_POSITIONS)
+    # The weight gradient gets channels-first copies of channels-last data (the record's
+    # channels_last covers the other passes), so only its sizes decide.
+    in_place = problem.channels_last and problem.direction == Direction.BACKWARD_DATA
+    if depthwise_channels_last_applies(*shapes, in_place, limit):
+        return CHANNELS_IN_LANES
+    if problem.direction == Direction.BACKWARD_WEIGHT:
+        return BATCH_PACKED
+    flippable = (not problem.is_strided() and problem.out_channels == problem.in_channels
+                 and all(lo <= d * (k - 1) for (lo, _), d, k in
+                         zip(problem.padding, problem.dilation, problem.kernel_size)))
+    return f"{FLIPPED_FORWARD} ({SCATTER} for weights holding Inf or NaN)" if flippable \
+        else SCATTER
 
 
 def _depthwise_kernel(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
@@ -822,10 +856,19 @@ def _scatter_dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry)
 
 def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = "") -> None:
-    """The depthwise data gradient. Without stride or channel multiplier it is the depthwise
-    forward pass of ``dy`` with the kernels rotated half a turn (the packed kernel, several
-    times faster than scattering); a forward pass would multiply the padding zeros by the
-    weights, so non-finite weights take the scatter kernel, which sums real entries only."""
+    """The depthwise data gradient. On small maps with many channels (CHANNELS_IN_LANES)
+    every ``dy`` vector of channels is scattered into a padded buffer. Otherwise, without
+    stride or channel multiplier it is the depthwise forward pass of ``dy`` with the kernels
+    rotated half a turn (the packed kernel, several times faster than scattering); a forward
+    pass would multiply the padding zeros by the weights, so non-finite weights take the
+    scatter kernel, which sums real entries only."""
+    if variant == CHANNELS_IN_LANES:
+        w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        kernels.dgrad_depthwise_channels_last(_channels_innermost(dy), w_t,
+                                              _channels_innermost(dx), w.shape[3], w.shape[4],
+                                              *geometry.stride[1:], *geometry.pad_low[1:],
+                                              *geometry.dilation[1:])
+        return
     flippable = (geometry.unit_stride() and w.shape[0] == dx.shape[1]
                  and all(p <= d * (k - 1) for p, d, k in zip(geometry.pad_low, geometry.dilation,
                                                              geometry.kernel)))
@@ -839,6 +882,14 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
 
 def wgrad_depthwise(x: Array, dy: Array, dw: Array, geometry: Geometry, budget: int,
                     epilogue: Epilogue | None = None, variant: str = "") -> None:
+    if variant == CHANNELS_IN_LANES:
+        dw_t = np.empty((dw.shape[3] * dw.shape[4], dw.shape[0]), dtype=dw.dtype)
+        kernels.wgrad_depthwise_channels_last(_channels_innermost(x), _channels_innermost(dy),
+                                              dw_t, dw.shape[3], dw.shape[4],
+                                              *geometry.stride[1:], *geometry.pad_low[1:],
+                                              *geometry.dilation[1:])
+        dw.reshape(dw.shape[0], -1)[...] = dw_t.T
+        return
     layout = PackedLayout.of(dw.shape[2:], dy.shape[2:], geometry)
     kernels.wgrad_depthwise(x, dy, dw, *geometry.spatial_args, layout.tap_phase,
                             layout.tap_shift, layout.phases, layout.dq, layout.hq, layout.wq,
