@@ -189,7 +189,8 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((1, 96, 16, 16), (96, 96, 3, 3), dict(padding=1), "im2col_gemm"),    # 96 out on 16x16
     ((1, 96, 17, 17), (96, 96, 3, 3), dict(padding=1), "packed_direct"),  # 17x17: 289 positions
     ((1, 64, 224, 224), (64, 64, 3, 3), dict(padding=1), "packed_gemm"),
-    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),   # 64 channels, 392 tiles
+    ((8, 64, 28, 28), (96, 64, 3, 3), dict(padding=1), "winograd"),   # 64 -> 96, 392 tiles
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 64 -> 64
     ((1, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "packed_direct"),   # 49 tiles
     ((8, 96, 28, 28), (96, 96, 3, 3), dict(padding=1), "winograd"),        # 392 tiles
     ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "winograd"),  # 128 tiles, 14x14

@@ -219,10 +219,15 @@ def test_the_rule_explains_when_winograd_does_not_pay():
     outcome = next(o for o in tiny_map.algorithm_rules if o.rule == "winograd")
     assert not outcome.matched and "output tiles of 4x4" in outcome.detail
     narrow = convflow.explain(np.ones((8, 64, 56, 56), np.float32),
-                              np.ones((64, 64, 3, 3), np.float32), padding=1, backend="numba")
+                              np.ones((128, 64, 3, 3), np.float32), padding=1, backend="numba")
     outcome = next(o for o in narrow.algorithm_rules if o.rule == "winograd")
     assert not outcome.matched and "the packed kernels stream so few channels" in outcome.detail
     assert "needs <= 392 tiles" in outcome.detail
+    both_narrow = convflow.explain(np.ones((8, 64, 28, 28), np.float32),
+                                   np.ones((64, 64, 3, 3), np.float32), padding=1,
+                                   backend="numba")
+    outcome = next(o for o in both_narrow.algorithm_rules if o.rule == "winograd")
+    assert not outcome.matched and "needs >= 96 channels on at least one side" in outcome.detail
     wide = convflow.explain(np.ones((8, 128, 14, 14), np.float32),
                             np.ones((128, 128, 3, 3), np.float32), padding=1, backend="numba")
     assert wide.algorithm == "winograd"

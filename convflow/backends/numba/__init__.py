@@ -192,9 +192,10 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # layers of convflow bench's networks (in-process sweep, 2 threads, AVX-512, batch 1 and 8,
 # best of 3 medians) once the filter transform became one GEMM: from 96 channels on each side
 # it wins (0.62-0.96) with 128 tiles (14x14 at batch 8) and 65% fill (13x13 maps: 0.81-0.95),
-# whatever the channel sum; with 64-95 channels on a side it wins (0.72-0.96) on full maps of
-# 128-392 tiles (64 -> 96 on 28x28 at batch 8: 0.72) and ties or loses (1.0-1.2x) from 784
-# tiles, where the packed kernels stream 64 channels well; below 64 channels, below 128
+# whatever the channel sum; with 64-95 channels on one side it wins (0.72-0.96) on full maps
+# of 128-392 tiles (64 -> 96 on 28x28 at batch 8: 0.72) and ties or loses (1.0-1.2x) from 784
+# tiles, where the packed kernels stream 64 channels well; 64 -> 64 ties at best (0.87-1.01
+# in one sweep, 1.0-1.25x in a second one on a loaded machine); below 64 channels, below 128
 # tiles (1.2-6x on 7x7-14x14 maps at batch 1) or with 66% fill and 64 channels it loses.
 # The data gradient (the forward pass of the flipped problem) has other rivals: im2col's data
 # gradient scatters its columns back, and packed_direct's takes only short reductions. Measured
@@ -203,7 +204,8 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on 14x14, batch 8, and at
 # 128 -> 256 on 56x56, batch 1).
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_NARROW_CHANNELS = 96   # below, on either side: full maps of at most ..._MAX_TILES
+WINOGRAD_NARROW_CHANNELS = 96   # below, on one side: full maps of at most ..._MAX_TILES;
+                                # on both sides: never
 WINOGRAD_NARROW_MAX_TILES = 392
 WINOGRAD_MIN_TILES = 128
 WINOGRAD_MANY_TILES = 392
@@ -317,6 +319,10 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
         problem, why, WINOGRAD_DGRAD_MIN_CHANNELS if dgrad else WINOGRAD_MIN_CHANNELS)
     if too_few:
         return False, too_few
+    if narrow and max(reduced, produced) < WINOGRAD_NARROW_CHANNELS:
+        return False, (f"{why}, but {reduced} -> {produced} channels per group: the packed "
+                       f"kernels are as fast (needs >= {WINOGRAD_NARROW_CHANNELS} channels on "
+                       f"at least one side)")
     if narrow and tiles > WINOGRAD_NARROW_MAX_TILES:
         return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
                        f"tiles: the packed kernels stream so few channels faster (below "
