@@ -351,6 +351,23 @@ def test_depthwise_gradient_kernels_follow_the_map_size():
     assert variant((8, 16, 7, 7), 1, "backward_weight") == BATCH_PACKED   # few channels
 
 
+@pytest.mark.parametrize("padding, flipped", [(((1, 1), (1, 1)), True), (((2, 2), (0, 2)), True),
+                                              (((0, 3), (1, 0)), False), (((3, 1), (0, 0)), False)])
+def test_depthwise_data_gradient_runs_what_explain_names(padding, flipped):
+    """The flipped forward kernel takes the unit-stride data gradient only while no padding
+    reaches past ``dilation * (kernel - 1)`` on either side; explain() says which runs."""
+    from convflow.backends.numba.algorithms import FLIPPED_FORWARD, SCATTER
+
+    x, w, dy, kwargs = _depthwise_operands(25, (2, 8, 12, 11), 1, (1, 1), padding, (1, 1))
+    decision = convflow.explain(x, w, direction="backward_data", algorithm="depthwise", **kwargs)
+    assert decision.variant.startswith(FLIPPED_FORWARD) == flipped
+    assert flipped or decision.variant == SCATTER
+    dx = convflow.conv_backward(dy, x, w, output_mask=(True, False, False), algorithm="depthwise",
+                                **kwargs)[0]
+    want = reference.conv_backward(dy, x, w, (1, 1), padding, (1, 1), 8)[0]
+    assert_close(dx, want, "float32")
+
+
 @pytest.mark.parametrize("batch, groups, dtype", [(1, 1, "float32"), (5, 1, "float32"),
                                                   (4, 2, "float32"), (3, 1, "float64")])
 def test_pointwise_on_single_pixels(batch, groups, dtype):

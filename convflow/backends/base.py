@@ -303,6 +303,14 @@ def winograd_fits(problem: ConvProblem) -> tuple[bool, str]:
                    f"{problem.kernel_size}, stride {problem.stride}, dilation {problem.dilation}")
 
 
+def data_gradient_flippable(problem: ConvProblem) -> bool:
+    """Whether the data gradient is a forward pass of dy without cropping: stride 1 and
+    no padding beyond ``dilation * (kernel - 1)``."""
+    return not problem.is_strided() and all(
+        max(lo, hi) <= d * (k - 1)
+        for (lo, hi), d, k in zip(problem.padding, problem.dilation, problem.kernel_size))
+
+
 def pass_channels(problem: ConvProblem) -> tuple[int, int]:
     """(channels reduced over, channels produced) per group by this pass's kernels."""
     if problem.direction == Direction.BACKWARD_DATA:

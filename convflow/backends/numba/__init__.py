@@ -38,6 +38,7 @@ from ..base import (
     Algorithm,
     Backend,
     BackendStatus,
+    data_gradient_flippable,
     depthwise_rule,
     gemm_rule,
     pass_channels,
@@ -119,7 +120,7 @@ def _pointwise_rule(problem: ConvProblem) -> tuple[bool, str]:
 def _packed_can_run(problem: ConvProblem) -> tuple[bool, str]:
     if problem.direction == Direction.BACKWARD_WEIGHT:
         return False, "forward and data-gradient passes only"
-    if problem.direction == Direction.BACKWARD_DATA and not _flippable(problem):
+    if problem.direction == Direction.BACKWARD_DATA and not data_gradient_flippable(problem):
         return False, (f"the data gradient runs as the forward pass of the flipped problem, "
                        f"which needs stride 1 and padding <= dilation * (kernel - 1), got "
                        f"stride {problem.stride}, padding {problem.padding}")
@@ -140,14 +141,6 @@ def _packed_image_fits(needed: int, how: str = "") -> tuple[bool, str]:
 def _small_map_long_reduction(positions: int, reduction: int) -> bool:
     """Maps of PACKED_SMALL_MAP positions or fewer with long reductions: BLAS's side."""
     return positions <= PACKED_SMALL_MAP and reduction >= PACKED_SMALL_MAP_LONG_REDUCTION
-
-
-def _flippable(problem: ConvProblem) -> bool:
-    """Whether the data gradient is a forward pass of dy without cropping: stride 1 and
-    no padding beyond ``dilation * (kernel - 1)``."""
-    return not problem.is_strided() and all(
-        max(lo, hi) <= d * (k - 1)
-        for (lo, hi), d, k in zip(problem.padding, problem.dilation, problem.kernel_size))
 
 
 def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:

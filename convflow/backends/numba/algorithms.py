@@ -19,6 +19,7 @@ import numpy as np
 
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem, Direction
+from ..base import data_gradient_flippable
 from . import blas, kernels, workspace
 from .fft import PASSES as FFT_PASSES
 
@@ -644,11 +645,9 @@ def depthwise_variant(problem: ConvProblem) -> str:
         return CHANNELS_IN_LANES
     if problem.direction == Direction.BACKWARD_WEIGHT:
         return BATCH_PACKED
-    flippable = (not problem.is_strided() and problem.out_channels == problem.in_channels
-                 and all(lo <= d * (k - 1) for (lo, _), d, k in
-                         zip(problem.padding, problem.dilation, problem.kernel_size)))
-    return f"{FLIPPED_FORWARD} ({SCATTER} for weights holding Inf or NaN)" if flippable \
-        else SCATTER
+    if data_gradient_flippable(problem) and problem.out_channels == problem.in_channels:
+        return f"{FLIPPED_FORWARD} ({SCATTER} for weights holding Inf or NaN)"
+    return SCATTER
 
 
 def _depthwise_kernel(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
@@ -858,7 +857,8 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
                     epilogue: Epilogue | None = None, variant: str = "") -> None:
     """The depthwise data gradient. On small maps with many channels (CHANNELS_IN_LANES)
     every ``dy`` vector of channels is scattered into a padded buffer. Otherwise, without
-    stride or channel multiplier it is the depthwise forward pass of ``dy`` with the kernels
+    stride, channel multiplier or padding past the kernel's reach (FLIPPED_FORWARD, see
+    :func:`depthwise_variant`) it is the depthwise forward pass of ``dy`` with the kernels
     rotated half a turn (the packed kernel, several times faster than scattering); a forward
     pass would multiply the padding zeros by the weights, so non-finite weights take the
     scatter kernel, which sums real entries only."""
@@ -869,10 +869,7 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
                                               *geometry.stride[1:], *geometry.pad_low[1:],
                                               *geometry.dilation[1:])
         return
-    flippable = (geometry.unit_stride() and w.shape[0] == dx.shape[1]
-                 and all(p <= d * (k - 1) for p, d, k in zip(geometry.pad_low, geometry.dilation,
-                                                             geometry.kernel)))
-    if flippable and np.isfinite(w).all():
+    if variant.startswith(FLIPPED_FORWARD) and np.isfinite(w).all():
         flipped = flipped_weights(w, geometry.groups)
         kernel = _depthwise_kernel(dy.shape, flipped.shape, dx.shape, geometry.channels_last)
         fprop_depthwise(dy, flipped, dx, geometry.flipped(), budget, variant=kernel)
