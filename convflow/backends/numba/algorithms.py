@@ -605,6 +605,12 @@ def depthwise_channels_last_applies(x_shape: tuple[int, ...], w_shape: tuple[int
                              and math.prod(y_shape[2:]) <= max_positions)
 
 
+def _taps_by_channel(w: Array) -> Array:
+    """A depthwise weight ``(C, 1, kd, kh, kw)`` as the contiguous ``(taps, C)`` the
+    channels-in-lanes kernels read a vector of channels from."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+
+
 def _channels_innermost(a: Array) -> Array:
     """``(N, C, D, H, W)`` viewed in ``(N, D, H, W, C)`` axis order (no copy)."""
     return a.transpose(0, 2, 3, 4, 1)
@@ -662,7 +668,7 @@ def fprop_depthwise(x: Array, w: Array, y: Array, geometry: Geometry, budget: in
                     epilogue: Epilogue | None = None, variant: str = PER_PLANE) -> None:
     ep = epilogue or no_epilogue(y.dtype)
     if variant == CHANNELS_IN_LANES:
-        w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        w_t = _taps_by_channel(w)
         kernels.depthwise_channels_last(_channels_innermost(x), w_t, _channels_innermost(y),
                                         w.shape[3], w.shape[4], *geometry.stride[1:],
                                         *geometry.pad_low[1:], *geometry.dilation[1:], *ep)
@@ -863,7 +869,7 @@ def dgrad_depthwise(dy: Array, w: Array, dx: Array, geometry: Geometry, budget: 
     pass would multiply the padding zeros by the weights, so non-finite weights take the
     scatter kernel, which sums real entries only."""
     if variant == CHANNELS_IN_LANES:
-        w_t = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        w_t = _taps_by_channel(w)
         kernels.dgrad_depthwise_channels_last(_channels_innermost(dy), w_t,
                                               _channels_innermost(dx), w.shape[3], w.shape[4],
                                               *geometry.stride[1:], *geometry.pad_low[1:],

@@ -1051,6 +1051,33 @@ DEPTHWISE_CHANNEL_BLOCK = 128
 
 
 @_jit(inline="always")
+def _gather_pixels(src, n, c0, cb, h0, h1, w0, w1, dst, cols, dr, dq):  # type: ignore[no-untyped-def]
+    """``dst[(r + dr) * cols + q + dq, c] = src[n, 0, r, q, c0 + c]`` for rows ``[h0, h1)``,
+    columns ``[w0, w1)`` and ``c < cb``: pixels of ``src`` (``(N, 1, H, W, C)`` axis order)
+    into the rows of a channels-innermost buffer."""
+    source = src[n, 0]
+    for r in range(h0, h1):
+        for q in range(w0, w1):
+            row = dst[(r + dr) * cols + q + dq]
+            pixel = source[r, q, c0:c0 + cb]
+            for c in range(cb):
+                row[c] = pixel[c]
+
+
+@_jit(inline="always")
+def _scatter_pixels(src, cols, dr, dq, dst, n, c0, cb, h0, h1, w0, w1):  # type: ignore[no-untyped-def]
+    """``dst[n, 0, r, q, c0 + c] = src[(r + dr) * cols + q + dq, c]``: the way back of
+    :func:`_gather_pixels`."""
+    target = dst[n, 0]
+    for r in range(h0, h1):
+        for q in range(w0, w1):
+            row = src[(r + dr) * cols + q + dq]
+            pixel = target[r, q, c0:c0 + cb]
+            for c in range(cb):
+                pixel[c] = row[c]
+
+
+@_jit(inline="always")
 def _channels_last_block(xl, n, c0, cb, rows, cols, ph, pw, image):  # type: ignore[no-untyped-def]
     """Channels ``c0 .. c0 + cb`` of image ``n`` of ``xl`` (``(N, 1, H, W, C)`` axis order)
     into ``image`` (``rows * cols`` pixels of ``cb`` channels), zero-padded by ``ph``, ``pw``
@@ -1060,13 +1087,8 @@ def _channels_last_block(xl, n, c0, cb, rows, cols, ph, pw, image):  # type: ign
         pixel = image[j]
         for c in range(cb):
             pixel[c] = 0
-    source = xl[n, 0]
-    for r in range(max(0, ph), min(rows, in_h + ph)):
-        for q in range(max(0, pw), min(cols, in_w + pw)):
-            row = image[r * cols + q]
-            pixel = source[r - ph, q - pw, c0:c0 + cb]
-            for c in range(cb):
-                row[c] = pixel[c]
+    _gather_pixels(xl, n, c0, cb, max(0, -ph), min(in_h, rows - ph), max(0, -pw),
+                   min(in_w, cols - pw), image, cols, ph, pw)
 
 
 @_kernel()
@@ -1152,13 +1174,7 @@ def wgrad_depthwise_channels_last(xl, dyl, dw_t, kh_, kw_, sh, sw, ph, pw, dh, d
         total = np.zeros((taps, cb), dtype=np.float64)
         for n in range(n_batch):
             _channels_last_block(xl, n, c0, cb, rows, cols, ph, pw, image)
-            source = dyl[n, 0]
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    row = grad[oh * out_w + ow]
-                    pixel = source[oh, ow, c0:c0 + cb]
-                    for c in range(cb):
-                        row[c] = pixel[c]
+            _gather_pixels(dyl, n, c0, cb, 0, out_h, 0, out_w, grad, out_w, 0, 0)
             for p0 in range(0, positions, DEPTHWISE_WGRAD_CHUNK):
                 for t in range(taps):
                     for c in range(cb):
@@ -1213,13 +1229,7 @@ def dgrad_depthwise_channels_last(dyl, w_t, dxl, kh_, kw_, sh, sw, ph, pw, dh, d
                     i = (oh * sh + (t // kw_) * dh) * cols + ow * sw + (t % kw_) * dw
                     for c in range(cb):
                         image[i, c] += weights[t, c] * grad[c]
-        target = dxl[n, 0]
-        for r in range(in_h):
-            for q in range(in_w):
-                row = image[(r + ph) * cols + q + pw]
-                pixel = target[r, q, c0:c0 + cb]
-                for c in range(cb):
-                    pixel[c] = row[c]
+        _scatter_pixels(image, cols, ph, pw, dxl, n, c0, cb, 0, in_h, 0, in_w)
 
 
 
