@@ -126,9 +126,9 @@ def bench_table() -> str:
                 lines.append("")
         first_call = meta.get("first_call")
         for backend, latency in (first_call or {}).items():
-            lines.append(f"First call of {backend} in a new process (import and one conv per "
-                         f"algorithm, `--first-call`): " + ", ".join(
-                             f"{seconds:.1f} s with a {label}" for label, seconds in
+            lines.append(f"First call of {backend} in a new process, from its imports to the "
+                         f"result (`--first-call`): " + "; ".join(
+                             f"{label} {seconds:.2f} s" for label, seconds in
                              latency.items()) + ".")
             lines.append("")
     if not lines:

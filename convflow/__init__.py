@@ -32,6 +32,7 @@ from .functional import (
     conv_transpose2d,
     conv_transpose3d,
     explain,
+    finish_warmup,
 )
 from .params import ConvParams, ConvProblem, Direction
 from .selector import Decision, RuleOutcome
@@ -69,6 +70,7 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "explain",
+    "finish_warmup",
     "signal",
     "tensor",
 ]

@@ -182,6 +182,11 @@ def convflow_contender(spec: str) -> Contender:
                                                 output_mask=mask, backend=name,
                                                 algorithm=forced)
         if device_backend is None:
+            # A process's first call of a layer may run numpy_taps while the chosen
+            # algorithm's kernels compile in the background (CONVFLOW_NUMBA_WARMUP); the
+            # bench times the steady state, so it waits for them before the warm-up calls.
+            call()
+            functional.finish_warmup()
             return call
 
         def on_device() -> Any:

@@ -380,7 +380,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for backend in args.backend:
                 latency = bench.first_call_latency(backend)
                 latencies[backend] = latency
-                print(f"first call ({backend}, import + one conv per algorithm, new process): "
+                print(f"first call ({backend}, a new process from its imports): "
                       + ", ".join(f"{k} {v:.2f} s" for k, v in latency.items()))
         result = bench.run_bench(networks, args.batch, contenders, passes=args.pass_,
                                  mode=mode, sequence=args.sequence, threads=args.threads or None,

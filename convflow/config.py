@@ -181,6 +181,22 @@ VARIABLES: Mapping[str, Variable] = {
             _parse_bool,
         ),
         Variable(
+            "CONVFLOW_NUMBA_WARMUP",
+            "one of background/wait",
+            "background",
+            "`background`: while the kernels a call needs are not compiled yet in this process "
+            "(or loaded from the disk cache), they compile on a background thread and the call "
+            "runs `numpy_taps` (numpy products, no compiled code), so the first call of a new "
+            "process takes milliseconds; `explain()` says so, and `convflow.finish_warmup()` "
+            "waits for the kernels. Calls numpy_taps would take over 0.5 s to run wait, and so "
+            "do new problems once a warm-up found its kernels in the disk cache. A process exits "
+            "once the kernels it started are compiled and cached. Forced algorithms, find mode "
+            "and `CONVFLOW_DETERMINISTIC` always wait. `wait`: every call runs its chosen "
+            "algorithm, compiling it first.",
+            _parse_choice(("background", "wait")),
+            decides=True,
+        ),
+        Variable(
             "CONVFLOW_ALLOW_TF32",
             "boolean",
             False,

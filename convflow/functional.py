@@ -782,6 +782,35 @@ def conv_backward(grad_output: Any, input: Any, weight: Any, *, stride: Any = 1,
     return converted[0], converted[1], converted[2]
 
 
+def finish_warmup(timeout: float | None = None) -> bool:
+    """Wait until the numba kernels compiling in the background are ready.
+
+    With ``CONVFLOW_NUMBA_WARMUP=background`` (the default), a call whose algorithm's
+    kernels are not compiled in this process yet runs ``numpy_taps`` while they compile on
+    a background thread. Call this before timing steady-state performance, or where the
+    first calls must run the algorithm the rules chose (``explain()`` shows which ran).
+
+    Parameters
+    ----------
+    timeout : float, optional
+        Seconds to wait at most; by default, as long as the compiles take.
+
+    Returns
+    -------
+    bool
+        True when nothing is left compiling, False if *timeout* passed first.
+    """
+    from .backends import loaded_backend
+
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                or not timeout >= 0):
+        raise ParameterError(f"finish_warmup: timeout must be a number of seconds >= 0 or None, "
+                             f"got {timeout!r}")
+    backend = loaded_backend("numba")
+    wait = getattr(backend, "finish_warmup", None)
+    return True if wait is None else bool(wait(None if timeout is None else float(timeout)))
+
+
 _DIRECTIONS = {d.value: d for d in Direction}
 
 

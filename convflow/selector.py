@@ -340,15 +340,23 @@ def select_algorithm(op: str, backend: Backend, problem: ConvProblem,
 
 def with_run_time_fallback(decision: Decision, backend: Backend) -> Decision:
     """The decision as it really runs: if its algorithm failed at run time for this problem
-    on this device earlier in the process, the algorithm that ran instead, with a note."""
+    on this device earlier in the process, the algorithm that ran instead, with a note; if
+    its algorithm is not ready to run yet (numba kernels compiling in the background), the
+    algorithm that runs meanwhile, with a note."""
     fallback = backend.run_time_fallback(decision.problem, decision.device, decision.algorithm)
-    if fallback is None:
+    if fallback is not None:
+        replacement, why = fallback
+        note = (f"{decision.algorithm} failed at run time on {decision.device} ({why}); "
+                f"{replacement} runs instead")
+        decision = decision.with_algorithm(backend, replacement, notes=(*decision.notes, note),
+                                           reason=f"{note} (chosen before: {decision.reason})")
+    substitute = backend.first_use_substitute(decision)
+    if substitute is None:
         return decision
-    replacement, why = fallback
-    note = (f"{decision.algorithm} failed at run time on {decision.device} ({why}); "
-            f"{replacement} runs instead")
+    replacement, why = substitute
+    note = f"{why}; until then this call runs {replacement}"
     return decision.with_algorithm(backend, replacement, notes=(*decision.notes, note),
-                                   reason=f"{note} (chosen before: {decision.reason})")
+                                   reason=f"{note} (chosen: {decision.runs}: {decision.reason})")
 
 
 def select(op: str, problem: ConvProblem, data_device: Device, *, params: ConvParams | None = None,

@@ -24,6 +24,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 # numba kernel cache with this process instead of compiling every kernel again.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(config.cache_dir() / "numba"))
 
+# Tests name the algorithm the rules choose and run it; numba's background warm-up would run
+# numpy_taps for a process's first calls instead (test_warmup.py covers that mode).
+os.environ.setdefault("CONVFLOW_NUMBA_WARMUP", "wait")
+
 # The tolerances below are for IEEE float32: the suite runs without TF32 (cupy backend).
 os.environ["CONVFLOW_ALLOW_TF32"] = "0"
 

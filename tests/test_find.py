@@ -177,7 +177,10 @@ def test_disabling_algorithms(monkeypatch):
     with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is disabled by "
                                              r"CONVFLOW_DISABLE_ALGOS"):
         convflow.conv2d(X, W, padding=1, algorithm="packed_direct")
-    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "fft,winograd,packed_gemm,packed_direct,im2col_gemm,direct")
+    compiled = "fft,winograd,packed_gemm,packed_direct,im2col_gemm,direct"
+    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", compiled)
+    assert convflow.explain(X, W, padding=1).algorithm == "numpy_taps"   # no compiled code left
+    monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", compiled + ",numpy_taps")
     with pytest.raises(ParameterError, match=r"no algorithm of the numba backend is left"):
         convflow.conv2d(X, W, padding=1)
     monkeypatch.setenv("CONVFLOW_DISABLE_ALGOS", "im2col")

@@ -243,7 +243,7 @@ def test_explain_trace_shows_everything():
                      "padding_mode='reflect'", "backends:", "numba    available",
                      "backend rules (first match wins):", "1. backend argument", "4. cpu fallback",
                      "algorithm rules of numba (first match wins; candidates: fft, "
-                     "packed_gemm, packed_direct, im2col_gemm, direct):", "1. fft", "2. depthwise",
+                     "packed_gemm, packed_direct, im2col_gemm, direct, numpy_taps):", "1. fft", "2. depthwise",
                      "note: the input is padded with padding_mode='reflect'",
                      "note: float16 is computed with float32 accumulation",
                      "=> backend=numba algorithm=packed_direct on cpu [heuristic]"):
@@ -386,7 +386,7 @@ def test_forcing_an_algorithm_of_another_pass_lists_the_valid_ones():
     with pytest.raises(ParameterError, match=r"algorithm='packed_direct' is not an algorithm of the "
                                              r"numba backend for the backward_weight pass \(packed_direct "
                                              r"runs only the forward and backward_data passes\); valid for this problem: "
-                                             r"fft, packed_gemm, im2col_gemm, direct$"):
+                                             r"fft, packed_gemm, im2col_gemm, direct, numpy_taps$"):
         convflow.conv_backward(dy, x, w, algorithm="packed_direct", output_mask=(False, True, False))
     with pytest.raises(ParameterError, match=r"algorithm='im2col' .* \(did you mean 'im2col_gemm'\?\)"):
         convflow.conv_backward(dy, x, w, algorithm="im2col", output_mask=(False, True, False))

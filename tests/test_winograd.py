@@ -86,7 +86,9 @@ SHAPES = [  # (n, c, h, w, k, padding, groups)
 
 def test_phased_steps_over_several_chunks(monkeypatch):
     """The phased steps run a chunk of tiles at a time; a small chunk makes several."""
-    monkeypatch.setattr(wino, "PHASED_CHUNK_BYTES", 1 << 20)
+    from convflow.backends.numba import plans
+
+    monkeypatch.setattr(plans, "PHASED_CHUNK_BYTES", 1 << 20)
     rng = np.random.default_rng(11)
     x, weight = _case(rng, 3, 256, 11, 13, 64)
     assert wino.phased_chunk(wino.tiles_of(3, 11, 13), 256, 64, 4) < wino.tiles_of(3, 11, 13)

@@ -197,8 +197,10 @@ def loaded_backend(name: str) -> Backend | None:
     return _load(name)
 
 
-def backend_status(name: str) -> BackendStatus:
-    """The status of one backend (never raises for a registered name)."""
+def backend_status(name: str, full: bool = False) -> BackendStatus:
+    """The status of one backend (never raises for a registered name). With *full*, what
+    the backend can only say once its runtime started (numba's threading layer, which
+    otherwise starts with its first kernel)."""
     backend = _load(name)
     if backend is None:
         error = _load_errors[name]
@@ -206,7 +208,7 @@ def backend_status(name: str) -> BackendStatus:
         where = factory.partition(":")[0] if isinstance(factory, str) else repr(factory)
         return BackendStatus(name, False, f"loading {where} failed: {error!r}",
                              _device_type_of(name))
-    return backend.status()
+    return backend.full_status() if full else backend.status()
 
 
 class BackendStatuses(Mapping[str, BackendStatus]):
@@ -237,7 +239,7 @@ def available_backends() -> dict[str, BackendStatus]:
     dict
         ``name -> BackendStatus(available, reason, device_type, devices, version, details)``.
     """
-    return {name: backend_status(name) for name in BACKEND_NAMES}
+    return {name: backend_status(name, full=True) for name in BACKEND_NAMES}
 
 
 def get_backend(name: str) -> Backend:

@@ -158,6 +158,17 @@ class Backend(abc.ABC):
         after running out of memory: smallest first)."""
         return self.algorithm(algorithm).workspace(problem)
 
+    def full_status(self) -> BackendStatus:
+        """:meth:`status`, with what is only known once the backend's runtime started (a
+        backend that starts it lazily starts it here)."""
+        return self.status()
+
+    def first_use_substitute(self, decision: Any) -> tuple[str, str] | None:
+        """``(algorithm, why)`` when *decision*'s algorithm is not ready to run without a
+        wait (its code is still compiling) and another runs this call instead; None to run
+        it. The backend starts whatever makes it ready."""
+        return None
+
     def device_identity(self, device: Device) -> str:
         """What identifies the hardware and software a timing was taken on (perf-db key)."""
         return f"{self.name}:{device}"
@@ -198,6 +209,11 @@ class Backend(abc.ABC):
         *device* in this process; None while it has not."""
         table = self.__dict__.get("_fallbacks")
         return None if table is None else table.get((problem, device, algorithm))
+
+    def replan(self) -> None:
+        """Make every plan made so far be made again (what a decision depends on changed)."""
+        with self._fallbacks_lock:
+            self.__dict__["_fallback_epoch"] = self.fallback_epoch + 1
 
     @property
     def fallback_epoch(self) -> int:

@@ -11,16 +11,21 @@ Algorithms, in the order the selector tries them:
 * ``packed_gemm`` -- the same packed input, each kernel tap (or row of taps) a BLAS GEMM;
 * ``packed_direct`` -- direct convolution over a packed, phase-split input;
 * ``im2col_gemm`` -- everything with enough work per output for BLAS, scratch tiled;
-* ``direct`` -- loops over the taps, the always-applicable baseline.
+* ``direct`` -- loops over the taps, the always-applicable baseline;
+* ``numpy_taps`` -- one numpy product per tap, no compiled code: what a call runs while
+  the kernels of the algorithm chosen for it compile in the background
+  (``CONVFLOW_NUMBA_WARMUP``, ``convflow.backends.numba.warmup``), never picked by a rule.
 
 numba itself is imported when the backend's status is first asked for, so ``import
-convflow`` works (and says why) without it.
+convflow`` works (and says why) without it; its threading layer starts with the first
+kernel launch (on the warm-up thread when calls do not wait for compiles).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import threading
@@ -30,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ... import config, hostinfo
-from ...errors import ConfigError
+from ...errors import BackendUnavailableError, ConfigError
 from ...params import ConvProblem, Direction
 from ...tensor import CPU, Device, Tensor
 from ..base import (
@@ -98,6 +103,15 @@ def _omp_wait_policy() -> str:
     given = [f"{name}={os.environ[name]}" for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
              if name in os.environ]
     return ", ".join(given) or "the OpenMP runtime's default"
+
+
+def _numba_missing() -> str:
+    """Why numba cannot be imported ("" when it is installed), found without importing it."""
+    try:
+        found = importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError) as exc:
+        return f"numba cannot be found ({exc}); pip install numba"
+    return "" if found else "numba is not installed; pip install numba"
 
 
 def _max_threads(numba: Any) -> int:
@@ -209,11 +223,12 @@ WINOGRAD_DGRAD_WIDE_CHANNELS = 256  # on either side, below WINOGRAD_MANY_TILES:
 
 
 def blas_status() -> tuple[bool, str]:
-    """Whether the private OpenBLAS (blas.py) loaded, and its description or why not."""
-    from . import blas
+    """Whether the private OpenBLAS (blas_library.py) opened, and its description or why not
+    (without numba: the rules ask before numba starts; blas.py registers it for the kernels)."""
+    from . import blas_library
 
     try:
-        return True, blas.load()
+        return True, blas_library.open_library()[1]
     except ImportError as exc:
         return False, str(exc)
 
@@ -295,7 +310,7 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
                        f"result to channels-first and back")
     reduced, produced = pass_channels(problem)
     out = pass_output_shape(problem)
-    from .winograd import OUTPUT_TILE, tiles_of
+    from .plans import OUTPUT_TILE, tiles_of
 
     tiles = tiles_of(out[0], out[2], out[3])
     if tiles == 0:
@@ -332,7 +347,7 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
 
 
 def _winograd_workspace(problem: ConvProblem) -> int:
-    from .winograd import workspace_bytes
+    from .plans import workspace_bytes
 
     out = pass_output_shape(problem)
     reduced, produced = pass_channels(problem)
@@ -467,6 +482,32 @@ def _fft_variant(problem: ConvProblem) -> str:
     return plan.describe() if plan is not None else ""
 
 
+NUMPY_TAPS = "numpy_taps"
+# numpy_taps' speed on the bench networks' layers (2 threads, AVX-512, float32): 10-150
+# GFLOP/s on dense and grouped layers (the 3-channel 7x7 stem the slowest, 1x1 layers as fast
+# as gemm_1x1), 1-3 on depthwise ones; the compiled algorithms are 1-2.6x faster on 1x1 and
+# 3x3 layers, 14-17x on the stem and 5-40x on depthwise layers. A call that numpy_taps would
+# take longer than WARMUP_MAX_SECONDS to run waits for its kernels instead (2-5 s to compile
+# the larger ones, a few milliseconds to load them from the disk cache).
+NUMPY_TAPS_FLOPS = 10e9
+NUMPY_TAPS_DEPTHWISE_FLOPS = 1e9
+WARMUP_MAX_SECONDS = 0.5
+
+
+def _numpy_taps_rule(problem: ConvProblem) -> tuple[bool, str]:
+    return False, ("runs a call only while the kernels of the algorithm chosen for it compile "
+                   "in the background (CONVFLOW_NUMBA_WARMUP=background), or when forced")
+
+
+def _numpy_taps_workspace(problem: ConvProblem) -> int:
+    from . import numpy_taps
+
+    # Every pass works in blocks of the forward output (dy for the gradients).
+    copied = 2 * problem.in_channels + 2 * problem.out_channels
+    return numpy_taps.workspace_bytes(problem.y_shape, copied, _workspace_budget(),
+                                      _itemsize(problem))
+
+
 RULES: tuple[Algorithm, ...] = (
     Algorithm("fft", "FFT convolution (scipy.fft), overlap-save tiles; operands holding NaN "
               "or Inf run the direct loops", _fft_rule, _fft_can_run,
@@ -510,6 +551,12 @@ RULES: tuple[Algorithm, ...] = (
               workspace=_im2col_workspace, passes=_passes("im2col")),
     Algorithm("direct", "direct loops over the kernel taps", _direct_rule, _always,
               passes=_passes("direct")),
+    Algorithm(NUMPY_TAPS, "one numpy product per kernel tap, no compiled code (runs calls "
+              "while the chosen algorithm's kernels compile in the background)",
+              _numpy_taps_rule, _always, deterministic=False,
+              why_not_deterministic="numpy's BLAS may sum in another order with another thread "
+              "count", fused=_PACKED_DIRECTIONS, workspace=_numpy_taps_workspace,
+              passes=_passes(NUMPY_TAPS)),
 )
 
 
@@ -527,6 +574,17 @@ class _Prepared(NamedTuple):
     variant: str           # the code path the algorithm runs (its record names it)
     pass_index: int        # 0 forward, 1 data gradient, 2 weight gradient
     chunks: tuple[Any, ...]  # algorithms.Chunk: a long pass runs as these calls (else empty)
+    compiled: bool         # runs numba kernels (every algorithm but numpy_taps)
+    warm_key: tuple[Any, ...]  # the kernels it runs, as the warm-up tracks them (see below)
+
+
+def _warm_key(algorithm: str, variant: str, dtype: np.dtype, pass_index: int,
+              in_place_layout: bool, chunked: bool) -> tuple[Any, ...]:
+    """What decides which kernels a pass compiles, for the argument types it passes: every
+    kernel takes C-contiguous 5-D arrays and int64 scalars, so these fields, not the shapes
+    (an FFT's variant names its tile lengths, which compile nothing of their own)."""
+    return (algorithm, "" if algorithm == "fft" else variant, dtype.str, pass_index,
+            in_place_layout, chunked)
 
 
 def _chunks(problem: ConvProblem, algorithm: str, pass_index: int) -> tuple[Any, ...]:
@@ -565,6 +623,17 @@ class NumbaBackend(Backend):
         self._wait_policy = "n/a"
         self._prepared_passes: dict[tuple[ConvProblem, str], _Prepared] = {}
         self._forked_serial = False
+        # The threading layer starts with the first kernel (_ensure_started), on whichever
+        # thread launches it first; until then status() says so.
+        self._started = False
+        self._start_lock = threading.Lock()
+        from .warmup import WarmUp
+
+        self._warmup = WarmUp(lambda key: self.replan())
+        self._substituted: dict[ConvProblem, str] = {}
+        # Set once a warm-up found its kernels in the disk cache: loading the others there
+        # in the caller's thread then costs less than running numpy_taps meanwhile.
+        self._kernels_cached = False
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
@@ -593,12 +662,56 @@ class NumbaBackend(Backend):
                 self._status = self._probe()
             return self._status
 
+    def full_status(self) -> BackendStatus:
+        if self.status().available:
+            self._ensure_started(raise_unavailable=False)
+        return self.status()
+
     def _probe(self) -> BackendStatus:
+        if config.get("CONVFLOW_NUMBA_WARMUP") == "background":
+            # Importing numba (about 0.25 s) and starting its threading layer (a kernel
+            # loaded or compiled: about 0.3 s more from the disk cache) is left to the first
+            # kernel launch, on the warm-up thread while the first calls run numpy_taps.
+            missing = _numba_missing()
+            if missing:
+                return BackendStatus(self.name, False, missing, "cpu")
+            return BackendStatus(
+                self.name, True, "numba not started yet (it starts with the first kernel)",
+                "cpu", (f"cpu ({hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores)",),
+                "", {"threading_layer": "not started"})
         try:
             import numba
         except ImportError as exc:
             return BackendStatus(self.name, False,
                                  f"numba is not installed ({exc}); pip install numba", "cpu")
+        with self._start_lock:
+            status = self._start(numba)
+            self._started = True
+        return status
+
+    def _ensure_started(self, raise_unavailable: bool = True) -> None:
+        """Start numba's threading layer before the first kernel launch (once)."""
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started:
+                return
+            try:
+                import numba
+            except ImportError as exc:
+                status = BackendStatus(self.name, False, f"numba could not be imported ({exc!r}); "
+                                       f"pip install numba", "cpu")
+            else:
+                status = self._start(numba)
+            with self._status_lock:
+                self._status = status
+            self._started = True
+        self.replan()
+        if raise_unavailable and not status.available:
+            raise BackendUnavailableError(f"the numba backend cannot run: {status.reason}")
+
+    def _start(self, numba: Any) -> BackendStatus:
+        """Start the threading layer; the backend's full status (unavailable on failure)."""
         try:
             layer = self._start_threading(numba)
         except ConfigError:
@@ -635,12 +748,12 @@ class NumbaBackend(Backend):
         self._wait_policy = _omp_wait_policy() if layer == "omp" else "n/a"
         return layer
 
-    def _set_threads(self) -> None:
-        """Apply CONVFLOW_NUM_THREADS to this Python thread's numba launches."""
+    def _set_threads(self, threads: int | None = None) -> None:
+        """Apply *threads*, else CONVFLOW_NUM_THREADS, to this Python thread's numba launches."""
         import numba
 
         most = _max_threads(numba)
-        wanted = min(config.get("CONVFLOW_NUM_THREADS") or most, most)
+        wanted = min(threads or config.get("CONVFLOW_NUM_THREADS") or most, most)
         if numba.get_num_threads() != wanted:
             numba.set_num_threads(wanted)
 
@@ -702,7 +815,10 @@ class NumbaBackend(Backend):
                 problem.direction in record.fused, ACTIVATION_CODES[problem.activation],
                 problem.channels_last,
                 record.channels_last and index != 2 and problem.channels_last, variant, index,
-                _chunks(problem, algorithm, index))
+                _chunks(problem, algorithm, index), algorithm != NUMPY_TAPS,
+                _warm_key(algorithm, variant, self._compute_dtype(np.dtype(problem.dtype)),
+                          index, record.channels_last and index != 2 and problem.channels_last,
+                          bool(_chunks(problem, algorithm, index))))
             with self._status_lock:
                 if len(self._prepared_passes) > 1024:
                     self._prepared_passes.clear()
@@ -710,9 +826,10 @@ class NumbaBackend(Backend):
         return prepared
 
     def _run_arrays(self, prepared: _Prepared, a_host: np.ndarray, b_host: np.ndarray,
-                    bias: np.ndarray | None) -> np.ndarray:
+                    bias: np.ndarray | None, threads: int | None = None) -> np.ndarray:
         """Run a prepared pass on host arrays; the result has the compute dtype, in the
-        problem's memory layout when the algorithm works in it."""
+        problem's memory layout when the algorithm works in it. *threads*: numba threads for
+        this call (the warm-up runs on one), else CONVFLOW_NUM_THREADS."""
         from .algorithms import Epilogue, lift, no_epilogue
 
         dtype = prepared.dtype
@@ -737,8 +854,12 @@ class NumbaBackend(Backend):
                                 else np.ascontiguousarray(bias, dtype=dtype), bias is not None,
                                 prepared.activation)
         budget = config.get("CONVFLOW_WORKSPACE_MB") << 20
-        self._set_threads()
         arrays = (lift(a_host), lift(b_host), lift(out))
+        if not prepared.compiled:   # numpy only: no threading layer, no launch lock
+            prepared.run(*arrays, prepared.geometry, budget, epilogue, prepared.variant)
+            return out
+        self._ensure_started()
+        self._set_threads(threads)
         lock = self._launch_lock or contextlib.nullcontext()
         if prepared.chunks:
             self._run_chunks(prepared, arrays, budget, epilogue)
@@ -750,6 +871,7 @@ class NumbaBackend(Backend):
 
             with lock:
                 kernels.apply_epilogue(arrays[2], *epilogue)
+        self._warmup.mark_ready(prepared.warm_key)
         return out
 
     def _run_chunks(self, prepared: _Prepared, arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -777,8 +899,10 @@ class NumbaBackend(Backend):
     def _run(self, problem: ConvProblem, algorithm: str, a: Tensor, b: Tensor,
              bias: Tensor | None = None) -> Tensor:
         prepared = self._prepared(problem, algorithm)
-        out = self._run_arrays(prepared, a.data, b.data,
-                               None if bias is None else np.asarray(bias.data))
+        bias_host = None if bias is None else np.asarray(bias.data)
+        if not prepared.compiled:
+            self._start_warm_up(problem, a.data, b.data, bias_host)
+        out = self._run_arrays(prepared, a.data, b.data, bias_host)
         result_dtype = np.dtype(problem.dtype)
         return Tensor(out if out.dtype == result_dtype else out.astype(result_dtype), CPU)
 
@@ -790,10 +914,65 @@ class NumbaBackend(Backend):
         result_dtype = np.dtype(problem.dtype)
 
         def run(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+            if not prepared.compiled:
+                self._start_warm_up(problem, a, b, bias)
             out = self._run_arrays(prepared, a, b, bias)
             return out if out.dtype == result_dtype else out.astype(result_dtype)
 
         return run
+
+    # Warm-up ---------------------------------------------------------------------------
+    def first_use_substitute(self, decision: Any) -> tuple[str, str] | None:
+        """numpy_taps while the chosen algorithm's kernels are not compiled in this process
+        (CONVFLOW_NUMBA_WARMUP=background): a rule's choice only, never a forced or timed
+        one, nor under CONVFLOW_DETERMINISTIC (numpy_taps rounds otherwise)."""
+        if decision.source != "heuristic" or decision.algorithm == NUMPY_TAPS:
+            return None
+        if (config.get("CONVFLOW_NUMBA_WARMUP") != "background"
+                or config.get("CONVFLOW_DETERMINISTIC")):
+            return None
+        problem = decision.problem
+        if problem.is_empty() or self._kernels_cached:
+            return None
+        rate = NUMPY_TAPS_DEPTHWISE_FLOPS if problem.groups > 1 and \
+            problem.in_channels_per_group == 1 else NUMPY_TAPS_FLOPS
+        if problem.flops > WARMUP_MAX_SECONDS * rate:
+            return None   # long on numpy_taps: waiting for the kernels costs less
+        if self._warmup.is_ready(self._prepared(problem, decision.algorithm).warm_key):
+            return None
+        with self._status_lock:
+            self._substituted[problem] = decision.algorithm
+        return NUMPY_TAPS, (f"{decision.runs} is not compiled in this process yet: its kernels "
+                            f"compile on a background thread (CONVFLOW_NUMBA_WARMUP=background; "
+                            f"convflow.finish_warmup() waits for them)")
+
+    def _start_warm_up(self, problem: ConvProblem, a: np.ndarray, b: np.ndarray,
+                       bias: np.ndarray | None) -> None:
+        """Queue the compile of the algorithm numpy_taps stands in for: one run of it on
+        these operands (read only; the result is dropped), on one thread, the first chunk
+        of a long pass only (every chunk runs the same kernels)."""
+        replaced = self._substituted.get(problem)
+        if replaced is None:
+            return   # numpy_taps forced or timed: nothing to compile
+        prepared = self._prepared(problem, replaced)
+        if self._warmup.is_ready(prepared.warm_key):
+            return
+        job = prepared._replace(chunks=prepared.chunks[:1])
+
+        def compile_by_running() -> None:
+            from . import cache as kernel_cache
+
+            self._ensure_started()
+            misses = kernel_cache.misses()
+            self._run_arrays(job, a, b, bias, threads=1)
+            if kernel_cache.enabled() and kernel_cache.misses() == misses:
+                self._kernels_cached = True
+
+        self._warmup.submit(prepared.warm_key, compile_by_running)
+
+    def finish_warmup(self, timeout: float | None = None) -> bool:
+        """Wait for the kernels compiling in the background; False if *timeout* passed."""
+        return self._warmup.wait(timeout)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,
                 algorithm: str) -> Tensor:

@@ -10,20 +10,39 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ...geometry import Geometry, RowSpan, Tile, plan_tiles
 from ...params import ConvProblem, Direction
 from ..base import data_gradient_flippable
-from . import blas, kernels, workspace
+from . import workspace
 from .fft import PASSES as FFT_PASSES
+from .plans import PACKED_PAIRS_PER_STEP, PACKED_VECTOR, SERIAL_FLOPS
 
 Array = np.ndarray
+
+
+class _Deferred:
+    """A module imported when first used, which then takes this stand-in's place: the rules
+    and plans here run before numba is imported (see :mod:`.plans`), the passes after."""
+
+    def __init__(self, name: str, alias: str) -> None:
+        self._name, self._alias = name, alias
+
+    def __getattr__(self, attribute: str) -> object:
+        module = importlib.import_module(self._name, __package__)
+        globals()[self._alias] = module
+        return getattr(module, attribute)
+
+
+kernels: Any = _Deferred(".kernels", "kernels")
+blas: Any = _Deferred(".blas", "blas")
 
 
 def lift(array: Array) -> Array:
@@ -281,14 +300,14 @@ class PackedLayout:
 
     def row_length(self, images: int) -> int:
         """Floats per channel of a packed tile of *images*, with a tail for whole vectors."""
-        return len(self.phases) * images * self.plane + kernels.PACKED_VECTOR
+        return len(self.phases) * images * self.plane + PACKED_VECTOR
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - layouts are few, cached and immortal
     def pair_offsets(self, groups: int, c_per_group: int, channel_stride: int,
                      phase_stride: int) -> np.ndarray:
         """``(groups, steps, 3)`` flat read offsets of every (channel, tap) pair."""
         taps = len(self.tap_shift)
-        per = kernels.PACKED_PAIRS_PER_STEP
+        per = PACKED_PAIRS_PER_STEP
         pairs = c_per_group * taps
         steps = -(-pairs // per)
         q = np.minimum(np.arange(steps * per), pairs - 1)
@@ -331,7 +350,7 @@ def packed_variant(problem: ConvProblem, budget: int) -> str:
     per_image = packed_bytes_per_image(x_shape, w_shape, y_shape, problem.stride,
                                        problem.dilation, _compute_itemsize(problem))
     flops = 2 * math.prod(y_shape) * math.prod(w_shape[1:])
-    if flops < kernels.SERIAL_FLOPS and problem.batch * per_image <= budget:
+    if flops < SERIAL_FLOPS and problem.batch * per_image <= budget:
         return SINGLE_PASS
     reads_in_place = (problem.taps == 1 and not problem.is_strided()
                       and all(lo == 0 for lo, _ in problem.padding)
@@ -474,7 +493,7 @@ def fprop_packed_gemm(x: Array, w: Array, y: Array, geometry: Geometry, budget: 
                                             geometry.dilation, x.dtype.itemsize)
     images = max(1, min(n_images, budget // max(1, per_image)))
     flops = 2 * math.prod(y.shape) * math.prod(w.shape[1:])
-    threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
+    threads = 1 if flops < SERIAL_FLOPS else kernels.pool_threads()
     per_out_image = layout.output_span(y.shape[2:], 1)
 
     def extent(count: int) -> tuple[int, int]:
@@ -544,7 +563,7 @@ def wgrad_packed_gemm(x: Array, dy: Array, dw: Array, geometry: Geometry, budget
                                              geometry.dilation, x.dtype.itemsize)
     images = max(1, min(n_images, budget // max(1, per_image)))
     flops = 2 * math.prod(dy.shape) * math.prod(dw.shape[1:])
-    threads = 1 if flops < kernels.SERIAL_FLOPS else kernels.pool_threads()
+    threads = 1 if flops < SERIAL_FLOPS else kernels.pool_threads()
     per_group = c_out // geometry.groups
     wanted = -(-4 * threads // (geometry.groups * taps)) if threads > 1 else 1
     m_step = -(-per_group // max(1, min(wanted, per_group // 16 or 1)))
@@ -618,7 +637,7 @@ def _channels_innermost(a: Array) -> Array:
 
 # Depthwise planes are memory-bound: two threads pay from about 0.5 MFLOP (measured: 192x28x28
 # takes 0.11 ms on two threads, 0.18 ms on one).
-DEPTHWISE_SERIAL_FLOPS = kernels.SERIAL_FLOPS // 8
+DEPTHWISE_SERIAL_FLOPS = SERIAL_FLOPS // 8
 
 
 # The gradients' channels-in-lanes kernels against the per-plane ones, on MobileNetV2's and
@@ -692,7 +711,7 @@ WINOGRAD_SERIAL = "F(4x4,3x3), single-threaded (small problem)"
 
 def winograd_variant(problem: ConvProblem) -> str:
     flops = 2 * math.prod(problem.y_shape) * math.prod(problem.w_shape[1:])
-    return WINOGRAD_SERIAL if flops < kernels.SERIAL_FLOPS else WINOGRAD_POOL
+    return WINOGRAD_SERIAL if flops < SERIAL_FLOPS else WINOGRAD_POOL
 
 
 def _winograd(x: Array, w: Array, y: Array, geometry: Geometry, epilogue: Epilogue | None,
@@ -852,6 +871,8 @@ def chunk_operands(pass_index: int, chunk: Chunk, a: Array, b: Array, out: Array
 # The passes of the direct algorithm and depthwise's gradients, by the names the backend's
 # algorithm records give (each ``(a, b, out, geometry, budget, epilogue, variant)``).
 fprop_fft, dgrad_fft, wgrad_fft = FFT_PASSES
+from .numpy_taps import dgrad_numpy_taps, fprop_numpy_taps, wgrad_numpy_taps  # noqa: E402, F401
+
 fprop_direct = _direct("fprop_direct")
 dgrad_direct = _direct("dgrad_direct")
 wgrad_direct = _direct("wgrad_direct")

@@ -20,9 +20,8 @@ process loaded.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import importlib.util
-import os
 import threading
 from typing import Any
 
@@ -31,61 +30,33 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import blas_library
+
 ROW_MAJOR = 101
 NO_TRANS = 111
 TRANS = 112
 
-_SYMBOLS = {"convflow_cblas_sgemm": "scipy_cblas_sgemm",
-            "convflow_cblas_dgemm": "scipy_cblas_dgemm",
-            "convflow_cblas_sgemv": "scipy_cblas_sgemv",
-            "convflow_cblas_dgemv": "scipy_cblas_dgemv"}
 _lock = threading.Lock()
-_state: dict[str, object] = {}
-
-
-def _library_path() -> str:
-    """The shared library inside the scipy-openblas32 wheel, found without importing the
-    package (its ``get_openblas_config`` would load the library ``RTLD_GLOBAL``)."""
-    spec = importlib.util.find_spec("scipy_openblas32")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the scipy-openblas32 package is not installed; pip install "
-                          "scipy-openblas32 (convflow depends on it)")
-    lib_dir = os.path.join(next(iter(spec.submodule_search_locations)), "lib")
-    names = sorted(n for n in os.listdir(lib_dir)
-                   if n.startswith(("libscipy_openblas", "scipy_openblas"))
-                   and n.endswith((".so", ".dylib", ".dll")))
-    if not names:
-        raise ImportError(f"scipy-openblas32 has no library in {lib_dir}")
-    return os.path.join(lib_dir, names[0])
+_registered: list[bool] = []
 
 
 def load() -> str:
-    """Load the private OpenBLAS once (one thread) and register its GEMMs with LLVM.
+    """Load the private OpenBLAS once (one thread, :func:`.blas_library.open_library`) and
+    register its GEMMs with LLVM under convflow's names.
 
     Returns a description for ``convflow info``; raises ImportError (kept as the reason the
     GEMM algorithms cannot run) when the library is missing or lacks a symbol."""
-    described = _state.get("description")
-    if described is not None:
-        return str(described)
+    if _registered:
+        return blas_library.open_library()[1]
     with _lock:
-        if "description" in _state:
-            return str(_state["description"])
-        import llvmlite.binding as llvm
+        library, description = blas_library.open_library()
+        if not _registered:
+            import llvmlite.binding as llvm
 
-        path = _library_path()
-        try:
-            library = ctypes.CDLL(path, mode=os.RTLD_LOCAL | getattr(os, "RTLD_NOW", 0))
-            library.scipy_openblas_set_num_threads(1)
-            for ours, theirs in _SYMBOLS.items():
+            for ours, theirs in blas_library.SYMBOLS.items():
                 llvm.add_symbol(ours, ctypes.cast(getattr(library, theirs), ctypes.c_void_p).value)
-            config = library.scipy_openblas_get_config
-            config.restype = ctypes.c_char_p
-            built = config().decode("ascii", "replace").strip()
-        except (OSError, AttributeError) as exc:
-            raise ImportError(f"could not load the private OpenBLAS {path}: {exc}") from None
-        _state["library"] = library  # kept alive: the kernels hold its addresses
-        _state["description"] = f"private {built}, 1 thread per partition ({path})"
-        return str(_state["description"])
+            _registered.append(True)
+        return description
 
 
 _i32 = types.int32
@@ -252,3 +223,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool = 
     blocks = batch * -(-m // m_step) * -(-n // n_step)
     kernel = _kernels().pool_gemm if threads > 1 and blocks > 1 else _kernels().serial_gemm
     kernel(a3, b3, c3, trans_a, trans_b, lda, ldb, ldc, m_step, n_step, 1.0 if accumulate else 0.0)
+
+
+# Kernels that call these routines may come from the disk cache, linked by name: register
+# the names before any of them can load (whoever imports this module is about to run one).
+# A missing library leaves them unregistered: the rules then keep every GEMM algorithm off.
+with contextlib.suppress(ImportError):
+    load()

@@ -132,6 +132,20 @@ class _OnlyChosenDirectory(caching.CompileResultCacheImpl):
     _locator_classes = [caching.UserProvidedCacheLocator]  # noqa: RUF012 (numba's name)
 
 
+_misses = [0]
+_enabled = [False]
+
+
+def misses() -> int:
+    """How many times, in this process, a kernel was not in the disk cache (and compiled)."""
+    return _misses[0]
+
+
+def enabled() -> bool:
+    """Whether convflow's kernels are cached on disk in this process."""
+    return _enabled[0]
+
+
 class CheckedFunctionCache(caching.FunctionCache):
     """numba's per-function cache with checked files; loading or saving never fails a
     compile (a damaged entry is removed and the kernel compiled again)."""
@@ -146,7 +160,7 @@ class CheckedFunctionCache(caching.FunctionCache):
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
         try:
-            return super().load_overload(sig, target_context)
+            loaded = super().load_overload(sig, target_context)
         except Exception as exc:  # any failure to load is damage: rebuild, never fail
             self._cache_file.discard()
             cachedir.warn_once(f"numba's cache entry for {self._py_func.__qualname__}",
@@ -154,7 +168,10 @@ class CheckedFunctionCache(caching.FunctionCache):
                                f"removed and the kernel compiled again (other damaged entries "
                                f"of this cache are treated alike, without more warnings)",
                                stacklevel=6, once_per=f"numba load {self._cache_path}")
-            return None
+            loaded = None
+        if loaded is None:
+            _misses[0] += 1
+        return loaded
 
     def save_overload(self, sig: Any, data: Any) -> None:
         try:
@@ -172,6 +189,7 @@ def enable(dispatcher: Any) -> None:
     directory cannot hold them, warn once and leave the kernel uncached."""
     try:
         dispatcher._cache = CheckedFunctionCache(dispatcher.py_func)
+        _enabled[0] = True
     except Exception as exc:  # no usable directory, or numba's internals changed
         cachedir.warn_once("numba's kernel cache", f"it cannot be used ({type(exc).__name__}: "
                            f"{exc}); kernels are compiled in memory", stacklevel=4,

@@ -1,4 +1,5 @@
-"""The numba backend's ``fft`` algorithm: scipy.fft real transforms, numba products.
+"""The numba backend's ``fft`` algorithm: scipy.fft real transforms, numba products
+(:mod:`.fft_kernels`; this module imports no numba, so the FFT rule can run before it).
 
 Transforms are scipy.fft's (pocketfft: a well-kept, vectorized FFT that threads over the
 transforms of a batch with ``workers=``, the backend's thread count, and computes each
@@ -16,19 +17,14 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import prange
 
 from ...fft_plan import Planner, Rates, smooth_length
 from ...params import ConvProblem, Direction
 from .. import fft_arrays
-from . import kernels
 
 if TYPE_CHECKING:
     from ...geometry import Geometry
     from .algorithms import Epilogue
-
-# Frequencies one job of the product kernels handles (a few KiB of each operand).
-FREQUENCY_BLOCK = 1024
 
 # Measured on the development machine (2 threads, AVX-512, float32, a busy machine): scipy.fft
 # sustains about 8 GFLOP/s of modelled transform work; the numba direct algorithms reach the
@@ -49,58 +45,12 @@ fast_length = functools.partial(smooth_length, primes=(2, 3, 5))
 RATES = Rates(fft=8e9, mac=8e9, direct=RATES_NAMED, fast_length=fast_length)
 
 
-@kernels._jit(inline="always")
-def _job(job, blocks, middle, inner, freqs):  # type: ignore[no-untyped-def]
-    """Job -> (outer, middle, inner index, first and last frequency of its block)."""
-    block = job % blocks
-    rest = job // blocks
-    i = rest % inner
-    rest //= inner
-    f0 = block * FREQUENCY_BLOCK
-    return rest // middle, rest % middle, i, f0, min(freqs, f0 + FREQUENCY_BLOCK)
-
-
-@kernels._kernel()
-def contract(p, q, out):  # type: ignore[no-untyped-def]
-    """``out[n, g, i, f] = sum_r p[n, g, r, f] * q[g, i, r, f]`` (complex)."""
-    n_images, groups, reduced, freqs = p.shape
-    produced = q.shape[1]
-    blocks = (freqs + FREQUENCY_BLOCK - 1) // FREQUENCY_BLOCK
-    for job in prange(n_images * groups * produced * blocks):
-        n, g, i, f0, f1 = _job(job, blocks, groups, produced, freqs)
-        row = out[n, g, i]
-        for f in range(f0, f1):
-            row[f] = 0
-        for r in range(reduced):
-            a = p[n, g, r]
-            b = q[g, i, r]
-            for f in range(f0, f1):
-                row[f] += a[f] * b[f]
-
-
-@kernels._kernel()
-def accumulate_weight(x, d, acc):  # type: ignore[no-untyped-def]
-    """``acc[g, k, c, f] += sum_n x[n, g, c, f] * conj(d[n, g, k, f])`` (complex)."""
-    n_images, groups, channels, freqs = x.shape
-    produced = d.shape[2]
-    blocks = (freqs + FREQUENCY_BLOCK - 1) // FREQUENCY_BLOCK
-    for job in prange(groups * produced * channels * blocks):
-        g, k, c, f0, f1 = _job(job, blocks, produced, channels, freqs)
-        row = acc[g, k, c]
-        for n in range(n_images):
-            a = x[n, g, c]
-            b = d[n, g, k]
-            for f in range(f0, f1):
-                row[f] += a[f] * np.conj(b[f])
-
-
-PARALLEL_KERNELS = ("contract", "accumulate_weight")
-
-
 def use_serial_kernels() -> None:
     """After a fork with the OpenMP pool started: single-threaded products and transforms."""
     global _serial
-    kernels.make_serial(globals(), PARALLEL_KERNELS)
+    from . import fft_kernels
+
+    fft_kernels.use_serial_kernels()
     _serial = True
 
 
@@ -126,10 +76,14 @@ class ScipyTransforms:
         return scipy.fft.irfftn(a, s=lengths, axes=axes, workers=self.workers)
 
     def contract(self, p: Any, q: Any, out: Any) -> None:
-        globals()["contract"](p, q, out)
+        from . import fft_kernels
+
+        fft_kernels.contract(p, q, out)
 
     def accumulate_weight(self, x: Any, d: Any, acc: Any) -> None:
-        globals()["accumulate_weight"](x, d, acc)
+        from . import fft_kernels
+
+        fft_kernels.accumulate_weight(x, d, acc)
 
 
 def _workers() -> int:
@@ -180,7 +134,7 @@ def _direct_fallback(direction: Direction, a: np.ndarray, b: np.ndarray, out: np
     """An FFT spreads every input over every output, so one NaN or Inf would turn the whole
     result into NaN: such operands are computed by the direct loops instead, where
     non-finite values stay where direct convolution puts them."""
-    from . import algorithms
+    from . import algorithms, kernels
 
     names = {Direction.FORWARD: "fprop_direct", Direction.BACKWARD_DATA: "dgrad_direct",
              Direction.BACKWARD_WEIGHT: "wgrad_direct"}
@@ -207,6 +161,7 @@ def _pass(direction: Direction):  # type: ignore[no-untyped-def]
         a, b, out = (t.reshape(*t.shape[:2], *t.shape[5 - nd:]) for t in (a, b, out))
         finish = None
         if epilogue is not None and (epilogue.has_bias or epilogue.activation):
+            from . import kernels
             from .algorithms import lift
 
             def finish(region: np.ndarray, first: int) -> None:

@@ -20,6 +20,13 @@ from numba import get_num_threads, njit, prange, set_num_threads, uint64
 
 from ... import config
 from . import cache as kernel_cache
+from .plans import (  # noqa: F401 - the kernels' shaping constants, from one place
+    PACKED_CHUNK,
+    PACKED_CO_BLOCK,
+    PACKED_PAIRS_PER_STEP,
+    PACKED_VECTOR,
+    SERIAL_FLOPS,
+)
 
 # Compiled kernels go to convflow's cache directory (not next to the installed package,
 # which may be read-only), unless the user chose numba's own location; cache.py checks what
@@ -49,9 +56,6 @@ def _kernel(parallel: bool = True, fastmath=_FASTMATH):  # type: ignore[no-untyp
 _CONTRACT_ONLY = {"contract"}
 
 
-# Below this many floating-point operations a call runs single-threaded: waking the thread
-# pool costs more than it saves.
-SERIAL_FLOPS = 4_000_000
 
 
 def pool_threads() -> int:
@@ -687,10 +691,6 @@ def output_to_rows(y, tile, c_first, row0, n_rows, w0, w_count, out_d, out_h):  
 # (4 x PACKED_CHUNK floats) in L1. Columns ow >= OW and rows between images are computed
 # and discarded. A 1x1 kernel without stride or padding reads the input in place.
 
-PACKED_CO_BLOCK = 4
-PACKED_PAIRS_PER_STEP = 3
-PACKED_CHUNK = 768
-PACKED_VECTOR = 8
 
 
 @_jit(inline="always")
