@@ -126,6 +126,20 @@ def test_long_calls_and_calls_after_cached_kernels_wait_for_their_kernels():
     assert _run(script, "second").stdout.split() == ["second", "depthwise"]
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_caller_and_the_warm_up_start_numba_at_once(attempt):
+    """A forced call right after a first call: both threads need numba at once (imports of
+    numba's submodules from two threads could meet half-initialized modules)."""
+    script = PRELUDE.format(tests=TESTS) + """
+    convflow.conv2d(x, w, b, padding=1)                    # the warm-up thread starts numba
+    for algorithm in ("direct", "im2col_gemm", "fft"):    # ... and this one, at once
+        assert_close(convflow.conv2d(x, w, b, padding=1, algorithm=algorithm), expected,
+                     "float32")
+    print("ok")
+    """
+    assert _run(script).stdout.split() == ["ok"]
+
+
 def test_gradients_run_numpy_taps_then_their_algorithms():
     script = PRELUDE.format(tests=TESTS) + """
     dy = rng.standard_normal(expected.shape).astype(np.float32)

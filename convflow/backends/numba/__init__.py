@@ -679,12 +679,12 @@ class NumbaBackend(Backend):
                 self.name, True, "numba not started yet (it starts with the first kernel)",
                 "cpu", (f"cpu ({hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores)",),
                 "", {"threading_layer": "not started"})
-        try:
-            import numba
-        except ImportError as exc:
-            return BackendStatus(self.name, False,
-                                 f"numba is not installed ({exc}); pip install numba", "cpu")
-        with self._start_lock:
+        with self._start_lock:   # numba is imported under it (see _start)
+            try:
+                import numba
+            except ImportError as exc:
+                return BackendStatus(self.name, False,
+                                     f"numba is not installed ({exc}); pip install numba", "cpu")
             status = self._start(numba)
             self._started = True
         return status
@@ -711,8 +711,14 @@ class NumbaBackend(Backend):
             raise BackendUnavailableError(f"the numba backend cannot run: {status.reason}")
 
     def _start(self, numba: Any) -> BackendStatus:
-        """Start the threading layer; the backend's full status (unavailable on failure)."""
+        """Import every kernel module and start the threading layer (under _start_lock);
+        the backend's full status (unavailable on failure). The kernel modules are imported
+        here, by one thread, because two threads importing numba's submodules at once (the
+        warm-up and a caller) can each meet the other's half-initialized modules: numba's
+        submodules import one another."""
         try:
+            from . import blas, cache, fft_kernels, gemm_kernels, kernels, winograd  # noqa: F401
+
             layer = self._start_threading(numba)
         except ConfigError:
             raise  # a bad CONVFLOW_* value is the user's to fix, not a missing backend
@@ -775,6 +781,7 @@ class NumbaBackend(Backend):
         return fft.plan_for(problem)
 
     def device_identity(self, device: Device) -> str:
+        self._ensure_started()
         import numba
 
         return (f"numba {numba.__version__}, numpy {np.__version__}, {hostinfo.cpu_name()}, "
@@ -960,9 +967,9 @@ class NumbaBackend(Backend):
         job = prepared._replace(chunks=prepared.chunks[:1])
 
         def compile_by_running() -> None:
+            self._ensure_started()
             from . import cache as kernel_cache
 
-            self._ensure_started()
             misses = kernel_cache.misses()
             self._run_arrays(job, a, b, bias, threads=1)
             if kernel_cache.enabled() and kernel_cache.misses() == misses:
