@@ -807,8 +807,7 @@ def finish_warmup(timeout: float | None = None) -> bool:
         raise ParameterError(f"finish_warmup: timeout must be a number of seconds >= 0 or None, "
                              f"got {timeout!r}")
     backend = loaded_backend("numba")
-    wait = getattr(backend, "finish_warmup", None)
-    return True if wait is None else bool(wait(None if timeout is None else float(timeout)))
+    return backend is None or backend.finish_warmup(None if timeout is None else float(timeout))
 
 
 _DIRECTIONS = {d.value: d for d in Direction}

@@ -169,6 +169,11 @@ class Backend(abc.ABC):
         it. The backend starts whatever makes it ready."""
         return None
 
+    def finish_warmup(self, timeout: float | None = None) -> bool:
+        """Wait until the code :meth:`first_use_substitute` stood in for is ready; False if
+        *timeout* seconds passed first. Nothing to wait for by default."""
+        return True
+
     def device_identity(self, device: Device) -> str:
         """What identifies the hardware and software a timing was taken on (perf-db key)."""
         return f"{self.name}:{device}"

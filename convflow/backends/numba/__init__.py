@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import math
 import os
 import threading
@@ -103,15 +102,6 @@ def _omp_wait_policy() -> str:
     given = [f"{name}={os.environ[name]}" for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
              if name in os.environ]
     return ", ".join(given) or "the OpenMP runtime's default"
-
-
-def _numba_missing() -> str:
-    """Why numba cannot be imported ("" when it is installed), found without importing it."""
-    try:
-        found = importlib.util.find_spec("numba") is not None
-    except (ImportError, ValueError) as exc:
-        return f"numba cannot be found ({exc}); pip install numba"
-    return "" if found else "numba is not installed; pip install numba"
 
 
 def _max_threads(numba: Any) -> int:
@@ -672,20 +662,17 @@ class NumbaBackend(Backend):
             # Importing numba (about 0.25 s) and starting its threading layer (a kernel
             # loaded or compiled: about 0.3 s more from the disk cache) is left to the first
             # kernel launch, on the warm-up thread while the first calls run numpy_taps.
-            missing = _numba_missing()
+            from .plans import module_missing
+
+            missing = module_missing("numba")
             if missing:
                 return BackendStatus(self.name, False, missing, "cpu")
             return BackendStatus(
                 self.name, True, "numba not started yet (it starts with the first kernel)",
                 "cpu", (f"cpu ({hostinfo.cpu_name()}, {hostinfo.cpu_count()} cores)",),
                 "", {"threading_layer": "not started"})
-        with self._start_lock:   # numba is imported under it (see _start)
-            try:
-                import numba
-            except ImportError as exc:
-                return BackendStatus(self.name, False,
-                                     f"numba is not installed ({exc}); pip install numba", "cpu")
-            status = self._start(numba)
+        with self._start_lock:
+            status = self._start()
             self._started = True
         return status
 
@@ -696,13 +683,7 @@ class NumbaBackend(Backend):
         with self._start_lock:
             if self._started:
                 return
-            try:
-                import numba
-            except ImportError as exc:
-                status = BackendStatus(self.name, False, f"numba could not be imported ({exc!r}); "
-                                       f"pip install numba", "cpu")
-            else:
-                status = self._start(numba)
+            status = self._start()
             with self._status_lock:
                 self._status = status
             self._started = True
@@ -710,12 +691,18 @@ class NumbaBackend(Backend):
         if raise_unavailable and not status.available:
             raise BackendUnavailableError(f"the numba backend cannot run: {status.reason}")
 
-    def _start(self, numba: Any) -> BackendStatus:
-        """Import every kernel module and start the threading layer (under _start_lock);
-        the backend's full status (unavailable on failure). The kernel modules are imported
-        here, by one thread, because two threads importing numba's submodules at once (the
-        warm-up and a caller) can each meet the other's half-initialized modules: numba's
-        submodules import one another."""
+    def _start(self) -> BackendStatus:
+        """Import numba and every kernel module, and start the threading layer (the caller
+        holds _start_lock); the backend's full status (unavailable on failure). The modules
+        are imported here, by one thread, because two threads importing numba's submodules
+        at once (the warm-up and a caller) can each meet the other's half-initialized
+        modules: numba's submodules import one another."""
+        try:
+            import numba
+        except ImportError as exc:
+            return BackendStatus(self.name, False,
+                                 f"numba could not be imported ({exc}); pip install numba",
+                                 "cpu")
         try:
             from . import blas, cache, fft_kernels, gemm_kernels, kernels, winograd  # noqa: F401
 
@@ -816,16 +803,15 @@ class NumbaBackend(Backend):
             index = _PASS_INDEX[problem.direction]
             out_shape = (problem.y_shape, problem.x_shape, problem.w_shape)[index]
             variant = record.variant(problem)
+            dtype = self._compute_dtype(np.dtype(problem.dtype))
+            in_place = record.channels_last and index != 2 and problem.channels_last
+            chunks = _chunks(problem, algorithm, index)
             prepared = _Prepared(
-                run, Geometry.from_problem(problem),
-                self._compute_dtype(np.dtype(problem.dtype)), out_shape,
+                run, Geometry.from_problem(problem), dtype, out_shape,
                 problem.direction in record.fused, ACTIVATION_CODES[problem.activation],
-                problem.channels_last,
-                record.channels_last and index != 2 and problem.channels_last, variant, index,
-                _chunks(problem, algorithm, index), algorithm != NUMPY_TAPS,
-                _warm_key(algorithm, variant, self._compute_dtype(np.dtype(problem.dtype)),
-                          index, record.channels_last and index != 2 and problem.channels_last,
-                          bool(_chunks(problem, algorithm, index))))
+                problem.channels_last, in_place, variant, index, chunks,
+                algorithm != NUMPY_TAPS,
+                _warm_key(algorithm, variant, dtype, index, in_place, bool(chunks)))
             with self._status_lock:
                 if len(self._prepared_passes) > 1024:
                     self._prepared_passes.clear()
@@ -978,7 +964,6 @@ class NumbaBackend(Backend):
         self._warmup.submit(prepared.warm_key, compile_by_running)
 
     def finish_warmup(self, timeout: float | None = None) -> bool:
-        """Wait for the kernels compiling in the background; False if *timeout* passed."""
         return self._warmup.wait(timeout)
 
     def forward(self, x: Tensor, w: Tensor, b: Tensor | None, problem: ConvProblem,

@@ -13,7 +13,6 @@ Tiling, cost and accuracy are planned by :mod:`convflow.fft_plan`; the passes th
 from __future__ import annotations
 
 import functools
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from ...fft_plan import Planner, Rates, smooth_length
 from ...params import ConvProblem, Direction
 from .. import fft_arrays
+from .plans import module_missing
 
 if TYPE_CHECKING:
     from ...geometry import Geometry
@@ -99,13 +99,7 @@ def _scipy_missing() -> str:
     rules ask on every call's first selection, and importing scipy.fft costs ~0.1 s of a
     process's first call, which FFT rarely wins. A scipy that is present but broken fails
     when the FFT runs, with its own ImportError."""
-    try:
-        found = importlib.util.find_spec("scipy") is not None
-    except (ImportError, ValueError) as exc:
-        return f"scipy cannot be found ({exc}); pip install scipy"
-    if not found:
-        return "scipy is not installed; pip install scipy"
-    return ""
+    return module_missing("scipy")
 
 
 PLANNER = Planner(RATES, _scipy_missing)

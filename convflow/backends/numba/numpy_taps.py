@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -38,20 +38,27 @@ if TYPE_CHECKING:
 
 Array = np.ndarray
 _ACTIVATION_NAMES = {code: name for name, code in ACTIVATION_CODES.items()}
-VARIANT = "one numpy product per kernel tap (no compiled code)"
 
 
-class _Block:
+class _Block(NamedTuple):
     """Images ``n0 .. n1`` and output rows ``d0 .. d1`` x ``h0 .. h1`` (whole rows of W)."""
 
-    __slots__ = ("d0", "d1", "h0", "h1", "n0", "n1")
+    n0: int
+    n1: int
+    d0: int
+    d1: int
+    h0: int
+    h1: int
 
-    def __init__(self, n0: int, n1: int, d0: int, d1: int, h0: int, h1: int) -> None:
-        self.n0, self.n1, self.d0, self.d1, self.h0, self.h1 = n0, n1, d0, d1, h0, h1
+    def sizes(self, width: int) -> tuple[int, int, int]:
+        """The block's output extent on the three spatial axes (rows of *width*)."""
+        return self.d1 - self.d0, self.h1 - self.h0, width
 
     @property
-    def counts(self) -> tuple[int, int, int]:
-        return self.n1 - self.n0, self.d1 - self.d0, self.h1 - self.h0
+    def region(self) -> tuple[slice, ...]:
+        """Its part of an ``(N, C, D, H, W)`` output-shaped array."""
+        return (slice(self.n0, self.n1), slice(None), slice(self.d0, self.d1),
+                slice(self.h0, self.h1))
 
 
 def _blocks(out: tuple[int, ...], channels: int, budget: int, itemsize: int) -> Iterator[_Block]:
@@ -96,7 +103,7 @@ def _window(a: Array, n0: int, n1: int, starts: tuple[int, ...],
 
 def _input_window(x: Array, block: _Block, geometry: Geometry, out_w: int) -> Array:
     """The zero-padded input that block's outputs read."""
-    counts = (block.d1 - block.d0, block.h1 - block.h0, out_w)
+    counts = block.sizes(out_w)
     starts = tuple(o0 * s - p for o0, s, p in zip((block.d0, block.h0, 0), geometry.stride,
                                                    geometry.pad_low))
     lengths = tuple((c - 1) * s + (k - 1) * dl + 1 for c, s, k, dl in
@@ -154,7 +161,7 @@ def fprop_numpy_taps(x: Array, w: Array, y: Array, geometry: Geometry, budget: i
     out_w = y.shape[4]
     copied = 2 * x.shape[1] + 2 * y.shape[1]
     for block in _blocks(y.shape, copied, budget, y.itemsize):
-        counts = (block.d1 - block.d0, block.h1 - block.h0, out_w)
+        counts = block.sizes(out_w)
         window = _input_window(x, block, geometry, out_w)
         total = None
         for tap in _taps(geometry):
@@ -162,8 +169,7 @@ def fprop_numpy_taps(x: Array, w: Array, y: Array, geometry: Geometry, budget: i
                              _by_group(_tap_view(window, tap, geometry, counts), groups))
             total = part if total is None else np.add(total, part, out=total)
         assert total is not None
-        y[block.n0:block.n1, :, block.d0:block.d1, block.h0:block.h1] = total.reshape(
-            block.n1 - block.n0, y.shape[1], *counts)
+        y[block.region] = total.reshape(block.n1 - block.n0, y.shape[1], *counts)
     _finish(y, epilogue)
 
 
@@ -187,7 +193,7 @@ def dgrad_numpy_taps(dy: Array, w: Array, dx: Array, geometry: Geometry, budget:
     copied = 2 * dx.shape[1] + dy.shape[1]
     for block in _blocks(dy.shape, copied, budget, dx.itemsize):
         first = (block.d0, block.h0, 0)
-        counts = (block.d1 - block.d0, block.h1 - block.h0, dy.shape[4])
+        counts = block.sizes(dy.shape[4])
         for t_index, tap in enumerate(_taps(geometry)):
             spans = [_landing(c, size, t, s, dl, p - o * s) for c, size, t, s, dl, p, o in
                      zip(counts, dx.shape[2:], tap, geometry.stride, geometry.dilation,
@@ -218,10 +224,9 @@ def wgrad_numpy_taps(x: Array, dy: Array, dw: Array, geometry: Geometry, budget:
     total = np.zeros((len(taps), groups, k_per_group, c_per_group), dtype=dw.dtype)
     copied = 2 * x.shape[1] + dy.shape[1]
     for block in _blocks(dy.shape, copied, budget, dw.itemsize):
-        counts = (block.d1 - block.d0, block.h1 - block.h0, out_w)
+        counts = block.sizes(out_w)
         window = _input_window(x, block, geometry, out_w)
-        grad = _by_group(dy[block.n0:block.n1, :, block.d0:block.d1, block.h0:block.h1],
-                         groups)
+        grad = _by_group(dy[block.region], groups)
         for t_index, tap in enumerate(taps):
             patch = _by_group(_tap_view(window, tap, geometry, counts), groups)
             if k_per_group == 1 and c_per_group == 1:

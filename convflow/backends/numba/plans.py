@@ -9,7 +9,18 @@ plan, which its workspace estimate and its kernels share.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import NamedTuple
+
+
+def module_missing(name: str) -> str:
+    """Why module *name* cannot be imported ("" when it is installed), found without
+    importing it (the rules ask before anything heavy is imported)."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError) as exc:
+        return f"{name} cannot be found ({exc}); pip install {name}"
+    return "" if found else f"{name} is not installed; pip install {name}"
 
 # Below this many floating-point operations a call runs single-threaded: waking the thread
 # pool costs more than it saves.

@@ -69,12 +69,6 @@ class WarmUp:
                 self._ready.add(key)
                 self._queue.pop(key, None)
 
-    def pending(self) -> tuple[Hashable, ...]:
-        """The keys queued or compiling now."""
-        with self._lock:
-            active = () if self._active is None else (self._active,)
-            return active + tuple(self._queue)
-
     def submit(self, key: Hashable, job: Callable[[], object]) -> None:
         """Run *job* on the background thread unless *key* is ready, queued or running."""
         with self._lock:
