@@ -76,6 +76,59 @@ def test_im2col_scratch_stays_within_the_workspace_limit():
     assert scratch <= 4 * 2**20 + 256 * 1024, f"scratch {scratch / 2**20:.1f} MiB"
 
 
+def _im2col_reference(x, kernel, stride, pad_low, dilation, out, row0, n_rows):
+    """im2col's matrix for output rows ``row0 .. row0 + n_rows`` (a row is one (n, od, oh)),
+    from an explicitly zero-padded float64 copy of ``x``."""
+    (kd_, kh_, kw_), (sd, sh, sw), (dd, dh, dw) = kernel, stride, dilation
+    out_d, out_h, out_w = out
+    high = [max(0, (o - 1) * s + (k - 1) * d + 1 - p - n)
+            for o, s, k, d, p, n in zip(out, stride, kernel, dilation, pad_low, x.shape[2:])]
+    padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(max(p, 0), h) for p, h in
+                                                              zip(pad_low, high)])
+    crop = [max(-p, 0) for p in pad_low]
+    padded = padded[:, :, crop[0]:, crop[1]:, crop[2]:]
+    rows = []
+    for c in range(x.shape[1]):
+        for a in range(kd_):
+            for b in range(kh_):
+                for e in range(kw_):
+                    values = []
+                    for g in range(row0, row0 + n_rows):
+                        n, rest = divmod(g, out_d * out_h)
+                        od, oh = divmod(rest, out_h)
+                        values.append(padded[n, c, od * sd + a * dd, oh * sh + b * dh,
+                                             e * dw:e * dw + (out_w - 1) * sw + 1:sw])
+                    rows.append(np.concatenate(values))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("x_shape, kernel, stride, pad_low, dilation, rows", [
+    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (0, 14)),     # whole images
+    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (3, 9)),      # mid-image
+    ((1, 2, 1, 9, 6), (1, 5, 5), (1, 1, 1), (0, 2, 2), (1, 1, 1), (1, 7)),      # 5x5, 'same'
+    ((1, 2, 1, 8, 8), (1, 3, 3), (1, 1, 1), (0, 2, 2), (1, 2, 2), (0, 8)),      # dilated
+    ((1, 2, 1, 6, 5), (1, 3, 5), (1, 1, 1), (0, 4, 2), (1, 1, 1), (0, 10)),     # padding > taps
+    ((2, 2, 4, 5, 5), (3, 3, 3), (2, 1, 1), (1, 1, 1), (1, 1, 1), (4, 11)),     # 3-D, depth stride
+    ((1, 2, 1, 6, 6), (1, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), (0, 3)),      # row stride: per row
+])
+def test_im2col_matches_an_explicitly_padded_reference(x_shape, kernel, stride, pad_low, dilation,
+                                                       rows):
+    """im2col's copies, including the run-per-image path of tiles whose rows are as wide as
+    the input at unit stride (the first six cases), on tiles that start and end mid-image."""
+    from convflow.backends.numba import kernels
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    out = tuple((n + 2 * p - (k - 1) * d - 1) // s + 1 for n, p, k, d, s in
+                zip(x_shape[2:], pad_low, kernel, dilation, stride))
+    row0, n_rows = rows
+    col = np.full((x_shape[1] * int(np.prod(kernel)), n_rows * out[2]), np.nan, np.float32)
+    kernels.im2col(x, 0, col, row0, n_rows, 0, out[2], out[0], out[1], *kernel, *stride,
+                   *pad_low, *dilation)
+    expected = _im2col_reference(x, kernel, stride, pad_low, dilation, out, row0, n_rows)
+    np.testing.assert_array_equal(col, expected.astype(np.float32))
+
+
 @pytest.mark.parametrize("algorithm", ["direct", "im2col_gemm", "depthwise", "gemm_1x1"])
 def test_results_do_not_depend_on_the_thread_count(algorithm):
     rng = np.random.default_rng(2)
