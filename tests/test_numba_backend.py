@@ -76,6 +76,24 @@ def test_im2col_scratch_stays_within_the_workspace_limit():
     assert scratch <= 4 * 2**20 + 256 * 1024, f"scratch {scratch / 2**20:.1f} MiB"
 
 
+# Tiles of output rows (first global row, rows) of small problems; the first six are as wide
+# as the input at unit stride (im2col's and col2im's run-per-image paths).
+IM2COL_TILES = [
+    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (0, 14)),     # whole images
+    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (3, 9)),      # mid-image
+    ((1, 2, 1, 9, 6), (1, 5, 5), (1, 1, 1), (0, 2, 2), (1, 1, 1), (1, 7)),      # 5x5, 'same'
+    ((1, 2, 1, 8, 8), (1, 3, 3), (1, 1, 1), (0, 2, 2), (1, 2, 2), (0, 8)),      # dilated
+    ((1, 2, 1, 6, 5), (1, 3, 5), (1, 1, 1), (0, 4, 2), (1, 1, 1), (0, 10)),     # padding > taps
+    ((2, 2, 4, 5, 5), (3, 3, 3), (2, 1, 1), (1, 1, 1), (1, 1, 1), (4, 11)),     # 3-D, depth stride
+    ((1, 2, 1, 6, 6), (1, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), (0, 3)),      # row stride: per row
+]
+
+
+def _output_size(x_shape, kernel, stride, pad_low, dilation):
+    return tuple((n + 2 * p - (k - 1) * d - 1) // s + 1 for n, p, k, d, s in
+                 zip(x_shape[2:], pad_low, kernel, dilation, stride))
+
+
 def _im2col_reference(x, kernel, stride, pad_low, dilation, out, row0, n_rows):
     """im2col's matrix for output rows ``row0 .. row0 + n_rows`` (a row is one (n, od, oh)),
     from an explicitly zero-padded float64 copy of ``x``."""
@@ -102,15 +120,7 @@ def _im2col_reference(x, kernel, stride, pad_low, dilation, out, row0, n_rows):
     return np.array(rows)
 
 
-@pytest.mark.parametrize("x_shape, kernel, stride, pad_low, dilation, rows", [
-    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (0, 14)),     # whole images
-    ((2, 3, 1, 7, 7), (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), (3, 9)),      # mid-image
-    ((1, 2, 1, 9, 6), (1, 5, 5), (1, 1, 1), (0, 2, 2), (1, 1, 1), (1, 7)),      # 5x5, 'same'
-    ((1, 2, 1, 8, 8), (1, 3, 3), (1, 1, 1), (0, 2, 2), (1, 2, 2), (0, 8)),      # dilated
-    ((1, 2, 1, 6, 5), (1, 3, 5), (1, 1, 1), (0, 4, 2), (1, 1, 1), (0, 10)),     # padding > taps
-    ((2, 2, 4, 5, 5), (3, 3, 3), (2, 1, 1), (1, 1, 1), (1, 1, 1), (4, 11)),     # 3-D, depth stride
-    ((1, 2, 1, 6, 6), (1, 3, 3), (1, 2, 1), (0, 1, 1), (1, 1, 1), (0, 3)),      # row stride: per row
-])
+@pytest.mark.parametrize("x_shape, kernel, stride, pad_low, dilation, rows", IM2COL_TILES)
 def test_im2col_matches_an_explicitly_padded_reference(x_shape, kernel, stride, pad_low, dilation,
                                                        rows):
     """im2col's copies, including the run-per-image path of tiles whose rows are as wide as
@@ -119,14 +129,50 @@ def test_im2col_matches_an_explicitly_padded_reference(x_shape, kernel, stride, 
 
     rng = np.random.default_rng(12)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    out = tuple((n + 2 * p - (k - 1) * d - 1) // s + 1 for n, p, k, d, s in
-                zip(x_shape[2:], pad_low, kernel, dilation, stride))
+    out = _output_size(x_shape, kernel, stride, pad_low, dilation)
     row0, n_rows = rows
     col = np.full((x_shape[1] * int(np.prod(kernel)), n_rows * out[2]), np.nan, np.float32)
     kernels.im2col(x, 0, col, row0, n_rows, 0, out[2], out[0], out[1], *kernel, *stride,
                    *pad_low, *dilation)
     expected = _im2col_reference(x, kernel, stride, pad_low, dilation, out, row0, n_rows)
     np.testing.assert_array_equal(col, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("x_shape, kernel, stride, pad_low, dilation, rows", IM2COL_TILES)
+def test_col2im_and_the_output_copies_are_im2col_s_adjoint_and_inverse(x_shape, kernel, stride,
+                                                                       pad_low, dilation, rows):
+    """col2im adds each column entry where im2col read it from (padding entries nowhere);
+    output_to_rows and rows_to_output copy a tile of output rows out of y and back."""
+    from convflow.backends.numba import kernels
+
+    rng = np.random.default_rng(13)
+    out = _output_size(x_shape, kernel, stride, pad_low, dilation)
+    row0, n_rows = rows
+    # Where im2col reads each entry from: x holds 1 + its flat index, padding reads 0.
+    source = _im2col_reference(np.arange(1, np.prod(x_shape) + 1, dtype=np.float64)
+                               .reshape(x_shape), kernel, stride, pad_low, dilation, out, row0,
+                               n_rows).astype(np.int64)
+    col = rng.standard_normal(source.shape)
+    expected = np.bincount(source[source > 0] - 1, weights=col[source > 0],
+                           minlength=int(np.prod(x_shape))).reshape(x_shape)
+    dx = np.zeros(x_shape)
+    kernels.col2im(col.copy(), dx, 0, row0, n_rows, 0, out[2], out[0], out[1], *kernel,
+                   *stride, *pad_low, *dilation)
+    np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
+
+    y = rng.standard_normal((x_shape[0], 5, *out))
+    tile = np.empty((3, n_rows * out[2]))
+    kernels.output_to_rows(y, tile, 2, row0, n_rows, 0, out[2], out[0], out[1])
+    flat_rows = y[:, 2:5].transpose(1, 0, 2, 3, 4).reshape(3, -1, out[2])
+    np.testing.assert_array_equal(tile, flat_rows[:, row0:row0 + n_rows].reshape(3, -1))
+    back = np.zeros_like(y)
+    kernels.rows_to_output(tile, back, 2, row0, n_rows, 0, out[2], out[0], out[1])
+    mask = np.zeros(y.shape, dtype=bool)
+    for g in range(row0, row0 + n_rows):
+        n, rest = divmod(g, out[0] * out[1])
+        mask[n, 2:5, rest // out[1], rest % out[1]] = True
+    np.testing.assert_array_equal(back[mask], y[mask])
+    assert not back[~mask].any()
 
 
 @pytest.mark.parametrize("algorithm", ["direct", "im2col_gemm", "depthwise", "gemm_1x1"])

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads, uint64
+from numba.extending import overload
 
 from ... import config
 from . import cache as kernel_cache
@@ -571,6 +572,20 @@ def _output_rows(row0, n_rows, out_d, out_h):  # type: ignore[no-untyped-def]
     return where
 
 
+def _flat_view(a):  # type: ignore[no-untyped-def]
+    """``a`` as a 1-D view when its type is C-contiguous, else an empty array (the caller
+    then takes its strided path): decided when a kernel is compiled, for each layout of its
+    arguments (a channels-last operand arrives as a transposed view)."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@overload(_flat_view)
+def _flat_view_typed(a):  # type: ignore[no-untyped-def]
+    if a.layout == "C":
+        return lambda a: a.reshape(-1)
+    return lambda a: np.empty(0, dtype=a.dtype)
+
+
 @_jit()
 def _row_runs(where):  # type: ignore[no-untyped-def]
     """``(first row, count)`` of each run of consecutive output rows of one ``(image, od)``
@@ -652,9 +667,9 @@ def im2col(x, c_first, col, row0, n_rows, w0, w_count, out_d, out_h,  # type: ig
     _, _, in_d, in_h, in_w = x.shape
     taps = k_d * k_h * k_w
     where = _output_rows(row0, n_rows, out_d, out_h)
-    wide = sh == 1 and sw == 1 and w0 == 0 and w_count == in_w
+    xf = _flat_view(x)
+    wide = sh == 1 and sw == 1 and w0 == 0 and w_count == in_w and xf.size == x.size
     runs = _row_runs(where)
-    xf = x.reshape(-1)
     for row in prange(col.shape[0]):
         ci = row // taps
         t = row - ci * taps
@@ -697,15 +712,57 @@ def im2col(x, c_first, col, row0, n_rows, w0, w_count, out_d, out_h,  # type: ig
                 dst[at + uint64(j)] = 0
 
 
+@_jit(inline="always")
+def _col2im_wide_row(src, dxf, where, runs, c, kd, kh, kw, n_ch, in_d, in_h, in_w, sd, pd,  # type: ignore[no-untyped-def]
+                     ph, pw, dd, dh, dw):
+    """One row of :func:`col2im` on the tiles :func:`_im2col_wide_row` copies: the entries of
+    the columns a tap's shift wraps into the neighbouring row (padding) are zeroed in ``src``
+    (the GEMM's scratch), then each run of output rows of one image is one vectorized add
+    into a contiguous run of ``dx``."""
+    off_w = kw * dw - pw
+    off_h = kh * dh - ph
+    zl = min(max(-off_w, 0), in_w)
+    zr = min(max(off_w, 0), in_w)
+    for k in range(runs.shape[0]):
+        r_first, count = runs[k, 0], runs[k, 1]
+        i_d = where[r_first, 1] * sd - pd + kd * dd
+        if i_d < 0 or i_d >= in_d:
+            continue
+        oh_first = where[r_first, 2]
+        lo = min(max(-off_h - oh_first, 0), count)
+        hi = max(min(in_h - off_h - oh_first, count), lo)
+        if hi == lo:
+            continue
+        at = uint64((r_first + lo) * in_w)
+        length = (hi - lo) * in_w
+        if zl or zr:
+            for r in range(hi - lo):
+                row = at + uint64(r * in_w)
+                for j in range(zl):
+                    src[row + uint64(j)] = 0
+                for j in range(in_w - zr, in_w):
+                    src[row + uint64(j)] = 0
+        target = uint64(((((where[r_first, 0] * n_ch + c) * in_d + i_d) * in_h + oh_first + lo
+                          + off_h) * in_w) + off_w + zl)
+        inside = at + uint64(zl)
+        for j in range(length - zl - zr):
+            dxf[target + uint64(j)] += src[inside + uint64(j)]
+
+
 @_kernel()
 def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: ignore[no-untyped-def]
            k_d, k_h, k_w, sd, sh, sw, pd, ph, pw, dd, dh, dw):
     """Scatter-add ``col`` (laid out as :func:`im2col` writes it) into ``dx``. One thread
-    owns each input channel, so the additions are race-free and in a fixed order."""
+    owns each input channel, so the additions are race-free and in a fixed order. Tiles of
+    whole rows as wide as the input at unit stride take :func:`_col2im_wide_row`, which
+    zeroes the padding entries of ``col``."""
     _, _, in_d, in_h, in_w = dx.shape
     taps = k_d * k_h * k_w
     c_per_group = col.shape[0] // taps
     where = _output_rows(row0, n_rows, out_d, out_h)
+    dxf = _flat_view(dx)
+    wide = sh == 1 and sw == 1 and w0 == 0 and w_count == in_w and dxf.size == dx.size
+    runs = _row_runs(where)
     for ci in prange(c_per_group):
         c = c_first + ci
         for t in range(taps):
@@ -713,6 +770,10 @@ def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: i
             kd = t // (k_h * k_w)
             kh = (t // k_w) % k_h
             kw = t % k_w
+            if wide:
+                _col2im_wide_row(col[row], dxf, where, runs, c, kd, kh, kw, dx.shape[1], in_d,
+                                 in_h, in_w, sd, pd, ph, pw, dd, dh, dw)
+                continue
             ow_lo, ow_hi = _valid_outputs(pw - kw * dw, sw, in_w, w0 + w_count)
             if ow_lo < w0:
                 ow_lo = w0
@@ -731,10 +792,23 @@ def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: i
 
 @_kernel()
 def rows_to_output(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
-    """Copy a GEMM result tile ``(channels, n_rows * w_count)`` into ``y``."""
+    """Copy a GEMM result tile ``(channels, n_rows * w_count)`` into ``y``: a run of whole
+    rows of one image of a C-contiguous ``y`` is one contiguous copy, other tiles a copy per
+    row."""
     where = _output_rows(row0, n_rows, out_d, out_h)
+    yf = _flat_view(y)
+    whole = w0 == 0 and w_count == y.shape[4] and yf.size == y.size
+    runs = _row_runs(where) if whole else np.empty((0, 2), np.int64)
     for k in prange(tile.shape[0]):
         src = tile[k]
+        for q in range(runs.shape[0]):
+            r, count = runs[q, 0], runs[q, 1]
+            first = uint64(_output_offset(y, where, r, c_first + k))
+            start = uint64(r * w_count)
+            for j in range(count * w_count):
+                yf[first + uint64(j)] = src[start + uint64(j)]
+        if runs.shape[0]:
+            continue
         for r in range(n_rows):
             n, od, oh = where[r, 0], where[r, 1], where[r, 2]
             start = uint64(r * w_count)
@@ -746,13 +820,31 @@ def rows_to_output(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h):  
 def output_to_rows(y, tile, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
     """Gather the tile of ``y`` that :func:`rows_to_output` would write."""
     where = _output_rows(row0, n_rows, out_d, out_h)
+    yf = _flat_view(y)
+    whole = w0 == 0 and w_count == y.shape[4] and yf.size == y.size
+    runs = _row_runs(where) if whole else np.empty((0, 2), np.int64)
     for k in prange(tile.shape[0]):
         dst = tile[k]
+        for q in range(runs.shape[0]):
+            r, count = runs[q, 0], runs[q, 1]
+            first = uint64(_output_offset(y, where, r, c_first + k))
+            start = uint64(r * w_count)
+            for j in range(count * w_count):
+                dst[start + uint64(j)] = yf[first + uint64(j)]
+        if runs.shape[0]:
+            continue
         for r in range(n_rows):
             n, od, oh = where[r, 0], where[r, 1], where[r, 2]
             start = uint64(r * w_count)
             for j in range(w_count):
                 dst[start + uint64(j)] = y[n, c_first + k, od, oh, uint64(w0 + j)]
+
+
+@_jit(inline="always")
+def _output_offset(y, where, r, channel):  # type: ignore[no-untyped-def]
+    """Flat offset in ``y`` of the first element of output row ``r`` of ``where``."""
+    return (((where[r, 0] * y.shape[1] + channel) * y.shape[2] + where[r, 1]) * y.shape[3]
+            + where[r, 2]) * y.shape[4]
 
 
 # Packed direct convolution -------------------------------------------------------------
