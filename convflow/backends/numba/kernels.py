@@ -791,53 +791,47 @@ def col2im(col, dx, c_first, row0, n_rows, w0, w_count, out_d, out_h,  # type: i
 
 
 @_kernel()
-def rows_to_output(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
-    """Copy a GEMM result tile ``(channels, n_rows * w_count)`` into ``y``: a run of whole
-    rows of one image of a C-contiguous ``y`` is one contiguous copy, other tiles a copy per
-    row."""
+def copy_tile_rows(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h, into_y):  # type: ignore[no-untyped-def]
+    """Copy a GEMM tile ``(channels, n_rows * w_count)`` into ``y`` (``into_y``) or out of
+    it: a run of whole rows of one image of a C-contiguous ``y`` is one contiguous copy,
+    other tiles a copy per row."""
     where = _output_rows(row0, n_rows, out_d, out_h)
     yf = _flat_view(y)
     whole = w0 == 0 and w_count == y.shape[4] and yf.size == y.size
     runs = _row_runs(where) if whole else np.empty((0, 2), np.int64)
     for k in prange(tile.shape[0]):
-        src = tile[k]
+        rows = tile[k]
         for q in range(runs.shape[0]):
             r, count = runs[q, 0], runs[q, 1]
             first = uint64(_output_offset(y, where, r, c_first + k))
             start = uint64(r * w_count)
-            for j in range(count * w_count):
-                yf[first + uint64(j)] = src[start + uint64(j)]
+            if into_y:
+                for j in range(count * w_count):
+                    yf[first + uint64(j)] = rows[start + uint64(j)]
+            else:
+                for j in range(count * w_count):
+                    rows[start + uint64(j)] = yf[first + uint64(j)]
         if runs.shape[0]:
             continue
         for r in range(n_rows):
             n, od, oh = where[r, 0], where[r, 1], where[r, 2]
             start = uint64(r * w_count)
-            for j in range(w_count):
-                y[n, c_first + k, od, oh, uint64(w0 + j)] = src[start + uint64(j)]
+            if into_y:
+                for j in range(w_count):
+                    y[n, c_first + k, od, oh, uint64(w0 + j)] = rows[start + uint64(j)]
+            else:
+                for j in range(w_count):
+                    rows[start + uint64(j)] = y[n, c_first + k, od, oh, uint64(w0 + j)]
 
 
-@_kernel()
+def rows_to_output(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
+    """Copy a GEMM result tile ``(channels, n_rows * w_count)`` into ``y``."""
+    copy_tile_rows(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h, True)
+
+
 def output_to_rows(y, tile, c_first, row0, n_rows, w0, w_count, out_d, out_h):  # type: ignore[no-untyped-def]
     """Gather the tile of ``y`` that :func:`rows_to_output` would write."""
-    where = _output_rows(row0, n_rows, out_d, out_h)
-    yf = _flat_view(y)
-    whole = w0 == 0 and w_count == y.shape[4] and yf.size == y.size
-    runs = _row_runs(where) if whole else np.empty((0, 2), np.int64)
-    for k in prange(tile.shape[0]):
-        dst = tile[k]
-        for q in range(runs.shape[0]):
-            r, count = runs[q, 0], runs[q, 1]
-            first = uint64(_output_offset(y, where, r, c_first + k))
-            start = uint64(r * w_count)
-            for j in range(count * w_count):
-                dst[start + uint64(j)] = yf[first + uint64(j)]
-        if runs.shape[0]:
-            continue
-        for r in range(n_rows):
-            n, od, oh = where[r, 0], where[r, 1], where[r, 2]
-            start = uint64(r * w_count)
-            for j in range(w_count):
-                dst[start + uint64(j)] = y[n, c_first + k, od, oh, uint64(w0 + j)]
+    copy_tile_rows(tile, y, c_first, row0, n_rows, w0, w_count, out_d, out_h, False)
 
 
 @_jit(inline="always")
@@ -1408,7 +1402,7 @@ def dgrad_depthwise_channels_last(dyl, w_t, dxl, kh_, kw_, sh, sw, ph, pw, dh, d
 # once the parent has used the OpenMP pool. In such a child every parallel kernel is replaced
 # by its single-threaded twin (compiled, or loaded from numba's cache, on first use).
 PARALLEL_KERNELS = ("fprop_direct", "dgrad_direct", "wgrad_direct", "dgrad_depthwise",
-                    "wgrad_depthwise", "im2col", "col2im", "rows_to_output", "output_to_rows",
+                    "wgrad_depthwise", "im2col", "col2im", "copy_tile_rows",
                     "pack_input", "pack_output", "packed_direct", "depthwise_packed", "depthwise_channels_last",
                     "wgrad_depthwise_channels_last", "dgrad_depthwise_channels_last",
                     "apply_epilogue")
