@@ -1149,12 +1149,80 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
                               total, per_image, bias, has_bias, act)
 
 
+@_jit(inline="always")
+def _pack_plane_rows(xf, base, in_h, in_w, dst, hq, wq, top, left):  # type: ignore[no-untyped-def]
+    """:func:`_pack_phase` for the one phase of a 2-D plane at unit stride, from
+    the flat input: packed row ``qh`` holds input row ``qh + top`` from column ``left``
+    (zeros outside the plane). Half the time of the general copy on 14x14 planes."""
+    lo = min(max(-left, 0), wq)
+    hi = max(min(wq, in_w - left), lo)
+    for qh in range(hq):
+        row = uint64(qh * wq)
+        i_h = qh + top
+        if i_h < 0 or i_h >= in_h:
+            for qw in range(wq):
+                dst[row + uint64(qw)] = 0
+            continue
+        for qw in range(lo):
+            dst[row + uint64(qw)] = 0
+        source = base + uint64(i_h * in_w + lo + left)
+        first = row + uint64(lo)
+        for j in range(hi - lo):
+            dst[first + uint64(j)] = xf[source + uint64(j)]
+        for qw in range(hi, wq):
+            dst[row + uint64(qw)] = 0
+
+
+@_jit(inline="always")
+def _nine_taps(src, flat, runs, w2, co, tap_phase, tap_shift, plane):  # type: ignore[no-untyped-def]
+    """``flat = sum of the 9 taps`` of a 3x3 depthwise plane in one pass: each output vector
+    is stored once, with no zeroing pass and no reloads (1.7-2.3x faster than three passes
+    of three taps on MobileNetV2's batch-8 layers)."""
+    a0 = uint64(tap_phase[0] * plane + tap_shift[0])
+    a1 = uint64(tap_phase[1] * plane + tap_shift[1])
+    a2 = uint64(tap_phase[2] * plane + tap_shift[2])
+    a3 = uint64(tap_phase[3] * plane + tap_shift[3])
+    a4 = uint64(tap_phase[4] * plane + tap_shift[4])
+    a5 = uint64(tap_phase[5] * plane + tap_shift[5])
+    a6 = uint64(tap_phase[6] * plane + tap_shift[6])
+    a7 = uint64(tap_phase[7] * plane + tap_shift[7])
+    a8 = uint64(tap_phase[8] * plane + tap_shift[8])
+    w0, w1, w2_, w3, w4 = w2[co, 0], w2[co, 1], w2[co, 2], w2[co, 3], w2[co, 4]
+    w5, w6, w7, w8 = w2[co, 5], w2[co, 6], w2[co, 7], w2[co, 8]
+    for j in range(runs):
+        k = uint64(j)
+        flat[k] = ((w0 * src[a0 + k] + w1 * src[a1 + k] + w2_ * src[a2 + k])
+                   + (w3 * src[a3 + k] + w4 * src[a4 + k] + w5 * src[a5 + k])
+                   + (w6 * src[a6 + k] + w7 * src[a7 + k] + w8 * src[a8 + k]))
+
+
+@_jit(inline="always")
+def _taps_three_at_a_time(src, flat, runs, w2, co, tap_phase, tap_shift, plane, full, taps):  # type: ignore[no-untyped-def]
+    """``flat = sum of the taps`` of a depthwise plane, three taps per pass (any kernel)."""
+    for j in range(runs):
+        flat[j] = 0
+    for t in range(0, full, 3):
+        u = uint64(tap_phase[t] * plane + tap_shift[t])
+        v = uint64(tap_phase[t + 1] * plane + tap_shift[t + 1])
+        q = uint64(tap_phase[t + 2] * plane + tap_shift[t + 2])
+        w0, w1, w2_ = w2[co, t], w2[co, t + 1], w2[co, t + 2]
+        for j in range(runs):
+            k = uint64(j)
+            flat[k] += w0 * src[u + k] + w1 * src[v + k] + w2_ * src[q + k]
+    for t in range(full, taps):
+        u = uint64(tap_phase[t] * plane + tap_shift[t])
+        w0 = w2[co, t]
+        for j in range(runs):
+            flat[uint64(j)] += w0 * src[u + uint64(j)]
+
+
 @_kernel()
 def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw,  # type: ignore[no-untyped-def]
                      bias, has_bias, act, threads):
     """Depthwise forward (``groups == C_in``): each (image, channel) plane is packed on its
-    own (layout as :func:`pack_input`, one image) and every output vector sums its taps three
-    at a time in registers, so it is stored once per three taps, not once per tap. The
+    own (layout as :func:`pack_input`, one image) and every output vector sums its taps in
+    registers, all nine of a 3x3 kernel at once (others three at a time), so it is stored
+    once per nine (three) taps, not once per tap. The
     buffers are indexed with unsigned flat offsets: no array views (two reference-count
     updates each) and no negative-index checks in the loops. ``threads``: the pool threads
     the call runs on (numba's ``get_num_threads`` inside a kernel would keep it out of the
@@ -1172,6 +1240,10 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
     per_image = ((out_d - 1) * hq + out_h - 1) * wq + out_w
     runs = (per_image + PACKED_VECTOR - 1) // PACKED_VECTOR * PACKED_VECTOR
     planes = n_batch * c_in
+    in_h, in_w = x.shape[3], x.shape[4]
+    xf = _flat_view(x)
+    flat_rows = (n_phases == 1 and dq == 1 and x.shape[2] == 1 and sh == 1 and sw == 1
+                 and xf.size == x.size)
     # A job takes a run of planes and its buffers once: on 7x7 and 14x14 maps a plane is a
     # few hundred multiply-adds, less than three allocations and their reference counts.
     jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)
@@ -1184,32 +1256,30 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
         for index in range(first, last):
             n = index // c_in
             c = index - n * c_in
-            for f in range(n_phases):
-                _pack_phase(x, n, c, f, src, f * plane, phases, dq, hq, wq, sd, sh, sw, pd, ph,
-                            pw)
+            if flat_rows:
+                _pack_plane_rows(xf, uint64(index * in_h * in_w), in_h, in_w, src, hq, wq,
+                                 phases[0, 1] - ph, phases[0, 2] - pw)
+            else:
+                for f in range(n_phases):
+                    _pack_phase(x, n, c, f, src, f * plane, phases, dq, hq, wq, sd, sh, sw, pd,
+                                ph, pw)
             for m in range(multiplier):
                 co = c * multiplier + m
-                for j in range(runs):
-                    flat[j] = 0
-                for t in range(0, full, 3):
-                    u = uint64(tap_phase[t] * plane + tap_shift[t])
-                    v = uint64(tap_phase[t + 1] * plane + tap_shift[t + 1])
-                    q = uint64(tap_phase[t + 2] * plane + tap_shift[t + 2])
-                    w0, w1, w2_ = w2[co, t], w2[co, t + 1], w2[co, t + 2]
-                    for j in range(runs):
-                        k = uint64(j)
-                        flat[k] += w0 * src[u + k] + w1 * src[v + k] + w2_ * src[q + k]
-                for t in range(full, taps):
-                    u = uint64(tap_phase[t] * plane + tap_shift[t])
-                    w0 = w2[co, t]
-                    for j in range(runs):
-                        flat[uint64(j)] += w0 * src[u + uint64(j)]
+                if taps == 9:
+                    _nine_taps(src, flat, runs, w2, co, tap_phase, tap_shift, plane)
+                else:
+                    _taps_three_at_a_time(src, flat, runs, w2, co, tap_phase, tap_shift, plane,
+                                          full, taps)
                 for od in range(out_d):
                     for oh in range(out_h):
                         r = uint64((od * hq + oh) * wq)
-                        for ow in range(out_w):
-                            y[n, co, od, oh, uint64(ow)] = _epilogue(
-                                flat[r + uint64(ow)], co, bias, has_bias, act, zero, six)
+                        if has_bias or act:
+                            for ow in range(out_w):
+                                y[n, co, od, oh, uint64(ow)] = _epilogue(
+                                    flat[r + uint64(ow)], co, bias, has_bias, act, zero, six)
+                        else:   # a plain copy: the epilogue's branches keep it scalar
+                            for ow in range(out_w):
+                                y[n, co, od, oh, uint64(ow)] = flat[r + uint64(ow)]
 
 DEPTHWISE_CHANNEL_BLOCK = 128
 
