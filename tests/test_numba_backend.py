@@ -426,8 +426,9 @@ def test_depthwise_gradients_with_channels_in_lanes(shape, stride, padding, dila
 
 
 def test_depthwise_gradient_kernels_follow_the_map_size():
-    """The channels-in-lanes gradients take 14x14 dy (7x7 for the unit-stride data gradient,
-    whose flipped forward kernel is faster at 14x14); larger maps keep the per-plane ones."""
+    """The channels-in-lanes strided data gradient takes 14x14 dy, the weight gradient and the
+    unit-stride data gradient (whose flipped forward kernel is faster at 14x14) 7x7; larger
+    maps keep the per-plane kernels."""
     from convflow.backends.numba.algorithms import (
         BATCH_PACKED,
         CHANNELS_IN_LANES,
@@ -441,7 +442,9 @@ def test_depthwise_gradient_kernels_follow_the_map_size():
         return convflow.explain(x, w, stride=stride, padding=1, groups=shape[1],
                                 direction=direction).variant
 
-    assert variant((8, 576, 14, 14), 1, "backward_weight") == CHANNELS_IN_LANES
+    assert variant((8, 960, 7, 7), 1, "backward_weight") == CHANNELS_IN_LANES
+    assert variant((8, 576, 14, 14), 2, "backward_weight") == CHANNELS_IN_LANES   # 7x7 dy
+    assert variant((8, 576, 14, 14), 1, "backward_weight") == BATCH_PACKED
     assert variant((8, 192, 28, 28), 1, "backward_weight") == BATCH_PACKED
     assert variant((8, 192, 28, 28), 2, "backward_data") == CHANNELS_IN_LANES
     assert variant((8, 144, 56, 56), 2, "backward_data") == SCATTER

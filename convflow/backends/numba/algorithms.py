@@ -642,10 +642,12 @@ DEPTHWISE_SERIAL_FLOPS = SERIAL_FLOPS // 8
 
 # The gradients' channels-in-lanes kernels against the per-plane ones, on MobileNetV2's and
 # ShuffleNet's depthwise layers at batch 1 and 8 (in-process, 2 threads): up to 14x14 dy the
-# weight gradient takes 0.32-0.69 of the time (960x7x7 at batch 1: 0.37) and the strided data
-# gradient 0.21-0.46 (576x14x14 at stride 2, batch 8: 2.03 -> 0.48 ms); on 28x28 dy and
-# beyond both lose (1.4-8x). The unit-stride data gradient's flipped forward kernel keeps
-# 14x14 (the lanes took 0.94-1.28 of its time) and gives 7x7 up (0.76-0.93).
+# strided data gradient takes 0.21-0.46 of the time (576x14x14 at stride 2, batch 8: 2.03 ->
+# 0.48 ms); on 28x28 dy and beyond it loses (1.4-8x). The unit-stride data gradient's flipped
+# forward kernel keeps 14x14 (the lanes took 0.94-1.28 of its time) and gives 7x7 up
+# (0.76-0.93). The weight gradient's lanes take up to 7x7 dy (0.39-0.91 of the batched dots'
+# time, 960x7x7 at batch 1: 0.073 vs 0.19 ms); since the dots sum a 3x3 kernel's nine taps in
+# one pass, they win at 14x14 (384x14x14 at batch 8: 0.33 vs 0.53 ms; even at batch 1).
 DEPTHWISE_GRADIENT_LANES_MAX_POSITIONS = 14 * 14
 FLIPPED_FORWARD = "the forward kernel over dy with the filters turned half a turn"
 SCATTER = "scatter kernel over phase-split padded planes"
@@ -661,7 +663,8 @@ def depthwise_variant(problem: ConvProblem) -> str:
     if problem.direction == Direction.FORWARD:
         return _depthwise_kernel(*shapes, problem.channels_last)
     unit_dgrad = problem.direction == Direction.BACKWARD_DATA and not problem.is_strided()
-    limit = (DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS if unit_dgrad
+    wgrad = problem.direction == Direction.BACKWARD_WEIGHT
+    limit = (DEPTHWISE_CHANNELS_LAST_MAX_POSITIONS if unit_dgrad or wgrad
              else DEPTHWISE_GRADIENT_LANES_MAX_POSITIONS)
     # The weight gradient gets channels-first copies of channels-last data (the record's
     # channels_last covers the other passes), so only its sizes decide.

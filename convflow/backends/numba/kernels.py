@@ -484,15 +484,29 @@ def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases,
     product over the batch, whatever the stride. Per image and tap, the dots on small maps
     (7x7, 14x14) are too short to vectorize, and strided reads would gather. ``packed``'s
     tail past the phases and ``wide`` between the outputs must hold zeros: every call writes
-    the same positions, so the caller zeroes them once. Returns False, computing nothing,
-    when the input channel holds Inf or NaN (the zeros of ``wide`` would meet them: 0 * Inf
-    is NaN)."""
+    the same positions, so the caller zeroes them once. Returns False, writing nothing, when
+    a sum is not finite (an input holding Inf or NaN may have met the zeros of ``wide``:
+    0 * Inf is NaN)."""
     n_batch = x.shape[0]
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
     k_h, k_w = dw_out.shape[3], dw_out.shape[4]
     plane = dq * hq * wq
     length = n_batch * plane
+    in_h, in_w = x.shape[3], x.shape[4]
+    xf = _flat_view(x)
+    dyf = _flat_view(dy)
+    flat_rows = (phases.shape[0] == 1 and dq == 1 and x.shape[2] == 1 and sh == 1 and sw == 1
+                 and xf.size == x.size and dyf.size == dy.size)
     for n in range(n_batch):
+        if flat_rows:
+            _pack_plane_rows(xf, uint64((n * x.shape[1] + c) * in_h * in_w), in_h, in_w,
+                             packed[n * plane:], hq, wq, phases[0, 1] - ph, phases[0, 2] - pw)
+            for oh in range(out_h):
+                at = uint64(n * plane + oh * wq)
+                source = uint64(((n * dy.shape[1] + co) * out_h + oh) * out_w)
+                for ow in range(out_w):
+                    wide[at + uint64(ow)] = dyf[source + uint64(ow)]
+            continue
         for f in range(phases.shape[0]):
             _pack_phase(x, n, c, f, packed, f * length + n * plane, phases, dq, hq, wq, sd, sh,
                         sw, pd, ph, pw)
@@ -501,23 +515,72 @@ def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases,
                 at = uint64(n * plane + (od * hq + oh) * wq)
                 for ow in range(out_w):
                     wide[at + uint64(ow)] = dy[n, co, od, oh, uint64(ow)]
-    if not all_finite(packed):
-        return False
-    zero = packed[0] - packed[0]
-    for t in range(tap_shift.shape[0]):
-        offset = uint64(tap_phase[t]) * uint64(length) + uint64(tap_shift[t])
-        total = 0.0
-        for start in range(0, length, DEPTHWISE_WGRAD_CHUNK):
-            part = zero
-            first = uint64(start)
-            for j in range(min(DEPTHWISE_WGRAD_CHUNK, length - start)):
-                k = first + uint64(j)
-                part += packed[offset + k] * wide[k]
-            total += part
+    taps = tap_shift.shape[0]
+    totals = np.zeros(taps, dtype=np.float64)
+    if taps == 9:
+        _nine_dots(packed, wide, length, tap_phase, tap_shift, totals)
+    else:
+        zero = packed[0] - packed[0]
+        for t in range(taps):
+            offset = uint64(tap_phase[t]) * uint64(length) + uint64(tap_shift[t])
+            for start in range(0, length, DEPTHWISE_WGRAD_CHUNK):
+                part = zero
+                first = uint64(start)
+                for j in range(min(DEPTHWISE_WGRAD_CHUNK, length - start)):
+                    k = first + uint64(j)
+                    part += packed[offset + k] * wide[k]
+                totals[t] += part
+    # A non-finite sum may come from an input holding Inf or NaN meeting the zeros of wide
+    # (0 * Inf is NaN): the caller then sums real products only, image by image. Finite
+    # sums met no such value.
+    for t in range(taps):
+        if not math.isfinite(totals[t]):
+            return False
+    for t in range(taps):
         kd = t // (k_h * k_w)
         kh = (t // k_w) % k_h
-        dw_out[co, 0, kd, kh, t % k_w] = total
+        dw_out[co, 0, kd, kh, t % k_w] = totals[t]
     return True
+
+
+@_jit(inline="always")
+def _nine_dots(packed, wide, length, tap_phase, tap_shift, totals):  # type: ignore[no-untyped-def]
+    """The nine taps' dot products of a 3x3 kernel in one pass over ``wide`` (each of its
+    vectors loaded once for nine products), chunk sums added in float64 as for any kernel."""
+    o0 = uint64(tap_phase[0]) * uint64(length) + uint64(tap_shift[0])
+    o1 = uint64(tap_phase[1]) * uint64(length) + uint64(tap_shift[1])
+    o2 = uint64(tap_phase[2]) * uint64(length) + uint64(tap_shift[2])
+    o3 = uint64(tap_phase[3]) * uint64(length) + uint64(tap_shift[3])
+    o4 = uint64(tap_phase[4]) * uint64(length) + uint64(tap_shift[4])
+    o5 = uint64(tap_phase[5]) * uint64(length) + uint64(tap_shift[5])
+    o6 = uint64(tap_phase[6]) * uint64(length) + uint64(tap_shift[6])
+    o7 = uint64(tap_phase[7]) * uint64(length) + uint64(tap_shift[7])
+    o8 = uint64(tap_phase[8]) * uint64(length) + uint64(tap_shift[8])
+    zero = packed[0] - packed[0]
+    for start in range(0, length, DEPTHWISE_WGRAD_CHUNK):
+        p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = zero
+        first = uint64(start)
+        for j in range(min(DEPTHWISE_WGRAD_CHUNK, length - start)):
+            k = first + uint64(j)
+            g = wide[k]
+            p0 += packed[o0 + k] * g
+            p1 += packed[o1 + k] * g
+            p2 += packed[o2 + k] * g
+            p3 += packed[o3 + k] * g
+            p4 += packed[o4 + k] * g
+            p5 += packed[o5 + k] * g
+            p6 += packed[o6 + k] * g
+            p7 += packed[o7 + k] * g
+            p8 += packed[o8 + k] * g
+        totals[0] += p0
+        totals[1] += p1
+        totals[2] += p2
+        totals[3] += p3
+        totals[4] += p4
+        totals[5] += p5
+        totals[6] += p6
+        totals[7] += p7
+        totals[8] += p8
 
 
 @_kernel()
