@@ -200,13 +200,17 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # channels on each side, with 128 tiles and 75% fill, when both sides stay under 256 channels
 # or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on 14x14, batch 8, and at
 # 128 -> 256 on 56x56, batch 1).
+# Since im2col copies runs of whole rows and its tiles stay in cache, it beats Winograd on
+# every 13x13 map (66% fill; inception_v1's 96-160 -> 208-320 layers at batch 8: im2col
+# takes 0.81-0.87 of Winograd's time, same sweep), so the forward pass needs 70% fill, which
+# keeps 14x14 (77%) and 7x7 maps.
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_NARROW_CHANNELS = 96   # below, on one side: full maps of at most ..._MAX_TILES;
                                 # on both sides: never
 WINOGRAD_NARROW_MAX_TILES = 392
 WINOGRAD_MIN_TILES = 128
 WINOGRAD_MANY_TILES = 392
-WINOGRAD_MIN_FILL = 0.65
+WINOGRAD_MIN_FILL = 0.70
 WINOGRAD_FULL_FILL = 0.75   # narrow forward layers and data gradients
 WINOGRAD_DGRAD_MIN_CHANNELS = 64
 WINOGRAD_DGRAD_WIDE_CHANNELS = 256  # on either side, below WINOGRAD_MANY_TILES: BLAS's
