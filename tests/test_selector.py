@@ -195,6 +195,7 @@ def test_mixed_devices_are_an_error(monkeypatch, fake_gpu):
     ((8, 96, 28, 28), (96, 96, 3, 3), dict(padding=1), "winograd"),        # 392 tiles
     ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), "winograd"),  # 128 tiles, 14x14
     ((8, 64, 13, 13), (256, 64, 3, 3), dict(padding=1), "im2col_gemm"),  # 64 channels, 66% fill
+    ((8, 128, 13, 13), (256, 128, 3, 3), dict(padding=1), "im2col_gemm"),  # 66% fill < 70%
     ((2, 256, 32, 32), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((1, 256, 56, 56), (256, 256, 3, 3), dict(padding=1), "winograd"),
     ((2, 1, 10, 10), (2, 1, 3, 3), dict(), "direct"),
@@ -214,7 +215,7 @@ def test_algorithm_rules(x_shape, w_shape, kwargs, algorithm):
     ((2, 64, 8, 8), (64, 64, 3, 3), 1, "backward_data", "packed_direct"),
     ((1, 96, 14, 14), (128, 96, 3, 3), 1, "backward_data", "im2col_gemm"),     # 1152 products
     ((8, 128, 14, 14), (128, 128, 3, 3), 1, "backward_data", "winograd"),       # 128 tiles
-    ((8, 256, 14, 14), (256, 256, 3, 3), 1, "backward_data", "im2col_gemm"),    # 256 channels
+    ((8, 256, 14, 14), (256, 256, 3, 3), 1, "backward_data", "winograd"),       # 256 channels
     ((8, 64, 28, 28), (64, 64, 3, 3), 1, "backward_data", "winograd"),          # 392 tiles
     ((8, 64, 28, 28), (48, 64, 3, 3), 1, "backward_data", "packed_direct"),     # 48 channels
     ((8, 16, 13, 13), (48, 16, 5, 5), 2, "backward_weight", "im2col_gemm"),

@@ -196,10 +196,10 @@ def _packed_rule(problem: ConvProblem) -> tuple[bool, str]:
 # tiles (1.2-6x on 7x7-14x14 maps at batch 1) or with 66% fill and 64 channels it loses.
 # The data gradient (the forward pass of the flipped problem) has other rivals: im2col's data
 # gradient scatters its columns back, and packed_direct's takes only short reductions. Measured
-# the same way (before the filter-transform GEMM), Winograd wins it (0.50-0.95) from 64
-# channels on each side, with 128 tiles and 75% fill, when both sides stay under 256 channels
-# or the tiles reach 392; above, BLAS wins (1.1-1.3x at 256 -> 256 on 14x14, batch 8, and at
-# 128 -> 256 on 56x56, batch 1).
+# the same way, Winograd wins it (0.50-0.95) from 64 channels on each side, with 128 tiles
+# and 75% fill. (Before the filter transform was one GEMM, BLAS won it from 256 channels on a
+# side below 392 tiles; now Winograd takes 0.56-0.86 of im2col's time there, e.g. 256 -> 256
+# on 14x14 at batch 8: 0.78, 256 -> 256 on 56x56 at batch 1: 0.82.)
 # Since im2col copies runs of whole rows and its tiles stay in cache, it beats Winograd on
 # every 13x13 map (66% fill; inception_v1's 96-160 -> 208-320 layers at batch 8: im2col
 # takes 0.81-0.87 of Winograd's time, same sweep), so the forward pass needs 70% fill, which
@@ -209,11 +209,9 @@ WINOGRAD_NARROW_CHANNELS = 96   # below, on one side: full maps of at most ..._M
                                 # on both sides: never
 WINOGRAD_NARROW_MAX_TILES = 392
 WINOGRAD_MIN_TILES = 128
-WINOGRAD_MANY_TILES = 392
 WINOGRAD_MIN_FILL = 0.70
 WINOGRAD_FULL_FILL = 0.75   # narrow forward layers and data gradients
 WINOGRAD_DGRAD_MIN_CHANNELS = 64
-WINOGRAD_DGRAD_WIDE_CHANNELS = 256  # on either side, below WINOGRAD_MANY_TILES: BLAS's
 
 
 def blas_status() -> tuple[bool, str]:
@@ -330,12 +328,6 @@ def _winograd_rule(problem: ConvProblem) -> tuple[bool, str]:
                        f"tiles: the packed kernels stream so few channels faster (below "
                        f"{WINOGRAD_NARROW_CHANNELS} channels on a side, needs <= "
                        f"{WINOGRAD_NARROW_MAX_TILES} tiles)")
-    if dgrad and max(reduced, produced) >= WINOGRAD_DGRAD_WIDE_CHANNELS \
-            and tiles < WINOGRAD_MANY_TILES:
-        return False, (f"{why}, but {reduced} -> {produced} channels per group over {tiles} "
-                       f"tiles: BLAS is faster on wide data gradients (needs < "
-                       f"{WINOGRAD_DGRAD_WIDE_CHANNELS} channels on each side, or >= "
-                       f"{WINOGRAD_MANY_TILES} tiles)")
     return True, (f"{why}, {reduced} -> {produced} channels per group, {tiles} output tiles: "
                   f"F(4x4,3x3) does 36 instead of 144 multiplications per 4x4 tile")
 
