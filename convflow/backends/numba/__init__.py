@@ -382,10 +382,10 @@ def _itemsize(problem: ConvProblem) -> int:
 def _im2col_workspace(problem: ConvProblem) -> int:
     """The im2col scratch: columns of the whole batch, tiled to the workspace budget and to
     IM2COL_TILE_BYTES (a tile stays in cache between the steps that write and read it)."""
-    from .plans import IM2COL_TILE_BYTES
+    from .plans import im2col_tile_bytes
 
     columns = problem.batch * problem.output_positions
-    return min(_workspace_budget(), IM2COL_TILE_BYTES,
+    return min(im2col_tile_bytes(_workspace_budget()),
                columns * (problem.reduction_size + problem.out_channels_per_group)
                * _itemsize(problem))
 

@@ -23,7 +23,7 @@ from ...params import ConvProblem, Direction
 from ..base import data_gradient_flippable
 from . import workspace
 from .fft import PASSES as FFT_PASSES
-from .plans import IM2COL_TILE_BYTES, PACKED_PAIRS_PER_STEP, PACKED_VECTOR, SERIAL_FLOPS
+from .plans import PACKED_PAIRS_PER_STEP, PACKED_VECTOR, SERIAL_FLOPS, im2col_tile_bytes
 
 Array = np.ndarray
 
@@ -77,7 +77,7 @@ class _Im2colLayout:
         per_column = (self.rows + self.c_out_per_group) * dtype.itemsize
         self.positions = self.rows_per_image * self.out_w
         self.tiles = plan_tiles(self.n_images, self.positions, per_column,
-                                min(budget, IM2COL_TILE_BYTES), row_length=self.out_w)
+                                im2col_tile_bytes(budget), row_length=self.out_w)
         widest = max(t.columns for t in self.tiles)
         # From the per-thread workspace: fresh megabytes would page-fault on every call.
         scratch = workspace.scratch(dtype, (self.rows + self.c_out_per_group) * widest)

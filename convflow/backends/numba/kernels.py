@@ -475,8 +475,8 @@ DEPTHWISE_WGRAD_CHUNK = 1024
 
 
 @_jit(fastmath=_FASTMATH, nogil=True)
-def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq, hq, wq, sd,  # type: ignore[no-untyped-def]
-                             sh, sw, pd, ph, pw, packed, wide):
+def _wgrad_depthwise_batched(x, dy, xf, dyf, flat_rows, dw_out, co, c, tap_phase, tap_shift,  # type: ignore[no-untyped-def]
+                             phases, dq, hq, wq, sd, sh, sw, pd, ph, pw, packed, wide):
     """``dw_out[co]`` with the whole batch in one run: the stride phases of input channel
     ``c``'s zero-padded planes (the layout of :func:`pack_input`, every image side by side
     in each phase) in ``packed``, and ``dy[:, co]`` at the packed output positions in
@@ -486,17 +486,14 @@ def _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases,
     tail past the phases and ``wide`` between the outputs must hold zeros: every call writes
     the same positions, so the caller zeroes them once. Returns False, writing nothing, when
     a sum is not finite (an input holding Inf or NaN may have met the zeros of ``wide``:
-    0 * Inf is NaN)."""
+    0 * Inf is NaN). ``flat_rows``: the planes are 2-D at unit stride and ``xf``, ``dyf``
+    are ``x`` and ``dy`` flat, so each plane is copied by rows of the flat arrays."""
     n_batch = x.shape[0]
     out_d, out_h, out_w = dy.shape[2], dy.shape[3], dy.shape[4]
     k_h, k_w = dw_out.shape[3], dw_out.shape[4]
     plane = dq * hq * wq
     length = n_batch * plane
     in_h, in_w = x.shape[3], x.shape[4]
-    xf = _flat_view(x)
-    dyf = _flat_view(dy)
-    flat_rows = (phases.shape[0] == 1 and dq == 1 and x.shape[2] == 1 and sh == 1 and sw == 1
-                 and xf.size == x.size and dyf.size == dy.size)
     for n in range(n_batch):
         if flat_rows:
             _pack_plane_rows(xf, uint64((n * x.shape[1] + c) * in_h * in_w), in_h, in_w,
@@ -611,13 +608,8 @@ def _wgrad_depthwise_same_size(xf, dyf, n_batch, c_in, c_out, in_h, in_w, co, c,
             at = uint64(b * plane)
             for j in range(plane):
                 masked[at + uint64(j)] = dyf[dy_base + uint64(j)]
-            zl, zr = min(max(-off_w, 0), in_w), min(max(off_w, 0), in_w)
-            for r in range(in_h):
-                row = at + uint64(r * in_w)
-                for j in range(zl):
-                    masked[row + uint64(j)] = 0
-                for j in range(in_w - zr, in_w):
-                    masked[row + uint64(j)] = 0
+            zl, zr = _wrap_margins(off_w, in_w)
+            _zero_margins(masked, at, in_h, in_w, zl, zr)
         for a in range(3):
             off_h = a * dh - ph
             lo, hi = max(-off_h, 0), min(in_h - off_h, in_h)
@@ -668,9 +660,9 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase
     in_h, in_w = x.shape[3], x.shape[4]
     xf = _flat_view(x)
     dyf = _flat_view(dy)
-    same_size = (k_d == 1 and k_h == 3 and k_w == 3 and x.shape[2] == 1 and sh == 1
-                 and sw == 1 and out_h == in_h and out_w == in_w and xf.size == x.size
-                 and dyf.size == dy.size)
+    flat_rows = _packs_flat_rows(x, xf, phases.shape[0], dq, sh, sw) and dyf.size == dy.size
+    same_size = (flat_rows and k_d == 1 and k_h == 3 and k_w == 3 and out_h == in_h
+                 and out_w == in_w)
     jobs = min(c_out, DEPTHWISE_JOBS_PER_THREAD * threads)
     for job in prange(jobs):
         buf = np.empty((e_d, e_h, e_w), dtype=x.dtype)
@@ -685,8 +677,9 @@ def wgrad_depthwise(x, dy, dw_out, sd, sh, sw, pd, ph, pw, dd, dh, dw, tap_phase
                                                         in_w, co, c, dh, dw, ph, pw, masked,
                                                         dw_out):
                 continue
-            if _wgrad_depthwise_batched(x, dy, dw_out, co, c, tap_phase, tap_shift, phases, dq,
-                                        hq, wq, sd, sh, sw, pd, ph, pw, packed, wide):
+            if _wgrad_depthwise_batched(x, dy, xf, dyf, flat_rows, dw_out, co, c, tap_phase,
+                                        tap_shift, phases, dq, hq, wq, sd, sh, sw, pd, ph, pw,
+                                        packed, wide):
                 continue
             _wgrad_depthwise_channel(x, dy, dw_out, co, c, sd, sh, sw, pd, ph, pw, dd, dh, dw,
                                      buf, grad_rows)
@@ -743,6 +736,43 @@ def _row_runs(where):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
+def _wrap_margins(off_w, in_w):  # type: ignore[no-untyped-def]
+    """How many leading and trailing columns of each row a read shifted by ``off_w`` along
+    a flat plane of rows ``in_w`` wide takes from the neighbouring row (they are padding)."""
+    return min(max(-off_w, 0), in_w), min(max(off_w, 0), in_w)
+
+
+@_jit(inline="always")
+def _zero_margins(buf, at, rows, in_w, zl, zr):  # type: ignore[no-untyped-def]
+    """Zero the first ``zl`` and last ``zr`` entries of ``rows`` rows of ``in_w`` from ``at``."""
+    if zl or zr:
+        for r in range(rows):
+            row = at + uint64(r * in_w)
+            for j in range(zl):
+                buf[row + uint64(j)] = 0
+            for j in range(in_w - zr, in_w):
+                buf[row + uint64(j)] = 0
+
+
+@_jit(inline="always")
+def _wide_run(where, runs, k, c, kd, n_ch, in_d, in_h, in_w, sd, pd, dd, off_h, off_w, zl):  # type: ignore[no-untyped-def]
+    """Run ``k`` of output rows (one image, one ``od``) for one tap, as the wide paths of
+    :func:`im2col` and :func:`col2im` see it: ``(first row, rows, lo, hi, plane)`` with
+    ``[lo, hi)`` the rows whose input row lies inside the plane (none when the depth is
+    outside) and ``plane`` the flat offset in the input of row ``lo``'s first inside entry."""
+    r_first, count = runs[k, 0], runs[k, 1]
+    i_d = where[r_first, 1] * sd - pd + kd * dd
+    if i_d < 0 or i_d >= in_d:
+        return r_first, count, 0, 0, uint64(0)
+    oh_first = where[r_first, 2]
+    lo = min(max(-off_h - oh_first, 0), count)
+    hi = max(min(in_h - off_h - oh_first, count), lo)
+    plane = uint64(((((where[r_first, 0] * n_ch + c) * in_d + i_d) * in_h + oh_first + lo
+                     + off_h) * in_w) + off_w + zl)
+    return r_first, count, lo, hi, plane
+
+
+@_jit(inline="always")
 def _im2col_wide_row(xf, dst, where, runs, c, kd, kh, kw, n_ch, in_d, in_h, in_w, sd, pd,  # type: ignore[no-untyped-def]
                      ph, pw, dd, dh, dw):
     """One row of :func:`im2col` when the tile's output rows are as wide as the input rows
@@ -752,45 +782,24 @@ def _im2col_wide_row(xf, dst, where, runs, c, kd, kh, kw, n_ch, in_d, in_h, in_w
     this is 2-3x faster than a copy per output row of 7 to 14 floats."""
     off_w = kw * dw - pw
     off_h = kh * dh - ph
-    zl = min(max(-off_w, 0), in_w)
-    zr = min(max(off_w, 0), in_w)
+    zl, zr = _wrap_margins(off_w, in_w)
     for k in range(runs.shape[0]):
-        r_first, count = runs[k, 0], runs[k, 1]
+        r_first, count, lo, hi, source = _wide_run(where, runs, k, c, kd, n_ch, in_d, in_h,
+                                                   in_w, sd, pd, dd, off_h, off_w, zl)
         start = uint64(r_first * in_w)
-        i_d = where[r_first, 1] * sd - pd + kd * dd
-        if i_d < 0 or i_d >= in_d:
-            for j in range(count * in_w):
-                dst[start + uint64(j)] = 0
-            continue
-        oh_first = where[r_first, 2]
-        # Rows of the run whose input row oh + off_h lies inside the plane.
-        lo = min(max(-off_h - oh_first, 0), count)
-        hi = max(min(in_h - off_h - oh_first, count), lo)
         for j in range(lo * in_w):
             dst[start + uint64(j)] = 0
         for j in range(hi * in_w, count * in_w):
             dst[start + uint64(j)] = 0
         if hi == lo:
             continue
+        # The first zl and last zr entries would read outside the plane: they are copied
+        # as zeros with the other wrapped columns.
         at = start + uint64(lo * in_w)
-        length = (hi - lo) * in_w
-        source = uint64(((((where[r_first, 0] * n_ch + c) * in_d + i_d) * in_h + oh_first + lo
-                          + off_h) * in_w) + off_w + zl)
-        # The first zl and last zr entries would read outside the plane: padding.
-        for j in range(zl):
-            dst[at + uint64(j)] = 0
         inside = at + uint64(zl)
-        for j in range(length - zl - zr):
+        for j in range((hi - lo) * in_w - zl - zr):
             dst[inside + uint64(j)] = xf[source + uint64(j)]
-        for j in range(length - zr, length):
-            dst[at + uint64(j)] = 0
-        if zl or zr:
-            for r in range(hi - lo):
-                row = at + uint64(r * in_w)
-                for j in range(zl):
-                    dst[row + uint64(j)] = 0
-                for j in range(in_w - zr, in_w):
-                    dst[row + uint64(j)] = 0
+        _zero_margins(dst, at, hi - lo, in_w, zl, zr)
 
 
 @_kernel()
@@ -858,31 +867,16 @@ def _col2im_wide_row(src, dxf, where, runs, c, kd, kh, kw, n_ch, in_d, in_h, in_
     into a contiguous run of ``dx``."""
     off_w = kw * dw - pw
     off_h = kh * dh - ph
-    zl = min(max(-off_w, 0), in_w)
-    zr = min(max(off_w, 0), in_w)
+    zl, zr = _wrap_margins(off_w, in_w)
     for k in range(runs.shape[0]):
-        r_first, count = runs[k, 0], runs[k, 1]
-        i_d = where[r_first, 1] * sd - pd + kd * dd
-        if i_d < 0 or i_d >= in_d:
-            continue
-        oh_first = where[r_first, 2]
-        lo = min(max(-off_h - oh_first, 0), count)
-        hi = max(min(in_h - off_h - oh_first, count), lo)
+        r_first, _, lo, hi, target = _wide_run(where, runs, k, c, kd, n_ch, in_d, in_h, in_w,
+                                               sd, pd, dd, off_h, off_w, zl)
         if hi == lo:
             continue
         at = uint64((r_first + lo) * in_w)
-        length = (hi - lo) * in_w
-        if zl or zr:
-            for r in range(hi - lo):
-                row = at + uint64(r * in_w)
-                for j in range(zl):
-                    src[row + uint64(j)] = 0
-                for j in range(in_w - zr, in_w):
-                    src[row + uint64(j)] = 0
-        target = uint64(((((where[r_first, 0] * n_ch + c) * in_d + i_d) * in_h + oh_first + lo
-                          + off_h) * in_w) + off_w + zl)
+        _zero_margins(src, at, hi - lo, in_w, zl, zr)
         inside = at + uint64(zl)
-        for j in range(length - zl - zr):
+        for j in range((hi - lo) * in_w - zl - zr):
             dxf[target + uint64(j)] += src[inside + uint64(j)]
 
 
@@ -1287,6 +1281,14 @@ def packed_small(x, w2, offsets, y, length, phases, dq, hq, wq, sd, sh, sw, pd, 
 
 
 @_jit(inline="always")
+def _packs_flat_rows(x, xf, n_phases, dq, sh, sw):  # type: ignore[no-untyped-def]
+    """Whether the planes of ``x`` pack by :func:`_pack_plane_rows`: one phase of a 2-D
+    plane at unit stride, and ``xf`` is ``x`` flat (:func:`_flat_view`)."""
+    return (n_phases == 1 and dq == 1 and x.shape[2] == 1 and sh == 1 and sw == 1
+            and xf.size == x.size)
+
+
+@_jit(inline="always")
 def _pack_plane_rows(xf, base, in_h, in_w, dst, hq, wq, top, left):  # type: ignore[no-untyped-def]
     """:func:`_pack_phase` for the one phase of a 2-D plane at unit stride, from
     the flat input: packed row ``qh`` holds input row ``qh + top`` from column ``left``
@@ -1379,8 +1381,7 @@ def depthwise_packed(x, w2, tap_phase, tap_shift, y, phases, dq, hq, wq, sd, sh,
     planes = n_batch * c_in
     in_h, in_w = x.shape[3], x.shape[4]
     xf = _flat_view(x)
-    flat_rows = (n_phases == 1 and dq == 1 and x.shape[2] == 1 and sh == 1 and sw == 1
-                 and xf.size == x.size)
+    flat_rows = _packs_flat_rows(x, xf, n_phases, dq, sh, sw)
     # A job takes a run of planes and its buffers once: on 7x7 and 14x14 maps a plane is a
     # few hundred multiply-adds, less than three allocations and their reference counts.
     jobs = min(planes, DEPTHWISE_JOBS_PER_THREAD * threads)

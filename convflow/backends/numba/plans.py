@@ -38,6 +38,11 @@ SERIAL_FLOPS = 4_000_000
 IM2COL_TILE_BYTES = 8 << 20
 
 
+def im2col_tile_bytes(budget: int) -> int:
+    """The scratch one im2col tile may use under a workspace budget of *budget* bytes."""
+    return min(budget, IM2COL_TILE_BYTES)
+
+
 # Packed direct convolution (kernels.packed_direct): output channels per pass, (channel, tap)
 # pairs per step, positions per chunk of accumulators, and the vector width runs round to.
 PACKED_CO_BLOCK = 4
